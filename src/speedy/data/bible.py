@@ -1,0 +1,130 @@
+"""The demo's dataset: verses of the Reina-Valera 1909 Bible labelled with the genre of their book.
+
+Source: Debian's package ``sword-text-sparv`` (the SWORD module ``spaRV1909eb``; public domain: "This work is
+not copyrighted"). ``apt-get download`` and ``dpkg-deb -x`` fetch and unpack it without root. The module is a
+SWORD zText with ``BlockType=BOOK``: ``*.bzs`` lists zlib blocks (offset, size, unpacked size as three uint32),
+``*.bzv`` lists entries (block, offset, size as uint32, uint32, uint16), and each book opens with an OSIS
+``<div type="book" osisID="...">``, which names the book of the verses that follow.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+from speedy.errors import SpeedyError
+
+PACKAGE = "sword-text-sparv"
+MODULE_DIR = "usr/share/sword/modules/texts/ztext/spaRV1909eb"
+
+GENRES = {
+    "ley": "Gen Exod Lev Num Deut",
+    "historia": "Josh Judg Ruth 1Sam 2Sam 1Kgs 2Kgs 1Chr 2Chr Ezra Neh Esth Acts",
+    "poesia": "Job Ps Prov Eccl Song",
+    "profecia": "Isa Jer Lam Ezek Dan Hos Joel Amos Obad Jonah Mic Nah Hab Zeph Hag Zech Mal Rev",
+    "evangelio": "Matt Mark Luke John",
+    "epistola": "Rom 1Cor 2Cor Gal Eph Phil Col 1Thess 2Thess 1Tim 2Tim Titus Phlm Heb Jas 1Pet 2Pet 1John "
+                "2John 3John Jude",
+}
+BOOK_GENRE = {book: genre for genre, books in GENRES.items() for book in books.split()}
+
+_BOOK = re.compile(r'<div[^>]*osisID="([^".]+)"[^>]*type="book"|<div[^>]*type="book"[^>]*osisID="([^".]+)"')
+_DROP = re.compile(r"<(title|note)\b[^>]*>.*?</\1>", re.S)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def fetch_package(cache_dir: Path) -> Path:
+    """Download and unpack the Debian package once; returns the module folder."""
+    target = Path(cache_dir) / PACKAGE
+    module = target / MODULE_DIR
+    if module.is_dir():
+        return module
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise SpeedyError(f"demo data: apt-get and dpkg-deb are needed to fetch Debian's {PACKAGE}")
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        download = ["apt-get", "download", PACKAGE]
+        result = subprocess.run(download, cwd=tmp, capture_output=True, text=True)
+        if result.returncode != 0:
+            # A fresh machine may have no package lists yet; refresh them once (needs root) and retry.
+            subprocess.run(["apt-get", "update"], capture_output=True, text=True)
+            result = subprocess.run(download, cwd=tmp, capture_output=True, text=True)
+        debs = list(Path(tmp).glob(f"{PACKAGE}_*.deb"))
+        if result.returncode != 0 or not debs:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SpeedyError(f"demo data: 'apt-get download {PACKAGE}' failed: {last}")
+        unpacked = Path(tmp) / "root"
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)], check=True)
+        unpacked.rename(target)  # atomic: a killed fetch leaves no half-unpacked module
+    return module
+
+
+def read_verses(module: Path) -> list[tuple[str, str]]:
+    """All verses as ``(book osisID, plain text)``, in canonical order."""
+    verses = []
+    for testament in ("ot", "nt"):
+        index = (module / f"{testament}.bzs").read_bytes()
+        entries = (module / f"{testament}.bzv").read_bytes()
+        compressed = (module / f"{testament}.bzz").read_bytes()
+        blocks = [struct.unpack_from("<III", index, i) for i in range(0, len(index), 12)]
+        unpacked: dict[int, bytes] = {}
+        book = None
+        for i in range(0, len(entries), 10):
+            block, offset, size = struct.unpack_from("<IIH", entries, i)
+            if size == 0:
+                continue
+            if block not in unpacked:
+                start, length, _ = blocks[block]
+                unpacked[block] = zlib.decompress(compressed[start : start + length])
+            markup = unpacked[block][offset : offset + size].decode("utf-8")
+            found = _BOOK.search(markup)
+            if found:
+                book = found.group(1) or found.group(2)
+            text = " ".join(_TAG.sub("", _DROP.sub(" ", markup)).split())
+            if book and text:
+                verses.append((book, text))
+    return verses
+
+
+def build_bible_dataset(cache_dir: Path, out_dir: Path, train_per_class: int, validation_per_class: int,
+                        test_per_class: int, seed: int = 0) -> dict[str, Path]:
+    """Write balanced ``train.tsv``, ``validation.tsv`` and ``test.tsv`` (``label<TAB>text``, with a header).
+
+    Verses are drawn without replacement, per genre, with a fixed seed; the three splits never share a verse.
+    """
+    out_dir = Path(out_dir)
+    names = ("train", "validation", "test")
+    paths = {name: out_dir / f"{name}.tsv" for name in names}
+    if all(path.is_file() for path in paths.values()):
+        return paths
+    by_genre = defaultdict(list)
+    for book, text in read_verses(fetch_package(cache_dir)):
+        if book not in BOOK_GENRE:
+            raise SpeedyError(f"demo data: book '{book}' has no genre")
+        by_genre[BOOK_GENRE[book]].append(text.replace("\t", " "))
+    rng = random.Random(seed)
+    sizes = (train_per_class, validation_per_class, test_per_class)
+    rows = {name: [] for name in names}
+    for genre in sorted(by_genre):
+        texts = sorted(set(by_genre[genre]))
+        rng.shuffle(texts)
+        if len(texts) < sum(sizes):
+            raise SpeedyError(f"demo data: genre '{genre}' has {len(texts)} verses, fewer than {sum(sizes)} asked")
+        start = 0
+        for name, size in zip(names, sizes):
+            rows[name] += [(genre, text) for text in texts[start : start + size]]
+            start += size
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        rng.shuffle(rows[name])
+        tmp = paths[name].with_suffix(".tmp")
+        tmp.write_text("label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in rows[name]), "utf-8")
+        tmp.replace(paths[name])
+    return paths

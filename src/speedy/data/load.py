@@ -1,0 +1,48 @@
+"""A task's splits from its :class:`~speedy.config.DataSpec`, checked: no empty split, no unknown label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from speedy.config import TaskSpec
+from speedy.data.readers import load_hub_split, read_labelled_texts
+from speedy.errors import SpeedyError, where
+from speedy.tasks.base import TaskData
+
+SPLITS = ("train", "validation", "test")
+
+
+def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
+    spec = task.data
+    splits, sources, info = {}, {}, {}
+    if spec.builtin == "rv1909-genre":
+        from speedy.data.bible import build_bible_dataset
+
+        paths = build_bible_dataset(cache_dir, Path(data_dir) / task.name, *spec.per_class, seed=spec.seed)
+        for name in SPLITS:
+            splits[name] = read_labelled_texts(paths[name])
+            sources[name] = str(paths[name])
+        info["source"] = "Reina-Valera 1909 (Debian sword-text-sparv, public domain): verse -> genre of its book"
+    elif spec.hub:
+        for name in SPLITS:
+            splits[name] = load_hub_split(spec.hub, spec.hub_config, spec.hub_splits[name], spec.text, spec.label,
+                                          spec.text_pair)
+            sources[name] = f"{spec.hub}:{spec.hub_splits[name]}"
+    else:
+        for name in SPLITS:
+            path = getattr(spec, name)
+            if not path:
+                raise SpeedyError(f"tasks.{task.name}.data.{name}: no file given for the {name} split")
+            splits[name] = read_labelled_texts(path, spec.text, spec.label, spec.text_pair, spec.format, spec.columns)
+            sources[name] = str(path)
+    for name in SPLITS:
+        if len(splits[name]) == 0:
+            raise SpeedyError(f"{sources[name]}: no examples (the {name} split is empty)")
+    labels = sorted(set(splits["train"]["label"]))
+    known = set(labels)
+    for name in ("validation", "test"):
+        for label, line in zip(splits[name]["label"], splits[name]["line"]):
+            if label not in known:
+                raise SpeedyError(f"{where(sources[name], line)}: label '{label}' does not occur in the training "
+                                  f"split ({', '.join(labels)})")
+    return TaskData(task.name, splits, sources, labels, info)

@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses, the teacher cache and the trainer."""

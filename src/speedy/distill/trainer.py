@@ -1,0 +1,35 @@
+"""Stage 3's trainer: the ``transformers`` Trainer with a KD loss read from the teacher cache.
+
+Only ``compute_loss`` changes. Training batches carry ``example_index``; the trainer looks up the teacher's rows
+for those examples in the cache (so the teacher never runs during training and the data can be shuffled every
+epoch) and asks the task for the student's matching rows. Evaluation batches carry no index and get the task's
+ordinary loss against gold labels, so validation losses of students and teachers compare.
+"""
+
+from __future__ import annotations
+
+from transformers import Trainer
+
+from speedy.distill.cache import TeacherCache
+from speedy.distill.losses import DistillationLoss
+from speedy.tasks.base import Task
+
+
+class DistillationTrainer(Trainer):
+    def __init__(self, *args, teacher_cache: TeacherCache, distillation_loss: DistillationLoss, task: Task, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher_cache = teacher_cache
+        self.distillation_loss = distillation_loss
+        self.task = task
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        index = inputs.pop("example_index", None)
+        outputs = model(**inputs)
+        if index is None:
+            loss = outputs.loss
+        else:
+            teacher_rows, _ = self.teacher_cache.rows(index.tolist())
+            student_rows = self.task.student_rows(outputs, inputs)
+            loss = self.distillation_loss(student_rows, teacher_rows.to(student_rows.device),
+                                          self.task.row_labels(inputs))
+        return (loss, outputs) if return_outputs else loss

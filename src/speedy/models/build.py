@@ -1,0 +1,46 @@
+"""Turn a :class:`~speedy.config.ModelSpec` into a ``(model, tokenizer)`` pair with the task's head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from speedy.config import ModelSpec
+from speedy.errors import SpeedyError
+from speedy.models.registry import resolve
+from speedy.models.students import albert_base_n, prune_vocabulary, truncate_layers
+from speedy.tasks.base import Task
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_tokenizer(source: str):
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as error:  # noqa: BLE001 - not found locally and no Hub: one clear line
+        raise SpeedyError(f"model '{source}': cannot load its tokenizer ({_first_line(error)})") from None
+
+
+def build_model(spec: ModelSpec, task: Task, corpus: list[str], cache_dir: Path | None = None):
+    source = resolve(spec.base or spec.name, cache_dir)
+    tokenizer = load_tokenizer(source)
+    try:
+        if spec.kind == "albert-base-n":
+            model = albert_base_n(source, int(spec.layers), task.model_class(), num_labels=len(task.labels),
+                                  id2label=dict(enumerate(task.labels)), label2id=task.label2id)
+        else:
+            model = task.load_model(source)
+    except SpeedyError:
+        raise
+    except Exception as error:  # noqa: BLE001
+        raise SpeedyError(f"model '{spec.name}' ({source}): cannot load ({_first_line(error)})") from None
+    if spec.kind == "truncate":
+        keep = list(range(spec.layers)) if isinstance(spec.layers, int) else list(spec.layers)
+        truncate_layers(model, keep)
+    if spec.prune_vocab:
+        model, tokenizer = prune_vocabulary(model, tokenizer, corpus)
+    return model, tokenizer

@@ -1,0 +1,258 @@
+"""The study's stages, each reading the previous stage's results from the experiment store and writing its own.
+
+finetune (grid over teacher candidates) -> select (lowest validation loss) -> distill (students, with the
+teacher cache; optionally also without KD) -> evaluate (test split) -> measure (size, speed) -> report.
+Every stage can run alone; finished trials are skipped, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from speedy.config import ModelSpec, StudyConfig, TaskSpec
+from speedy.data.load import load_task_data
+from speedy.distill.cache import fingerprint_inputs
+from speedy.errors import SpeedyError
+from speedy.models.offline import default_cache_dir
+from speedy.models.registry import check_name
+from speedy.store import Store, Trial, trial_key
+from speedy.tasks import make_task
+from speedy.tasks.base import Task, TaskData
+
+STAGES = ("finetune", "select", "distill", "evaluate", "measure", "report")
+
+
+class Study:
+    def __init__(self, config: StudyConfig, console: Console | None = None):
+        self.config = config
+        self.console = console or Console()
+        self.output_dir = Path(config.output_dir)
+        self.cache_dir = default_cache_dir()
+        for section in ("teachers", "students"):
+            for i, spec in enumerate(getattr(config, section)):
+                check_name(spec.base or spec.name, f"{section}[{i}].base")
+        self.store = Store(config.store_url)
+        self._data: dict[str, TaskData] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def data(self, spec: TaskSpec) -> TaskData:
+        if spec.name not in self._data:
+            self._data[spec.name] = load_task_data(spec, self.cache_dir, self.output_dir / "data")
+        return self._data[spec.name]
+
+    def task(self, spec: TaskSpec) -> Task:
+        return make_task(spec.type, self.data(spec).labels)
+
+    def data_fingerprint(self, spec: TaskSpec) -> str:
+        data = self.data(spec)
+        return fingerprint_inputs((name, list(zip(split["text"], split["label"])) +
+                                   (list(split["text_pair"]) if "text_pair" in split.column_names else []))
+                                  for name, split in sorted(data.splits.items()))[:16]
+
+    def trial_dir(self, key: str) -> Path:
+        return self.output_dir / "trials" / key
+
+    def _run_trial(self, key: str, stage: str, task_name: str, name: str, params: dict, work) -> Trial:
+        """Run ``work()`` unless the store already has this trial done; record its result."""
+        done = self.store.get(key)
+        if done and done.status == "done" and done.checkpoint and Path(done.checkpoint).is_dir():
+            self.console.print(f"  [dim]skip {name}: done earlier (trial {key})[/dim]")
+            return done
+        self.console.print(f"  [bold]{stage}[/bold] {name} [dim](trial {key})[/dim]")
+        self.store.start(key, stage, task_name, name, params)
+        start = time.time()
+        try:
+            result = work()
+        except BaseException:
+            self.store.update(key, status="failed")
+            raise
+        self.store.update(key, status="done", val_loss=result["val_loss"], val_metrics=result["val_metrics"],
+                          checkpoint=result["checkpoint"], info=result.get("info", {}), seconds=time.time() - start)
+        return self.store.get(key)
+
+    # ------------------------------------------------------------------ stage 1
+    def grid(self, spec: ModelSpec):
+        grid = self.config.grid
+        rates = spec.learning_rate or grid.learning_rate
+        return itertools.product(grid.batch_size, grid.epochs, rates)
+
+    def finetune(self) -> None:
+        from speedy.models.build import build_model
+        from speedy.training import fit
+
+        for task_spec in self.config.tasks:
+            data, task = self.data(task_spec), self.task(task_spec)
+            self.console.rule(f"Stage 1: fine-tuning teacher candidates on '{task_spec.name}'")
+            for teacher in self.config.teachers:
+                for batch_size, epochs, learning_rate in self.grid(teacher):
+                    params = {"stage": "finetune", "task": task_spec.name, "data": self.data_fingerprint(task_spec),
+                              "max_length": task_spec.max_length, "model": dataclasses.asdict(teacher),
+                              "batch_size": batch_size, "epochs": epochs, "learning_rate": learning_rate,
+                              "seed": self.config.seed}
+                    key = trial_key(params)
+                    name = f"{teacher.name} bs={batch_size} ep={epochs} lr={learning_rate:g}"
+
+                    def work(teacher=teacher, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
+                             key=key):
+                        torch.manual_seed(self.config.seed)
+                        model, tokenizer = build_model(teacher, task, data.texts(), self.cache_dir)
+                        return fit(model, tokenizer, task, data, self.trial_dir(key), epochs=epochs,
+                                   batch_size=batch_size, learning_rate=learning_rate, seed=self.config.seed,
+                                   max_length=task_spec.max_length, metric="loss", warmup_ratio=0.1)
+
+                    self._run_trial(key, "finetune", task_spec.name, name, params, work)
+
+    # ------------------------------------------------------------------ stage 2
+    def select(self) -> dict[str, Trial]:
+        chosen = {}
+        for task_spec in self.config.tasks:
+            trials = self.store.trials("finetune", task_spec.name)
+            if not trials:
+                raise SpeedyError(f"select: no finished fine-tuning trial for task '{task_spec.name}': "
+                                  "run 'speedy finetune' first")
+            best = min(trials, key=lambda t: t.val_loss)
+            self.store.select(task_spec.name, best.key)
+            chosen[task_spec.name] = best
+            table = Table(title=f"Stage 2: teacher candidates for '{task_spec.name}' (lowest validation loss wins)")
+            for column in ("", "model", "batch", "epochs", "lr", "val loss", "val accuracy", "minutes"):
+                table.add_column(column)
+            for trial in sorted(trials, key=lambda t: t.val_loss):
+                p = trial.params
+                table.add_row("*" if trial.key == best.key else "", p["model"]["name"], str(p["batch_size"]),
+                              str(p["epochs"]), f"{p['learning_rate']:g}", f"{trial.val_loss:.4f}",
+                              f"{trial.val_metrics.get('accuracy', float('nan')):.4f}",
+                              f"{(trial.seconds or 0) / 60:.1f}")
+            self.console.print(table)
+        return chosen
+
+    def selected_teacher(self, task_spec: TaskSpec) -> Trial:
+        trial = self.store.selection(task_spec.name)
+        if trial is None:
+            raise SpeedyError(f"distill: no teacher selected for task '{task_spec.name}': run 'speedy select' first")
+        return trial
+
+    # ------------------------------------------------------------------ stage 3
+    def distill(self) -> None:
+        from transformers import AutoTokenizer
+
+        from speedy.distill.losses import DistillationLoss
+        from speedy.distill.teacher import teacher_cache_for
+        from speedy.models.build import build_model
+        from speedy.training import fit
+
+        settings = self.config.distill
+        for task_spec in self.config.tasks:
+            data, task = self.data(task_spec), self.task(task_spec)
+            teacher_trial = self.selected_teacher(task_spec)
+            self.console.rule(f"Stage 3: distilling '{teacher_trial.name}' on '{task_spec.name}'")
+            cache = None
+
+            def teacher_cache():
+                nonlocal cache
+                if cache is None:
+                    start = time.time()
+                    teacher = task.model_class().from_pretrained(teacher_trial.checkpoint)
+                    tokenizer = AutoTokenizer.from_pretrained(teacher_trial.checkpoint)
+                    cache = teacher_cache_for(teacher, tokenizer, task, data.splits["train"], task_spec.max_length,
+                                              self.output_dir / "teacher-cache", source=data.sources["train"])
+                    self.console.print(f"  teacher cache {cache.folder.name}: {len(cache)} examples "
+                                       f"({time.time() - start:.1f} s)")
+                return cache
+
+            for student in self.config.students:
+                modes = [mode for mode, wanted in (("kd", student.kd), ("finetune", student.finetune)) if wanted]
+                for mode in modes:
+                    params = {"stage": "distill", "mode": mode, "task": task_spec.name,
+                              "data": self.data_fingerprint(task_spec), "max_length": task_spec.max_length,
+                              "model": dataclasses.asdict(student), "settings": dataclasses.asdict(settings),
+                              "teacher": teacher_trial.key if mode == "kd" else None, "seed": self.config.seed}
+                    key = trial_key(params)
+                    name = f"{student.name} ({'KD' if mode == 'kd' else 'fine-tuned'})"
+
+                    def work(student=student, mode=mode, key=key):
+                        torch.manual_seed(self.config.seed)
+                        model, tokenizer = build_model(student, task, data.texts(), self.cache_dir)
+                        kd = mode == "kd"
+                        return fit(model, tokenizer, task, data, self.trial_dir(key), epochs=settings.epochs,
+                                   batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+                                   seed=self.config.seed, max_length=task_spec.max_length, metric=settings.metric,
+                                   patience=settings.patience, warmup_ratio=settings.warmup_ratio,
+                                   weight_decay=settings.weight_decay, teacher_cache=teacher_cache() if kd else None,
+                                   distillation_loss=DistillationLoss(settings.loss, settings.alpha,
+                                                                      settings.temperature) if kd else None)
+
+                    self._run_trial(key, "distill", task_spec.name, name, params, work)
+
+    # ------------------------------------------------------------------ evaluate, measure
+    def models_to_report(self, task_spec: TaskSpec) -> list[Trial]:
+        """Every finished teacher candidate (best trial per model) and every finished student of this task."""
+        best_per_teacher = {}
+        for trial in self.store.trials("finetune", task_spec.name):
+            name = trial.params["model"]["name"]
+            if name not in best_per_teacher or trial.val_loss < best_per_teacher[name].val_loss:
+                best_per_teacher[name] = trial
+        return list(best_per_teacher.values()) + self.store.trials("distill", task_spec.name)
+
+    def _load(self, trial: Trial, task: Task):
+        from transformers import AutoTokenizer
+
+        return task.model_class().from_pretrained(trial.checkpoint), AutoTokenizer.from_pretrained(trial.checkpoint)
+
+    def evaluate(self) -> None:
+        from speedy.evaluate import evaluate_model
+
+        for task_spec in self.config.tasks:
+            data, task = self.data(task_spec), self.task(task_spec)
+            self.console.rule(f"Evaluating on the test split of '{task_spec.name}'")
+            for trial in self.models_to_report(task_spec):
+                if trial.test_metrics:
+                    continue
+                model, tokenizer = self._load(trial, task)
+                metrics = evaluate_model(model, tokenizer, task, data.splits["test"], task_spec.max_length,
+                                         source=data.sources["test"])
+                self.store.update(trial.key, test_metrics=metrics)
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                self.console.print(f"  {trial.name}: {shown}")
+
+    def measure(self) -> None:
+        from speedy.bench.size import count_parameters
+        from speedy.bench.speed import random_inputs, time_model
+
+        speed, kind = self.config.speed, self.speed_kind()
+        for task_spec in self.config.tasks:
+            task = self.task(task_spec)
+            self.console.rule(f"Measuring size and speed (batch {speed.batch_size}, length {speed.length}, "
+                              f"{speed.warmup} warm-up + {speed.runs} runs)")
+            for trial in self.models_to_report(task_spec):
+                if self.store.measurement(trial.key, kind):
+                    continue
+                model, _ = self._load(trial, task)
+                if torch.cuda.is_available():
+                    model = model.cuda()
+                self.store.measure(trial.key, "size", count_parameters(model))
+                inputs = random_inputs(model.config.vocab_size, speed.batch_size, speed.length)
+                result = time_model(model, inputs, speed.warmup, speed.runs, speed.threads)
+                self.store.measure(trial.key, kind, result)
+                self.console.print(f"  {trial.name}: {result['inferences_per_second']:.1f} inferences/s "
+                                   f"({result['threads']} threads)")
+
+    def speed_kind(self) -> str:
+        speed = self.config.speed
+        return f"speed-torch-{'cuda' if torch.cuda.is_available() else 'cpu'}-b{speed.batch_size}-l{speed.length}"
+
+    # ------------------------------------------------------------------ all
+    def run(self, stages=STAGES) -> None:
+        for stage in stages:
+            if stage == "report":
+                from speedy.report import write_report
+
+                write_report(self)
+            else:
+                getattr(self, stage)()
