@@ -14,14 +14,17 @@ from transformers.trainer_utils import get_last_checkpoint
 def training_args(output_dir: Path, *, epochs: int, batch_size: int, learning_rate: float, seed: int,
                   metric: str = "loss", greater_is_better: bool = False, warmup_ratio: float = 0.0,
                   weight_decay: float = 0.0, eval_batch_size: int = 64, **extra) -> TrainingArguments:
-    """Evaluate and checkpoint every epoch, keep the best checkpoint by ``metric`` and load it at the end."""
+    """Evaluate and checkpoint every epoch, keep the best checkpoint by ``metric`` and load it at the end.
+
+    Batches group examples of similar length (still shuffled every epoch) so little compute goes to padding.
+    """
     return TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=eval_batch_size, learning_rate=learning_rate, seed=seed,
         eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch", save_total_limit=1,
         load_best_model_at_end=True, metric_for_best_model=metric, greater_is_better=greater_is_better,
         warmup_steps=warmup_ratio, weight_decay=weight_decay, report_to="none", save_only_model=False,
-        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=False, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="group_by_length", disable_tqdm=False, use_cpu=not torch.cuda.is_available(),
         **extra)
 
 

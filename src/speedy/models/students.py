@@ -121,7 +121,7 @@ def prune_vocabulary(model, tokenizer, texts: list[str]):
                ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
                if getattr(tokenizer, name, None) is not None}
     pruned_tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=tokenizer.model_max_length,
-                                               **special)
+                                               model_input_names=list(tokenizer.model_input_names), **special)
 
     old_embeddings = model.get_input_embeddings()
     index = torch.tensor(old_ids, dtype=torch.long)
