@@ -23,6 +23,7 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # per-model "Loading weights" bars; training keeps its own
     import datasets
 
     datasets.disable_progress_bars()

@@ -144,6 +144,8 @@ def _build(cls, data: Any, key: str):
 
 
 def _as_list(value, name):
+    if value in (None, []) and name == "students":
+        return []
     if not isinstance(value, list) or not value:
         raise SpeedyError(f"{name}: expected a non-empty list")
     return value

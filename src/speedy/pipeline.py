@@ -144,9 +144,11 @@ class Study:
 
         from speedy.distill.losses import DistillationLoss
         from speedy.distill.teacher import teacher_cache_for
-        from speedy.models.build import build_model
+        from speedy.models.build import build_model, check_layers
         from speedy.training import fit
 
+        for i, student in enumerate(self.config.students):
+            check_layers(student, self.cache_dir, f"students[{i}]")
         settings = self.config.distill
         for task_spec in self.config.tasks:
             data, task = self.data(task_spec), self.task(task_spec)

@@ -25,6 +25,26 @@ def load_tokenizer(source: str):
         raise SpeedyError(f"model '{source}': cannot load its tokenizer ({_first_line(error)})") from None
 
 
+def check_layers(spec: ModelSpec, cache_dir: Path | None = None, setting: str = "students") -> None:
+    """Check a student's ``layers`` against its base's depth before any work starts."""
+    if spec.kind == "pretrained":
+        return
+    from transformers import AutoConfig
+
+    source = resolve(spec.base or spec.name, cache_dir)
+    try:
+        depth = AutoConfig.from_pretrained(source).num_hidden_layers
+    except Exception as error:  # noqa: BLE001
+        raise SpeedyError(f"model '{spec.name}' ({source}): cannot read its config ({_first_line(error)})") from None
+    wanted = [spec.layers] if isinstance(spec.layers, int) else list(spec.layers)
+    if spec.kind == "albert-base-n" or isinstance(spec.layers, int):
+        ok = len(wanted) == 1 and 1 <= wanted[0] <= depth
+    else:
+        ok = bool(wanted) and wanted == sorted(set(wanted)) and wanted[0] >= 0 and wanted[-1] < depth
+    if not ok:
+        raise SpeedyError(f"{setting}.layers: {spec.layers} does not fit '{spec.name}', whose base has {depth} layers")
+
+
 def build_model(spec: ModelSpec, task: Task, corpus: list[str], cache_dir: Path | None = None):
     source = resolve(spec.base or spec.name, cache_dir)
     tokenizer = load_tokenizer(source)

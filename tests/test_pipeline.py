@@ -1,0 +1,103 @@
+"""The whole study on tiny models and files: every stage, the report, and resumption after a kill."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import make_examples, write_tsv
+from speedy.config import load_config
+from speedy.pipeline import Study
+
+
+def study_config(tmp_path, files, teachers, students, grid=None, epochs=3):
+    config = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "out"),
+        "seed": 1,
+        "tasks": [{"name": "tiny", "max_length": 32, "data": files}],
+        "teachers": teachers,
+        "students": students,
+        "grid": grid or {"batch_size": [16], "epochs": [2], "learning_rate": [1e-3]},
+        "distill": {"epochs": epochs, "patience": 2, "batch_size": 16, "learning_rate": 1e-3},
+        "speed": {"batch_size": 1, "length": 16, "warmup": 1, "runs": 5},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _env():
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def test_every_stage_runs_and_the_report_compares_teacher_and_students(tmp_path, tiny_files, bert_dir, albert_dir):
+    path = study_config(
+        tmp_path, tiny_files,
+        teachers=[{"name": "bert", "base": str(bert_dir)}, {"name": "albert", "base": str(albert_dir)}],
+        students=[{"name": "bert-2L", "base": str(bert_dir), "kind": "truncate", "layers": [0, 3],
+                   "finetune": True, "prune_vocab": True},
+                  {"name": "albert-base-2", "base": str(albert_dir), "kind": "albert-base-n", "layers": 2}])
+    result = subprocess.run([sys.executable, "-m", "speedy", "run", str(path)], capture_output=True, text=True,
+                            env=_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = Study(load_config(path))
+    candidates = study.store.trials("finetune", "tiny")
+    assert len(candidates) == 2
+    selected = study.store.selection("tiny")
+    assert selected.val_loss == min(t.val_loss for t in candidates)  # stage 2: lowest validation loss
+    students = study.store.trials("distill", "tiny")
+    assert sorted(t.name for t in students) == ["albert-base-2 (KD)", "bert-2L (KD)", "bert-2L (fine-tuned)"]
+    for trial in candidates + students:
+        assert 0.0 <= trial.test_metrics["accuracy"] <= 1.0 and "macro_f1" in trial.test_metrics
+        assert study.store.measurement(trial.key, "size")["parameters"] > 0
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    for name in ("bert-2L", "albert-base-2", "student, KD", "student, fine-tuned only", "teacher (selected)"):
+        assert name in report
+    assert (tmp_path / "out" / "report" / "score_vs_speed.png").stat().st_size > 1000
+    assert "Stage 2: teacher candidates" in result.stdout
+
+    # Any stage re-runs alone, reusing what the store has: nothing is trained again.
+    again = subprocess.run([sys.executable, "-m", "speedy", "distill", str(path)], capture_output=True, text=True,
+                           env=_env(), timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("skip ") == 3
+
+
+def _done_trials(store):
+    if not store.exists():
+        return []
+    with sqlite3.connect(store) as conn:
+        try:
+            return conn.execute("select key, updated from trials where status = 'done'").fetchall()
+        except sqlite3.OperationalError:
+            return []
+
+
+def test_a_killed_run_resumes_without_redoing_finished_trials(tmp_path, tiny_files, bert_dir):
+    path = study_config(tmp_path, tiny_files, teachers=[{"name": "bert", "base": str(bert_dir)}], students=[],
+                        grid={"batch_size": [8], "epochs": [3], "learning_rate": [1e-3, 5e-4, 2e-4, 1e-4]})
+    store = tmp_path / "out" / "store.sqlite"
+    process = subprocess.Popen([sys.executable, "-m", "speedy", "finetune", str(path)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.time() + 300
+    while not _done_trials(store) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = dict(_done_trials(store))
+    assert 1 <= len(finished) < 4, "the kill should land after the first trial and before the last"
+
+    result = subprocess.run([sys.executable, "-m", "speedy", "finetune", str(path)], capture_output=True, text=True,
+                            env=_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = dict(_done_trials(store))
+    assert len(after) == 4
+    for key, updated in finished.items():
+        assert after[key] == updated  # untouched: not trained again
+    assert result.stdout.count("skip ") == len(finished)
