@@ -1,5 +1,7 @@
 """Student builders: ALBERT base-n, truncated encoders, vocabulary pruning."""
 
+import os
+
 import pytest
 import torch
 from transformers import AlbertModel, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertModel
@@ -112,3 +114,11 @@ def test_pruning_a_realistic_corpus_shrinks_the_vocabulary(bert_unigram_dir):
     model = AutoModelForSequenceClassification.from_pretrained(bert_unigram_dir, num_labels=2)
     _, pruned = prune_vocabulary(model, tokenizer, corpus()[:10])
     assert len(pruned) < len(tokenizer)
+
+
+@pytest.mark.skipif(os.environ.get("SPEEDY_HUB_TESTS") != "1", reason="needs the Hugging Face Hub (SPEEDY_HUB_TESTS=1)")
+def test_albeto_base_n_from_the_hub():
+    full = AlbertModel.from_pretrained("dccuchile/albert-base-spanish")
+    for n in (2, 4, 6, 8, 10):
+        student = albert_base_n("dccuchile/albert-base-spanish", n, AlbertModel)
+        assert student.config.num_hidden_layers == n and _count(student) == _count(full)

@@ -154,18 +154,19 @@ class Study:
             data, task = self.data(task_spec), self.task(task_spec)
             teacher_trial = self.selected_teacher(task_spec)
             self.console.rule(f"Stage 3: distilling '{teacher_trial.name}' on '{task_spec.name}'")
-            cache = None
+            cache, cache_seconds = None, 0.0
 
             def teacher_cache():
-                nonlocal cache
+                nonlocal cache, cache_seconds
                 if cache is None:
                     start = time.time()
                     teacher = task.model_class().from_pretrained(teacher_trial.checkpoint)
                     tokenizer = AutoTokenizer.from_pretrained(teacher_trial.checkpoint)
                     cache = teacher_cache_for(teacher, tokenizer, task, data.splits["train"], task_spec.max_length,
                                               self.output_dir / "teacher-cache", source=data.sources["train"])
+                    cache_seconds = time.time() - start
                     self.console.print(f"  teacher cache {cache.folder.name}: {len(cache)} examples "
-                                       f"({time.time() - start:.1f} s)")
+                                       f"({cache_seconds:.1f} s)")
                 return cache
 
             for student in self.config.students:
@@ -182,13 +183,17 @@ class Study:
                         torch.manual_seed(self.config.seed)
                         model, tokenizer = build_model(student, task, data.texts(), self.cache_dir)
                         kd = mode == "kd"
-                        return fit(model, tokenizer, task, data, self.trial_dir(key), epochs=settings.epochs,
+                        result = fit(model, tokenizer, task, data, self.trial_dir(key), epochs=settings.epochs,
                                    batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                                    seed=self.config.seed, max_length=task_spec.max_length, metric=settings.metric,
                                    patience=settings.patience, warmup_ratio=settings.warmup_ratio,
                                    weight_decay=settings.weight_decay, teacher_cache=teacher_cache() if kd else None,
                                    distillation_loss=DistillationLoss(settings.loss, settings.alpha,
                                                                       settings.temperature) if kd else None)
+                        if kd:  # the cache's cost is paid once per teacher; later students read it for free
+                            result["info"] = {"teacher_cache": cache.folder.name,
+                                              "teacher_cache_seconds": cache_seconds}
+                        return result
 
                     self._run_trial(key, "distill", task_spec.name, name, params, work)
 

@@ -52,13 +52,13 @@ def _fmt(value, digits=2) -> str:
 
 
 def markdown_table(rows: list[dict], speed_note: str) -> str:
-    header = ("| Task | Model | Role | Layers | Params (M) | Params w/o emb. (M) | Test acc. | Test macro-F1 "
+    header = ("| Task | Model | Role | Layers | Params (M) | Params w/o emb. (M) | Val loss | Test acc. | Test macro-F1 "
               "| Inferences/s | Speed-up | Train (min) |")
-    lines = [header, "|" + "---|" * 11]
+    lines = [header, "|" + "---|" * 12]
     for r in rows:
         lines.append("| " + " | ".join([
             r["task"], r["model"], r["role"], _fmt(r["layers"]), _fmt(r["params_M"], 1),
-            _fmt(r["non_embedding_params_M"], 1), _fmt(100 * r["test_accuracy"] if r["test_accuracy"] is not None else None),
+            _fmt(r["non_embedding_params_M"], 1), _fmt(r["val_loss"], 3), _fmt(100 * r["test_accuracy"] if r["test_accuracy"] is not None else None),
             _fmt(100 * r["test_macro_f1"] if r["test_macro_f1"] is not None else None), _fmt(r["inferences_per_s"], 1),
             _fmt(r["speedup"], 2) + ("x" if r["speedup"] else ""), _fmt(r["train_minutes"], 1)]) + " |")
     return "\n".join(lines) + f"\n\n{speed_note}\n"
