@@ -12,6 +12,7 @@ import yaml
 
 from conftest import make_examples, write_tsv
 from speedy.config import load_config
+from speedy.distill.cache import TeacherCache
 from speedy.pipeline import Study
 
 
@@ -101,3 +102,56 @@ def test_a_killed_run_resumes_without_redoing_finished_trials(tmp_path, tiny_fil
     for key, updated in finished.items():
         assert after[key] == updated  # untouched: not trained again
     assert result.stdout.count("skip ") == len(finished)
+
+
+def _conll(path, sentences):
+    path.write_text("\n\n".join("\n".join(f"{w} {t}" for w, t in s) for s in sentences) + "\n", "utf-8")
+    return str(path)
+
+
+def tagged_sentences(n, seed):
+    """Tiny NER: names of people are B-PER (I-PER), cities B-LOC, everything else O."""
+    import random
+
+    rng = random.Random(seed)
+    people, cities = [["Juan"], ["María", "López"], ["Ana"]], ["Madrid", "Lima", "Quito"]
+    out = []
+    for _ in range(n):
+        name = rng.choice(people)
+        sentence = [(name[0], "B-PER")] + [(w, "I-PER") for w in name[1:]]
+        sentence += [("viajó", "O"), ("a", "O"), (rng.choice(cities), "B-LOC"), ("ayer", "O"), (".", "O")]
+        out.append(sentence)
+    return out
+
+
+def test_tagging_study_distils_across_tokenizers_and_scores_any_conll_file(tmp_path, bert_dir, bert_unigram_dir):
+    files = {"train": _conll(tmp_path / "train.conll", tagged_sentences(48, 1)),
+             "validation": _conll(tmp_path / "dev.conll", tagged_sentences(12, 2)),
+             "test": _conll(tmp_path / "test.conll", tagged_sentences(12, 3))}
+    config = {"name": "ner", "output_dir": str(tmp_path / "out"), "seed": 1,
+              "tasks": [{"name": "ner", "type": "tagging", "max_length": 16, "data": files}],
+              "teachers": [{"name": "teacher", "base": str(bert_dir)}],
+              "students": [{"name": "student", "base": str(bert_unigram_dir), "kind": "truncate", "layers": 2,
+                            "finetune": True}],
+              "grid": {"batch_size": [8], "epochs": [3], "learning_rate": [1e-3]},
+              "distill": {"epochs": 3, "patience": 2, "batch_size": 8, "learning_rate": 1e-3},
+              "speed": {"batch_size": 1, "length": 16, "warmup": 1, "runs": 3}}
+    path = tmp_path / "ner.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "speedy", "run", str(path)], capture_output=True, text=True,
+                            env=_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = Study(load_config(path))
+    students = study.store.trials("distill", "ner")
+    assert sorted(t.name for t in students) == ["student (KD)", "student (fine-tuned)"]
+    for trial in students + study.store.trials("finetune", "ner"):
+        assert set(trial.test_metrics) == {"f1", "accuracy"} and 0 <= trial.test_metrics["f1"] <= 1
+    kd = next(t for t in students if t.params["mode"] == "kd")
+    cache = TeacherCache(tmp_path / "out" / "teacher-cache" / kd.info["teacher_cache"])
+    assert len(cache) == 48 and cache.example(0).shape[1] == 4  # one row per word, 4 tags: word level
+
+    other = _conll(tmp_path / "other.conll", tagged_sentences(5, 9))
+    scored = subprocess.run([sys.executable, "-m", "speedy", "evaluate", "--model", kd.checkpoint, "--test-file",
+                             other], capture_output=True, text=True, env=_env(), timeout=300)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert "f1" in scored.stdout and "accuracy" in scored.stdout

@@ -64,8 +64,53 @@ def _stage(name: str):
     return command
 
 
-for _name in ("finetune", "select", "distill", "evaluate", "measure", "report"):
+for _name in ("finetune", "select", "distill", "measure", "report"):
     app.command(_name)(_stage(_name))
+
+
+@app.command()
+def evaluate(config: Optional[Path] = typer.Argument(None, help="A study config: score its models on its test split."),
+             output: Optional[Path] = typer.Option(None, help="Override the config's output_dir."),
+             model: Optional[Path] = typer.Option(None, help="A model folder trained with speedy."),
+             test_file: Optional[Path] = typer.Option(None, help="A file to score it on (TSV/CSV/JSONL, CoNLL, "
+                                                                  "CoNLL-U)."),
+             max_length: Optional[int] = typer.Option(None, help="Default: the length the model was trained with.")):
+    """Score a study's models on its test split, or one model folder on any file (--model DIR --test-file F)."""
+    _quiet_libraries()
+    try:
+        if model is not None or test_file is not None:
+            if model is None or test_file is None:
+                raise SpeedyError("evaluate: give both --model and --test-file")
+            _evaluate_file(model, test_file, max_length)
+        elif config is None:
+            raise SpeedyError("evaluate: give a study config, or --model and --test-file")
+        else:
+            _study(config, output).run(["evaluate"])
+    except SpeedyError as error:
+        _fail(error)
+
+
+def _evaluate_file(model_dir: Path, test_file: Path, max_length: Optional[int]) -> None:
+    from rich.table import Table
+    from transformers import AutoConfig, AutoTokenizer
+
+    from speedy.data.readers import read_labelled_texts, read_tagged
+    from speedy.evaluate import evaluate_model
+    from speedy.tasks import task_from_model
+
+    if not (model_dir / "config.json").is_file():
+        raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
+    task, trained_length = task_from_model(AutoConfig.from_pretrained(model_dir))
+    data = read_tagged(test_file) if task.type == "tagging" else read_labelled_texts(test_file)
+    model = task.model_class().from_pretrained(model_dir)
+    metrics = evaluate_model(model, AutoTokenizer.from_pretrained(model_dir), task, data,
+                             max_length or trained_length, source=str(test_file))
+    table = Table(title=f"{model_dir} on {test_file} ({len(data)} examples)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
 
 
 @app.command()

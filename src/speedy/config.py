@@ -16,7 +16,7 @@ import yaml
 
 from speedy.errors import SpeedyError
 
-TASK_TYPES = ("classification",)
+TASK_TYPES = ("classification", "tagging")
 MODEL_KINDS = ("pretrained", "truncate", "albert-base-n")
 
 
@@ -28,7 +28,10 @@ class DataSpec:
     train: str | None = None
     validation: str | None = None
     test: str | None = None
-    format: str | None = None  # tsv | csv | jsonl (default: from the suffix)
+    format: str | None = None  # tsv | csv | jsonl; tagging: conll | conllu (default: from the suffix)
+    tag_column: int | None = None  # tagging: which column holds the tag (CoNLL: last; CoNLL-U: 3, UPOS)
+    hub_tokens: str = "tokens"  # tagging on the Hub: the words' column
+    hub_tags: str = "ner_tags"  # tagging on the Hub: the tags' column (universal_dependencies: upos)
     columns: list[str] | None = None  # for header-less TSV/CSV
     text: str = "text"
     text_pair: str | None = None
@@ -47,6 +50,7 @@ class TaskSpec:
     type: str = "classification"
     data: DataSpec = field(default_factory=DataSpec)
     max_length: int = 128
+    scheme: str = "bio"  # tagging: bio (NER, entity-level F1) or pos (every word its own tag)
 
 
 @dataclass
@@ -85,7 +89,7 @@ class DistillSettings:
     learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    metric: str = "accuracy"  # validation metric for early stopping and the best checkpoint
+    metric: str | None = None  # validation metric for early stopping (default: the task's: accuracy, f1)
 
 
 @dataclass
@@ -160,6 +164,8 @@ def validate(config: StudyConfig) -> StudyConfig:
         data = task.data
         if not (data.builtin or data.train or data.hub):
             raise SpeedyError(f"tasks[{i}].data: give one of builtin, train/validation/test files, or hub")
+        if task.type == "tagging" and task.scheme not in ("bio", "pos"):
+            raise SpeedyError(f"tasks[{i}].scheme: unknown tagging scheme '{task.scheme}' (allowed: bio, pos)")
         if data.builtin and data.builtin != "rv1909-genre":
             raise SpeedyError(f"tasks[{i}].data.builtin: unknown dataset '{data.builtin}' (allowed: rv1909-genre)")
     for section in ("teachers", "students"):

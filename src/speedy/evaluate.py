@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from speedy.tasks.base import Task
+from speedy.tasks.base import EXTRA_KEYS, Task
 
 
 @torch.no_grad()
@@ -16,7 +16,8 @@ def predict(model, tokenizer, task: Task, encoded, batch_size: int = 64) -> tupl
     loader = DataLoader(encoded, batch_size=batch_size, shuffle=False, collate_fn=task.collator(tokenizer))
     logits, labels = [], []
     for batch in loader:
-        batch.pop("example_index", None)
+        for name in EXTRA_KEYS:
+            batch.pop(name, None)
         gold = batch.pop("labels")
         logits.append(model(**batch).logits.float().cpu().numpy())
         labels.append(gold.cpu().numpy())
@@ -24,6 +25,4 @@ def predict(model, tokenizer, task: Task, encoded, batch_size: int = 64) -> tupl
 
 
 def evaluate_model(model, tokenizer, task: Task, dataset, max_length: int, source: str = "") -> dict:
-    encoded = task.encode(dataset, tokenizer, max_length, source=source)
-    logits, labels = predict(model, tokenizer, task, encoded)
-    return task.compute_metrics(logits, labels)
+    return task.evaluate(model, tokenizer, dataset, max_length, source=source)

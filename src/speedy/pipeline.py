@@ -48,13 +48,14 @@ class Study:
         return self._data[spec.name]
 
     def task(self, spec: TaskSpec) -> Task:
-        return make_task(spec.type, self.data(spec).labels)
+        task = make_task(spec.type, self.data(spec).labels, spec.scheme)
+        if hasattr(task, "set_fallback_from"):
+            task.set_fallback_from(self.data(spec).splits["train"])
+        return task
 
     def data_fingerprint(self, spec: TaskSpec) -> str:
         data = self.data(spec)
-        return fingerprint_inputs((name, list(zip(split["text"], split["label"])) +
-                                   (list(split["text_pair"]) if "text_pair" in split.column_names else []))
-                                  for name, split in sorted(data.splits.items()))[:16]
+        return fingerprint_inputs((name, split.to_dict()) for name, split in sorted(data.splits.items()))[:16]
 
     def trial_dir(self, key: str) -> Path:
         return self.output_dir / "trials" / key
@@ -185,7 +186,8 @@ class Study:
                         kd = mode == "kd"
                         result = fit(model, tokenizer, task, data, self.trial_dir(key), epochs=settings.epochs,
                                    batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-                                   seed=self.config.seed, max_length=task_spec.max_length, metric=settings.metric,
+                                   seed=self.config.seed, max_length=task_spec.max_length,
+                                   metric=settings.metric or task.primary_metric,
                                    patience=settings.patience, warmup_ratio=settings.warmup_ratio,
                                    weight_decay=settings.weight_decay, teacher_cache=teacher_cache() if kd else None,
                                    distillation_loss=DistillationLoss(settings.loss, settings.alpha,

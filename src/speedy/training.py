@@ -84,6 +84,7 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
         trainer = Trainer(**kwargs)
     train_resumably(trainer)
     metrics = trainer.evaluate()
+    trainer.model.config.speedy_task = task.describe(max_length)  # lets `speedy evaluate --model` rebuild the task
     saved = save_atomically(trainer.model, tokenizer, output_dir / "model")
     remove_checkpoints(output_dir)
     return {"val_loss": float(metrics["eval_loss"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from speedy.config import TaskSpec
-from speedy.data.readers import load_hub_split, read_labelled_texts
+from speedy.data.readers import load_hub_split, load_hub_tagging, read_labelled_texts, read_tagged
 from speedy.errors import SpeedyError, where
 from speedy.tasks.base import TaskData
 
@@ -23,6 +23,11 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
             splits[name] = read_labelled_texts(paths[name])
             sources[name] = str(paths[name])
         info["source"] = "Reina-Valera 1909 (Debian sword-text-sparv, public domain): verse -> genre of its book"
+    elif spec.hub and task.type == "tagging":
+        for name in SPLITS:
+            splits[name] = load_hub_tagging(spec.hub, spec.hub_config, spec.hub_splits[name], spec.hub_tokens,
+                                            spec.hub_tags)
+            sources[name] = f"{spec.hub}:{spec.hub_splits[name]}"
     elif spec.hub:
         for name in SPLITS:
             splits[name] = load_hub_split(spec.hub, spec.hub_config, spec.hub_splits[name], spec.text, spec.label,
@@ -33,15 +38,25 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
             path = getattr(spec, name)
             if not path:
                 raise SpeedyError(f"tasks.{task.name}.data.{name}: no file given for the {name} split")
-            splits[name] = read_labelled_texts(path, spec.text, spec.label, spec.text_pair, spec.format, spec.columns)
+            if task.type == "tagging":
+                splits[name] = read_tagged(path, spec.format, spec.tag_column)
+            else:
+                splits[name] = read_labelled_texts(path, spec.text, spec.label, spec.text_pair, spec.format,
+                                                   spec.columns)
             sources[name] = str(path)
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise SpeedyError(f"{sources[name]}: no examples (the {name} split is empty)")
-    labels = sorted(set(splits["train"]["label"]))
+    if task.type == "tagging":
+        labels = sorted({tag for tags in splits["train"]["tags"] for tag in tags})
+        checks = ((name, ((tag, line) for tags, lines in zip(splits[name]["tags"], splits[name]["lines"])
+                          for tag, line in zip(tags, lines))) for name in ("validation", "test"))
+    else:
+        labels = sorted(set(splits["train"]["label"]))
+        checks = ((name, zip(splits[name]["label"], splits[name]["line"])) for name in ("validation", "test"))
     known = set(labels)
-    for name in ("validation", "test"):
-        for label, line in zip(splits[name]["label"], splits[name]["line"]):
+    for name, pairs in checks:
+        for label, line in pairs:
             if label not in known:
                 raise SpeedyError(f"{where(sources[name], line)}: label '{label}' does not occur in the training "
                                   f"split ({', '.join(labels)})")

@@ -105,3 +105,108 @@ def load_hub_split(name: str, config: str | None, split: str, text: str, label: 
     if text_pair:
         columns["text_pair"] = [str(t) for t in dataset[text_pair]]
     return Dataset.from_dict(columns)
+
+
+# ------------------------------------------------------------------------------------------- tagging
+
+
+def _tagged_dataset(sentences: list[tuple[list[str], list[str], list[int]]], path) -> Dataset:
+    if not sentences:
+        raise SpeedyError(f"{path}: no sentences (the split is empty)")
+    tokens, tags, lines = zip(*sentences)
+    return Dataset.from_dict({"tokens": list(tokens), "tags": list(tags), "lines": list(lines),
+                              "line": [sentence_lines[0] for sentence_lines in lines]})
+
+
+def read_conll(path: str | Path, tag_column: int = -1) -> Dataset:
+    """A CoNLL file (``word [extra columns] tag``, blank line between sentences, ``-DOCSTART-`` lines skipped)
+    into columns ``tokens``, ``tags``, ``lines`` (each token's line) and ``line`` (the sentence's first line)."""
+    path = Path(path)
+    sentences, words, tags, lines = [], [], [], []
+
+    def close():
+        if words:
+            sentences.append((list(words), list(tags), list(lines)))
+        words.clear(), tags.clear(), lines.clear()
+
+    for number, line in enumerate(_read_lines(path), start=1):
+        stripped = line.strip()
+        if not stripped:
+            close()
+            continue
+        if stripped.startswith("-DOCSTART-"):
+            close()
+            continue
+        fields = stripped.split()
+        if len(fields) < 2 or line[:1].isspace():
+            raise SpeedyError(f"{where(path, number)}: a tag with no word ('{stripped}')")
+        words.append(fields[0])
+        tags.append(fields[tag_column])
+        lines.append(number)
+    close()
+    return _tagged_dataset(sentences, path)
+
+
+def read_conllu(path: str | Path, column: int = 3) -> Dataset:
+    """A CoNLL-U file into the columns of :func:`read_conll`, tags from ``column`` (3 = UPOS, 0-based).
+
+    Multi-word token ranges (``3-4``) are skipped, their syntactic words kept; empty nodes (``5.1``) are skipped.
+    """
+    path = Path(path)
+    sentences, words, tags, lines = [], [], [], []
+    first_line = None
+    for number, line in enumerate(_read_lines(path) + [""], start=1):
+        if not line.strip():
+            if words:
+                sentences.append((list(words), list(tags), list(lines)))
+            elif first_line is not None:
+                raise SpeedyError(f"{where(path, first_line)}: a sentence with no tokens")
+            words.clear(), tags.clear(), lines.clear()
+            first_line = None
+            continue
+        if first_line is None:
+            first_line = number
+        if line.startswith("#"):
+            continue
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) != 10:
+            raise SpeedyError(f"{where(path, number)}: {len(fields)} tab-separated columns, CoNLL-U has 10")
+        token_id = fields[0]
+        if "-" in token_id or "." in token_id:
+            continue
+        if not fields[1] or not fields[column] or fields[column] == "_":
+            raise SpeedyError(f"{where(path, number)}: a token with no word or no tag")
+        words.append(fields[1])
+        tags.append(fields[column])
+        lines.append(number)
+    return _tagged_dataset(sentences, path)
+
+
+def read_tagged(path: str | Path, fmt: str | None = None, tag_column: int | None = None) -> Dataset:
+    """CoNLL-U for ``.conllu`` files, CoNLL otherwise (or as ``fmt`` says)."""
+    path = Path(path)
+    fmt = fmt or ("conllu" if path.suffix.lower() == ".conllu" else "conll")
+    if fmt == "conllu":
+        return read_conllu(path, 3 if tag_column is None else tag_column)
+    if fmt == "conll":
+        return read_conll(path, -1 if tag_column is None else tag_column)
+    raise SpeedyError(f"{path}: unknown tagging format '{fmt}' (allowed: conll, conllu)")
+
+
+def load_hub_tagging(name: str, config: str | None, split: str, tokens: str = "tokens",
+                     tags: str = "ner_tags") -> Dataset:
+    """A split of a Hub tagging dataset (``conll2002`` es, ``universal_dependencies`` es_ancora: ``upos``)."""
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(name, config, split=split)
+    except Exception as error:  # noqa: BLE001
+        raise SpeedyError(f"data.hub: cannot load '{name}' ({config}) split '{split}': "
+                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    feature = dataset.features[tags].feature
+    names = feature.names if hasattr(feature, "names") else None
+    sentences = []
+    for i, row in enumerate(dataset, start=1):
+        labels = [names[t] if names else str(t) for t in row[tags]]
+        sentences.append((list(row[tokens]), labels, [i] * len(labels)))
+    return _tagged_dataset(sentences, f"{name}:{split}")

@@ -68,6 +68,10 @@ class TeacherCache:
         stacked = np.concatenate(parts, axis=0) if parts else np.zeros((0, self.values.shape[1]), np.float32)
         return torch.from_numpy(np.array(stacked, dtype=np.float32)), counts
 
+    def example(self, index: int) -> np.ndarray:
+        """One example's rows, ``[rows, dim]``."""
+        return np.array(self.values[self.offsets[index] : self.offsets[index + 1]], dtype=np.float32)
+
     @staticmethod
     def path_for(root: Path, key: str) -> Path:
         return Path(root) / key

@@ -12,7 +12,7 @@ from transformers import Trainer
 
 from speedy.distill.cache import TeacherCache
 from speedy.distill.losses import DistillationLoss
-from speedy.tasks.base import Task
+from speedy.tasks.base import EXTRA_KEYS, Task
 
 
 class DistillationTrainer(Trainer):
@@ -23,13 +23,11 @@ class DistillationTrainer(Trainer):
         self.task = task
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        index = inputs.pop("example_index", None)
+        extras = {name: inputs.pop(name) for name in EXTRA_KEYS if name in inputs}
         outputs = model(**inputs)
-        if index is None:
+        if "example_index" not in extras:
             loss = outputs.loss
         else:
-            teacher_rows, _ = self.teacher_cache.rows(index.tolist())
-            student_rows = self.task.student_rows(outputs, inputs)
-            loss = self.distillation_loss(student_rows, teacher_rows.to(student_rows.device),
-                                          self.task.row_labels(inputs))
+            student, teacher, labels = self.task.kd_rows(outputs, inputs, extras, self.teacher_cache)
+            loss = self.distillation_loss(student, teacher, labels)
         return (loss, outputs) if return_outputs else loss

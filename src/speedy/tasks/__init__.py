@@ -2,12 +2,29 @@
 
 from speedy.tasks.base import Task, TaskData
 from speedy.tasks.classification import ClassificationTask
+from speedy.tasks.tagging import TaggingTask
 
-TASK_CLASSES = {ClassificationTask.type: ClassificationTask}
+TASK_CLASSES = {ClassificationTask.type: ClassificationTask, TaggingTask.type: TaggingTask}
 
 
-def make_task(task_type: str, labels: list[str]) -> Task:
+def make_task(task_type: str, labels: list[str], scheme: str = "bio") -> Task:
+    if task_type == TaggingTask.type:
+        return TaggingTask(labels, scheme)
     return TASK_CLASSES[task_type](labels)
 
 
-__all__ = ["Task", "TaskData", "ClassificationTask", "TASK_CLASSES", "make_task"]
+def task_from_model(config) -> tuple[Task, int]:
+    """The task a saved model was trained for, and its maximum length, from its config."""
+    from speedy.errors import SpeedyError
+
+    info = getattr(config, "speedy_task", None)
+    if not info or info.get("type") not in TASK_CLASSES:
+        raise SpeedyError("--model: this folder has no speedy task in its config.json (train it with speedy)")
+    labels = [config.id2label[i] for i in sorted(int(k) for k in config.id2label)]
+    task = make_task(info["type"], labels, info.get("scheme") or "bio")
+    if info.get("fallback") in task.label2id:
+        task.fallback = info["fallback"]
+    return task, int(info.get("max_length") or 128)
+
+
+__all__ = ["Task", "TaskData", "ClassificationTask", "TaggingTask", "TASK_CLASSES", "make_task", "task_from_model"]

@@ -1,14 +1,15 @@
 """What every task type provides to the pipeline: encoding, the model head, the metric, and KD rows.
 
 KD works on *rows*: a task decides what one distilled unit is (an example's logits for classification, a word
-for tagging, a start/end distribution for QA). ``teacher_rows`` turns a teacher's batch output into one array
-of rows per example (what the teacher cache stores, independent of the student's tokenizer) and
-``student_rows`` gathers the student's matching rows, so the KD loss and the trainer are shared by all tasks.
+for tagging, a start/end distribution for QA). ``teacher_rows`` turns a teacher's batch output into rows placed
+by their index within the example (what the teacher cache stores, independent of the student's tokenizer) and
+``kd_rows`` pairs the student's rows with the cached teacher rows, so the KD loss and the trainer are shared.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,13 +28,18 @@ class TaskData:
     info: dict = field(default_factory=dict)
 
     def texts(self) -> list[str]:
-        """Every text of every split (for vocabulary pruning)."""
+        """Every text of every split (for vocabulary pruning); a tagged sentence is its words joined by spaces."""
         out = []
         for split in self.splits.values():
             for column in ("text", "text_pair"):
                 if column in split.column_names:
                     out += list(split[column])
+            if "tokens" in split.column_names:
+                out += [" ".join(tokens) for tokens in split["tokens"]]
         return out
+
+
+EXTRA_KEYS = ("example_index", "word_index")  # KD bookkeeping in batches, never passed to the model
 
 
 class Task(ABC):
@@ -44,6 +50,15 @@ class Task(ABC):
         self.labels = list(labels)
         self.label2id = {label: i for i, label in enumerate(self.labels)}
 
+    def describe(self, max_length: int) -> dict:
+        """What a saved model needs to be scored again: stored in its ``config.json`` as ``speedy_task``."""
+        return {"type": self.type, "max_length": max_length, "scheme": getattr(self, "scheme", None)}
+
+    @property
+    def row_dim(self) -> int:
+        """Width of one KD row (classes)."""
+        return len(self.labels)
+
     @abstractmethod
     def model_class(self):
         """The ``AutoModelFor...`` class of this task's head."""
@@ -53,9 +68,14 @@ class Task(ABC):
             name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
             label2id=self.label2id, **kwargs)
 
+    def rows_per_example(self, dataset) -> list[int]:
+        """How many KD rows each example has (what the teacher cache stores per example)."""
+        return [1] * len(dataset)
+
     @abstractmethod
-    def encode(self, dataset: Dataset, tokenizer, max_length: int, with_index: bool = False) -> Dataset:
-        """Model inputs and ``labels``; with ``example_index`` (the row's position) when ``with_index``."""
+    def encode(self, dataset: Dataset, tokenizer, max_length: int, with_index: bool = False, source: str = "") -> Dataset:
+        """Model inputs and ``labels``; with the KD bookkeeping (``example_index``...) when ``with_index``.
+        ``source`` names the file in error messages."""
 
     @abstractmethod
     def collator(self, tokenizer):
@@ -63,16 +83,19 @@ class Task(ABC):
 
     @abstractmethod
     def compute_metrics(self, predictions: np.ndarray, label_ids: np.ndarray) -> dict:
-        """Metrics from the model's logits and the gold label ids."""
+        """Metrics from the model's logits and the gold label ids (the Trainer's validation)."""
+
+    def evaluate(self, model, tokenizer, dataset, max_length: int, source: str = "") -> dict:
+        """Test metrics of ``model`` on a split."""
+        from speedy.evaluate import predict
+
+        logits, labels = predict(model, tokenizer, self, self.encode(dataset, tokenizer, max_length, source=source))
+        return self.compute_metrics(logits, labels)
 
     @abstractmethod
-    def teacher_rows(self, outputs, batch) -> list[np.ndarray]:
-        """One ``[rows, dim]`` array per example of the batch, from the teacher's outputs."""
+    def teacher_rows(self, outputs, batch) -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
+        """For each sequence of a teacher batch: ``(example index, row indices within the example, rows)``."""
 
     @abstractmethod
-    def student_rows(self, outputs, inputs) -> torch.Tensor:
-        """The student's rows matching ``teacher_rows``, concatenated over the batch in the same order."""
-
-    def row_labels(self, inputs) -> torch.Tensor | None:
-        """Gold labels of the rows (for the CE part of the KD loss)."""
-        return inputs.get("labels")
+    def kd_rows(self, outputs, inputs, extras, cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The student's rows, the teacher's matching rows from ``cache``, and the rows' gold labels."""

@@ -49,9 +49,11 @@ class ClassificationTask(Task):
                 "macro_f1": float(f1_score(label_ids, predicted, average="macro", labels=list(range(len(self.labels))),
                                            zero_division=0))}
 
-    def teacher_rows(self, outputs, batch) -> list[np.ndarray]:
+    def teacher_rows(self, outputs, batch):
         logits = outputs.logits.detach().float().cpu().numpy()
-        return [row[None, :] for row in logits]
+        for example, row in zip(batch["example_index"].tolist(), logits):
+            yield example, np.zeros(1, dtype=np.int64), row[None, :]
 
-    def student_rows(self, outputs, inputs):
-        return outputs.logits
+    def kd_rows(self, outputs, inputs, extras, cache):
+        teacher, _ = cache.rows(extras["example_index"].tolist())
+        return outputs.logits, teacher.to(outputs.logits.device), inputs.get("labels")

@@ -1,0 +1,215 @@
+"""Token tagging: POS (AnCora UD, UPOS) and NER (CoNLL-2002, BIO).
+
+* **Labels** sit on the first sub-token of each word; the other sub-tokens are ignored (-100).
+* **Long sentences** are cut into overlapping windows of whole words (:func:`~speedy.tasks.alignment.word_windows`);
+  each word is predicted once, in the window where it has the most context, so every input word gets exactly
+  one tag even when the sentence is longer than the model's maximum length.
+* **Words with no sub-token** (a tokenizer may drop every character of a word) get the fallback tag ``O`` if the
+  label set has it, else the most frequent training tag; they are counted in the metrics as any other word.
+* **KD** compares teacher and student per word, at each word's first sub-token, matched by the word's index in
+  its sentence; the teacher cache stores one row per word (NaN for words the teacher saw no piece of), so it does
+  not depend on the student's tokenizer.
+* **Metrics**: NER F1 is seqeval's entity-level F1 (BIO, default mode). POS "F1", as the paper reports it, is
+  seqeval's F1 with every word a one-word entity of its tag: that equals token accuracy when every word gets a
+  tag (which it does here); token accuracy and the macro-F1 over tags are reported beside it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import AutoModelForTokenClassification
+
+from speedy.errors import SpeedyError, where
+from speedy.tasks.alignment import first_subtokens, word_windows
+from speedy.tasks.base import Task
+
+IGNORE = -100
+
+
+class TaggingCollator:
+    """Pads model inputs with the tokenizer; ``labels`` with -100 and ``word_index`` with -1."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, features):
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in features[0]]
+        batch = self.tokenizer.pad([{n: f[n] for n in names} for f in features], return_tensors="pt")
+        length = batch["input_ids"].shape[1]
+        left = self.tokenizer.padding_side == "left"
+        for name, fill in (("labels", IGNORE), ("word_index", -1)):
+            if name in features[0]:
+                rows = [([fill] * (length - len(f[name])) + list(f[name])) if left else
+                        (list(f[name]) + [fill] * (length - len(f[name]))) for f in features]
+                batch[name] = torch.tensor(rows, dtype=torch.long)
+        if "example_index" in features[0]:
+            batch["example_index"] = torch.tensor([f["example_index"] for f in features], dtype=torch.long)
+        return batch
+
+
+class TaggingTask(Task):
+    type = "tagging"
+
+    def __init__(self, labels: list[str], scheme: str = "bio", fallback: str | None = None):
+        super().__init__(labels)
+        if scheme not in ("bio", "pos"):
+            raise SpeedyError(f"tasks.scheme: unknown tagging scheme '{scheme}' (allowed: bio, pos)")
+        self.scheme = scheme
+        self.primary_metric = "f1"
+        self.fallback = fallback if fallback in self.label2id else ("O" if "O" in self.label2id else self.labels[0])
+
+    def model_class(self):
+        return AutoModelForTokenClassification
+
+    def describe(self, max_length: int) -> dict:
+        return super().describe(max_length) | {"fallback": self.fallback}
+
+    def rows_per_example(self, dataset) -> list[int]:
+        return [len(tokens) for tokens in dataset["tokens"]]
+
+    def set_fallback_from(self, dataset) -> None:
+        if "O" not in self.label2id:
+            self.fallback = Counter(tag for tags in dataset["tags"] for tag in tags).most_common(1)[0][0]
+
+    # ------------------------------------------------------------------ encoding
+    def tag_ids(self, dataset, source: str = "") -> list[list[int]]:
+        out = []
+        for tags, lines in zip(dataset["tags"], dataset["lines"]):
+            ids = []
+            for tag, line in zip(tags, lines):
+                if tag not in self.label2id:
+                    raise SpeedyError(f"{where(source or 'data', line)}: tag '{tag}' is not in the label set "
+                                      f"({', '.join(self.labels)})")
+                ids.append(self.label2id[tag])
+            out.append(ids)
+        return out
+
+    def windows(self, tokenizer, sentences: list[list[str]], max_length: int):
+        """``(sentence index, window)`` for every window of every sentence."""
+        budget = max(1, max_length - tokenizer.num_special_tokens_to_add())
+        encoded = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
+        out = []
+        for i in range(len(sentences)):
+            counts = Counter(w for w in encoded.word_ids(i) if w is not None)
+            # A word with no piece still needs a place in a window (it is owned, just never predicted).
+            pieces = [counts.get(w, 0) for w in range(len(sentences[i]))]
+            out += [(i, window) for window in word_windows(pieces, budget)]
+        return out
+
+    def encode(self, dataset, tokenizer, max_length: int, with_index: bool = False, source: str = "") -> Dataset:
+        sentences = [list(tokens) for tokens in dataset["tokens"]]
+        gold = self.tag_ids(dataset, source) if "tags" in dataset.column_names else None
+        windows = self.windows(tokenizer, sentences, max_length)
+        pieces = [sentences[i][w.start : w.end] for i, w in windows]
+        encoded = tokenizer(pieces, is_split_into_words=True, truncation=True, max_length=max_length)
+        columns = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded}
+        labels, word_index, example_index = [], [], []
+        for row, (i, window) in enumerate(windows):
+            first = first_subtokens(encoded.word_ids(row))
+            length = len(encoded["input_ids"][row])
+            row_labels, row_words = [IGNORE] * length, [-1] * length
+            for word in window.owned:
+                position = first.get(word - window.start)
+                if position is None:
+                    continue  # no piece of this word survived: it gets the fallback tag at prediction
+                row_words[position] = word
+                if gold is not None:
+                    row_labels[position] = gold[i][word]
+            labels.append(row_labels)
+            word_index.append(row_words)
+            example_index.append(i)
+        columns["labels"] = labels
+        if with_index:
+            columns["word_index"] = word_index
+            columns["example_index"] = example_index
+        return Dataset.from_dict(columns)
+
+    def collator(self, tokenizer):
+        return TaggingCollator(tokenizer)
+
+    # ------------------------------------------------------------------ metrics
+    def _entity_tags(self, tags: list[str]) -> list[str]:
+        return tags if self.scheme == "bio" else [f"B-{tag}" for tag in tags]
+
+    def score(self, gold: list[list[str]], predicted: list[list[str]]) -> dict:
+        from seqeval.metrics import f1_score as seqeval_f1
+        from sklearn.metrics import f1_score
+
+        flat_gold = [t for s in gold for t in s]
+        flat_pred = [t for s in predicted for t in s]
+        metrics = {
+            "f1": float(seqeval_f1([self._entity_tags(s) for s in gold], [self._entity_tags(s) for s in predicted],
+                                   zero_division=0)),
+            "accuracy": float(np.mean([g == p for g, p in zip(flat_gold, flat_pred)])) if flat_gold else 0.0,
+        }
+        if self.scheme == "pos":
+            metrics["macro_f1"] = float(f1_score(flat_gold, flat_pred, average="macro", labels=self.labels,
+                                                 zero_division=0))
+        return metrics
+
+    def compute_metrics(self, predictions, label_ids) -> dict:
+        """Window-level scores during training (each window's owned words as one sequence)."""
+        predicted = np.asarray(predictions).argmax(-1)
+        gold_rows, pred_rows = [], []
+        for pred, gold in zip(predicted, np.asarray(label_ids)):
+            keep = gold != IGNORE
+            gold_rows.append([self.labels[i] for i in gold[keep]])
+            pred_rows.append([self.labels[i] for i in pred[keep]])
+        return self.score(gold_rows, pred_rows)
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict_words(self, model, tokenizer, sentences: list[list[str]], max_length: int,
+                      batch_size: int = 32) -> list[list[str]]:
+        """One tag per input word, for every sentence, whatever its length."""
+        model.eval()
+        dataset = Dataset.from_dict({"tokens": sentences})
+        encoded = self.encode(dataset, tokenizer, max_length, with_index=True)
+        out = [[self.fallback] * len(s) for s in sentences]
+        collate = self.collator(tokenizer)
+        device = next(model.parameters()).device
+        for start in range(0, len(encoded), batch_size):
+            batch = collate([encoded[i] for i in range(start, min(start + batch_size, len(encoded)))])
+            inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            predicted = model(**inputs).logits.argmax(-1).cpu()
+            for row in range(predicted.shape[0]):
+                positions = (batch["word_index"][row] >= 0).nonzero().squeeze(-1)
+                sentence = int(batch["example_index"][row])
+                for position in positions.tolist():
+                    out[sentence][int(batch["word_index"][row, position])] = self.labels[int(predicted[row, position])]
+        return out
+
+    def evaluate(self, model, tokenizer, dataset, max_length: int, source: str = "") -> dict:
+        self.tag_ids(dataset, source)  # unknown tags fail here, naming the file and line
+        sentences = [list(tokens) for tokens in dataset["tokens"]]
+        predicted = self.predict_words(model, tokenizer, sentences, max_length)
+        return self.score([list(tags) for tags in dataset["tags"]], predicted)
+
+    # ------------------------------------------------------------------ distillation
+    def teacher_rows(self, outputs, batch):
+        logits = outputs.logits.detach().float().cpu().numpy()
+        word_index = batch["word_index"].cpu().numpy()
+        for row, example in enumerate(batch["example_index"].tolist()):
+            keep = word_index[row] >= 0
+            yield example, word_index[row][keep], logits[row][keep]
+
+    def kd_rows(self, outputs, inputs, extras, cache):
+        logits, word_index = outputs.logits, extras["word_index"]
+        students, teachers, labels = [], [], []
+        for row, example in enumerate(extras["example_index"].tolist()):
+            positions = (word_index[row] >= 0).nonzero().squeeze(-1)
+            words = word_index[row, positions].cpu()
+            teacher = torch.from_numpy(cache.example(example))
+            if len(words) and int(words.max()) >= teacher.shape[0]:
+                raise SpeedyError(f"teacher cache {cache.folder}: example {example} has {teacher.shape[0]} words, "
+                                  f"the student's batch refers to word {int(words.max())}")
+            teacher = teacher[words]
+            valid = ~torch.isnan(teacher).any(-1)  # words the teacher saw no piece of are left out
+            students.append(logits[row, positions[valid.to(positions.device)]])
+            teachers.append(teacher[valid])
+            labels.append(inputs["labels"][row, positions[valid.to(positions.device)]])
+        return torch.cat(students), torch.cat(teachers).to(logits.device), torch.cat(labels)
