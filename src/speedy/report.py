@@ -10,7 +10,8 @@ import csv
 import os
 from pathlib import Path
 
-COLUMNS = ("task", "model", "role", "layers", "params_M", "non_embedding_params_M", "test_accuracy",
+COLUMNS = ("task", "model", "role", "layers", "params_M", "non_embedding_params_M", "metric", "test_score",
+           "test_accuracy",
            "test_macro_f1", "val_loss", "inferences_per_s", "speedup", "train_minutes")
 
 
@@ -30,12 +31,14 @@ def report_rows(study) -> list[dict]:
             else:
                 role = "student, KD" if trial.params["mode"] == "kd" else "student, fine-tuned only"
                 name = trial.params["model"]["name"]
+            metric = study.task(task_spec).primary_metric
             ips = speed.get("inferences_per_second")
             base = (teacher_speed or {}).get("inferences_per_second")
             rows.append({
                 "task": task_spec.name, "model": name, "role": role, "layers": size.get("layers"),
                 "params_M": size.get("parameters", 0) / 1e6 if size else None,
                 "non_embedding_params_M": size.get("non_embedding_parameters", 0) / 1e6 if size else None,
+                "metric": metric, "test_score": trial.test_metrics.get(metric),
                 "test_accuracy": trial.test_metrics.get("accuracy"), "test_macro_f1": trial.test_metrics.get("macro_f1"),
                 "val_loss": trial.val_loss, "inferences_per_s": ips,
                 "speedup": ips / base if ips and base else None, "train_minutes": (trial.seconds or 0) / 60,
@@ -52,13 +55,14 @@ def _fmt(value, digits=2) -> str:
 
 
 def markdown_table(rows: list[dict], speed_note: str) -> str:
-    header = ("| Task | Model | Role | Layers | Params (M) | Params w/o emb. (M) | Val loss | Test acc. | Test macro-F1 "
-              "| Inferences/s | Speed-up | Train (min) |")
-    lines = [header, "|" + "---|" * 12]
+    header = ("| Task | Model | Role | Layers | Params (M) | Params w/o emb. (M) | Val loss | Test score | Test acc. "
+              "| Test macro-F1 | Inferences/s | Speed-up | Train (min) |")
+    lines = [header, "|" + "---|" * 13]
     for r in rows:
         lines.append("| " + " | ".join([
             r["task"], r["model"], r["role"], _fmt(r["layers"]), _fmt(r["params_M"], 1),
-            _fmt(r["non_embedding_params_M"], 1), _fmt(r["val_loss"], 3), _fmt(100 * r["test_accuracy"] if r["test_accuracy"] is not None else None),
+            _fmt(r["non_embedding_params_M"], 1), _fmt(r["val_loss"], 3),
+            f"{_fmt(100 * r['test_score'] if r['test_score'] is not None else None)} ({r['metric']})", _fmt(100 * r["test_accuracy"] if r["test_accuracy"] is not None else None),
             _fmt(100 * r["test_macro_f1"] if r["test_macro_f1"] is not None else None), _fmt(r["inferences_per_s"], 1),
             _fmt(r["speedup"], 2) + ("x" if r["speedup"] else ""), _fmt(r["train_minutes"], 1)]) + " |")
     return "\n".join(lines) + f"\n\n{speed_note}\n"
@@ -74,15 +78,15 @@ def plot(rows: list[dict], path: Path) -> None:
     markers = {"teacher (selected)": ("*", "tab:red"), "teacher candidate": ("s", "tab:gray"),
                "student, KD": ("o", "tab:blue"), "student, fine-tuned only": ("^", "tab:orange")}
     for role, (marker, color) in markers.items():
-        points = [r for r in rows if r["role"] == role and r["speedup"] and r["test_accuracy"] is not None]
+        points = [r for r in rows if r["role"] == role and r["speedup"] and r["test_score"] is not None]
         if points:
-            ax.scatter([r["speedup"] for r in points], [100 * r["test_accuracy"] for r in points], marker=marker,
+            ax.scatter([r["speedup"] for r in points], [100 * r["test_score"] for r in points], marker=marker,
                        color=color, s=90, label=role)
             for r in points:
-                ax.annotate(r["model"], (r["speedup"], 100 * r["test_accuracy"]), textcoords="offset points",
+                ax.annotate(r["model"], (r["speedup"], 100 * r["test_score"]), textcoords="offset points",
                             xytext=(5, 5), fontsize=8)
     ax.set_xlabel("speed-up over the selected teacher (measured here)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"test {rows[0]['metric'] if rows else 'score'} (%)")
     ax.set_title("Score against speed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
