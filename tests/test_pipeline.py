@@ -155,3 +155,67 @@ def test_tagging_study_distils_across_tokenizers_and_scores_any_conll_file(tmp_p
                              other], capture_output=True, text=True, env=_env(), timeout=300)
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert "f1" in scored.stdout and "accuracy" in scored.stdout
+
+
+def squad_examples(n, seed):
+    import random
+
+    rng = random.Random(seed)
+    actors, acts = ["la ministra", "el diputado", "la alcaldesa", "el presidente"], ["aprobó la ley", "votó hoy"]
+    articles = []
+    for a in range(n // 2):
+        qas = []
+        actor, act = rng.choice(actors), rng.choice(acts)
+        context = f"El equipo ganó el partido ayer. {actor.capitalize()} {act} en el congreso."
+        start = context.index(actor.capitalize())
+        qas.append({"id": f"{seed}-{a}-a", "question": f"¿Quién {act}?",
+                    "answers": [{"text": actor.capitalize(), "answer_start": start}]})
+        qas.append({"id": f"{seed}-{a}-b", "question": "¿Qué ganó el equipo?",
+                    "answers": [{"text": "el partido", "answer_start": context.index("el partido")}]})
+        articles.append({"title": f"t{seed}-{a}", "paragraphs": [{"context": context, "qas": qas}]})
+    return {"version": "1.1", "data": articles}
+
+
+def test_qa_study_distils_across_tokenizers_and_predicts(tmp_path, bert_dir, bert_unigram_dir):
+    import json
+
+    files = {}
+    for name, (n, seed) in {"train": (40, 1), "validation": (10, 2), "test": (10, 3)}.items():
+        files[name] = str(tmp_path / f"{name}.json")
+        (tmp_path / f"{name}.json").write_text(json.dumps(squad_examples(n, seed), ensure_ascii=False), "utf-8")
+    config = {"name": "qa", "output_dir": str(tmp_path / "out"), "seed": 1,
+              "tasks": [{"name": "qa", "type": "qa", "max_length": 32, "stride": 4, "normalization": "es",
+                         "data": files}],
+              "teachers": [{"name": "teacher", "base": str(bert_dir)}],
+              "students": [{"name": "student", "base": str(bert_unigram_dir), "kind": "truncate", "layers": 2,
+                            "finetune": True}],
+              "grid": {"batch_size": [8], "epochs": [2], "learning_rate": [1e-3]},
+              "distill": {"epochs": 2, "patience": 2, "batch_size": 8, "learning_rate": 1e-3},
+              "speed": {"batch_size": 1, "length": 16, "warmup": 1, "runs": 3}}
+    path = tmp_path / "qa.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "speedy", "run", str(path)], capture_output=True, text=True,
+                            env=_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = Study(load_config(path))
+    students = study.store.trials("distill", "qa")
+    assert sorted(t.name for t in students) == ["student (KD)", "student (fine-tuned)"]
+    for trial in students:
+        assert set(trial.test_metrics) == {"f1", "exact_match"}
+    kd = next(t for t in students if t.params["mode"] == "kd")
+    cache = TeacherCache(tmp_path / "out" / "teacher-cache" / kd.info["teacher_cache"])
+    from speedy.tasks.qa import context_units
+
+    first_context = squad_examples(40, 1)["data"][0]["paragraphs"][0]["context"]
+    assert len(cache) == 40 and cache.example(0).shape == (len(context_units(first_context)), 2)  # per unit
+
+    scored = subprocess.run([sys.executable, "-m", "speedy", "evaluate", "--model", kd.checkpoint, "--test-file",
+                             files["test"]], capture_output=True, text=True, env=_env(), timeout=300)
+    assert scored.returncode == 0 and "exact_match" in scored.stdout, scored.stderr[-2000:]
+    context = "El equipo ganó el partido ayer. La ministra votó hoy en el congreso."
+    answer = subprocess.run([sys.executable, "-m", "speedy", "predict", "--model", kd.checkpoint, "--question",
+                             "¿Quién votó hoy?", "--context", context], capture_output=True, text=True, env=_env(),
+                            timeout=300)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    out = json.loads(answer.stdout)
+    assert context[out["start"] : out["end"]] == out["answer"] and isinstance(out["score"], float)

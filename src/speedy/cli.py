@@ -90,6 +90,57 @@ def evaluate(config: Optional[Path] = typer.Argument(None, help="A study config:
         _fail(error)
 
 
+@app.command()
+def predict(model: Path = typer.Option(..., help="A model folder trained with speedy."),
+            text: Optional[str] = typer.Option(None, help="Classification: the text. Tagging: the sentence "
+                                                          "(words split on white space)."),
+            text_pair: Optional[str] = typer.Option(None, help="Classification of pairs: the second text."),
+            question: Optional[str] = typer.Option(None, help="QA: the question."),
+            context: Optional[str] = typer.Option(None, help="QA: the context to take the answer from.")):
+    """Run a trained model on one input and print the result as JSON."""
+    import json
+
+    _quiet_libraries()
+    try:
+        print(json.dumps(_predict(model, text, text_pair, question, context), ensure_ascii=False))
+    except SpeedyError as error:
+        _fail(error)
+
+
+def _predict(model_dir: Path, text, text_pair, question, context) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoConfig, AutoTokenizer
+
+    from speedy.tasks import task_from_model
+
+    if not (model_dir / "config.json").is_file():
+        raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
+    task, max_length = task_from_model(AutoConfig.from_pretrained(model_dir))
+    model = task.model_class().from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if task.type == "qa":
+        if not question or not question.strip() or not context or not context.strip():
+            raise SpeedyError("predict: a QA model needs a non-empty --question and --context")
+        answers = task.predict_answers(model, tokenizer, Dataset.from_dict({"question": [question],
+                                                                             "context": [context]}), max_length)
+        if 0 not in answers:
+            raise SpeedyError("predict: no answer span fits in the context")
+        return {"answer": answers[0]["text"], "start": answers[0]["start"], "end": answers[0]["end"],
+                "score": answers[0]["score"]}
+    if not text or not text.strip():
+        raise SpeedyError("predict: --text is empty")
+    if task.type == "tagging":
+        words = text.split()
+        return {"words": words, "tags": task.predict_words(model, tokenizer, [words], max_length)[0]}
+    inputs = tokenizer(text, text_pair, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        probabilities = torch.softmax(model(**inputs).logits[0], -1)
+    best = int(probabilities.argmax())
+    return {"label": task.labels[best], "score": float(probabilities[best]),
+            "scores": {label: float(p) for label, p in zip(task.labels, probabilities)}}
+
+
 def _evaluate_file(model_dir: Path, test_file: Path, max_length: Optional[int]) -> None:
     from rich.table import Table
     from transformers import AutoConfig, AutoTokenizer
@@ -101,7 +152,15 @@ def _evaluate_file(model_dir: Path, test_file: Path, max_length: Optional[int]) 
     if not (model_dir / "config.json").is_file():
         raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
     task, trained_length = task_from_model(AutoConfig.from_pretrained(model_dir))
-    data = read_tagged(test_file) if task.type == "tagging" else read_labelled_texts(test_file)
+    if task.type == "qa":
+        from speedy.data.squad import read_squad
+
+        data = read_squad(test_file, require_answers=True, bad_answers="fix",
+                          report=lambda message: console.print(f"[yellow]{message}[/yellow]"))
+    elif task.type == "tagging":
+        data = read_tagged(test_file)
+    else:
+        data = read_labelled_texts(test_file)
     model = task.model_class().from_pretrained(model_dir)
     metrics = evaluate_model(model, AutoTokenizer.from_pretrained(model_dir), task, data,
                              max_length or trained_length, source=str(test_file))

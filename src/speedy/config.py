@@ -16,7 +16,7 @@ import yaml
 
 from speedy.errors import SpeedyError
 
-TASK_TYPES = ("classification", "tagging")
+TASK_TYPES = ("classification", "tagging", "qa")
 MODEL_KINDS = ("pretrained", "truncate", "albert-base-n")
 
 
@@ -32,6 +32,7 @@ class DataSpec:
     tag_column: int | None = None  # tagging: which column holds the tag (CoNLL: last; CoNLL-U: 3, UPOS)
     hub_tokens: str = "tokens"  # tagging on the Hub: the words' column
     hub_tags: str = "ner_tags"  # tagging on the Hub: the tags' column (universal_dependencies: upos)
+    bad_answers: str = "fix"  # qa: answers whose answer_start misses their text: keep, drop, or fix
     columns: list[str] | None = None  # for header-less TSV/CSV
     text: str = "text"
     text_pair: str | None = None
@@ -51,6 +52,8 @@ class TaskSpec:
     data: DataSpec = field(default_factory=DataSpec)
     max_length: int = 128
     scheme: str = "bio"  # tagging: bio (NER, entity-level F1) or pos (every word its own tag)
+    normalization: str = "en"  # qa: answer normalisation for F1/EM: en (official SQuAD v1.1) or es
+    stride: int = 64  # qa: tokens of overlap between the windows of a long context
 
 
 @dataclass
@@ -166,6 +169,8 @@ def validate(config: StudyConfig) -> StudyConfig:
             raise SpeedyError(f"tasks[{i}].data: give one of builtin, train/validation/test files, or hub")
         if task.type == "tagging" and task.scheme not in ("bio", "pos"):
             raise SpeedyError(f"tasks[{i}].scheme: unknown tagging scheme '{task.scheme}' (allowed: bio, pos)")
+        if task.type == "qa" and task.normalization not in ("en", "es"):
+            raise SpeedyError(f"tasks[{i}].normalization: unknown normalisation '{task.normalization}' (allowed: en, es)")
         if data.builtin and data.builtin != "rv1909-genre":
             raise SpeedyError(f"tasks[{i}].data.builtin: unknown dataset '{data.builtin}' (allowed: rv1909-genre)")
     for section in ("teachers", "students"):

@@ -48,7 +48,7 @@ class Study:
         return self._data[spec.name]
 
     def task(self, spec: TaskSpec) -> Task:
-        task = make_task(spec.type, self.data(spec).labels, spec.scheme)
+        task = make_task(spec.type, self.data(spec).labels, spec.scheme, spec.normalization, spec.stride)
         if hasattr(task, "set_fallback_from"):
             task.set_fallback_from(self.data(spec).splits["train"])
         return task
@@ -187,7 +187,7 @@ class Study:
                         result = fit(model, tokenizer, task, data, self.trial_dir(key), epochs=settings.epochs,
                                    batch_size=settings.batch_size, learning_rate=settings.learning_rate,
                                    seed=self.config.seed, max_length=task_spec.max_length,
-                                   metric=settings.metric or task.primary_metric,
+                                   metric=settings.metric or task.selection_metric,
                                    patience=settings.patience, warmup_ratio=settings.warmup_ratio,
                                    weight_decay=settings.weight_decay, teacher_cache=teacher_cache() if kd else None,
                                    distillation_loss=DistillationLoss(settings.loss, settings.alpha,

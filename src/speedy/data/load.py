@@ -6,6 +6,7 @@ from pathlib import Path
 
 from speedy.config import TaskSpec
 from speedy.data.readers import load_hub_split, load_hub_tagging, read_labelled_texts, read_tagged
+from speedy.data.squad import load_hub_squad, read_squad
 from speedy.errors import SpeedyError, where
 from speedy.tasks.base import TaskData
 
@@ -23,6 +24,10 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
             splits[name] = read_labelled_texts(paths[name])
             sources[name] = str(paths[name])
         info["source"] = "Reina-Valera 1909 (Debian sword-text-sparv, public domain): verse -> genre of its book"
+    elif spec.hub and task.type == "qa":
+        for name in SPLITS:
+            splits[name] = load_hub_squad(spec.hub, spec.hub_config, spec.hub_splits[name])
+            sources[name] = f"{spec.hub}:{spec.hub_splits[name]}"
     elif spec.hub and task.type == "tagging":
         for name in SPLITS:
             splits[name] = load_hub_tagging(spec.hub, spec.hub_config, spec.hub_splits[name], spec.hub_tokens,
@@ -38,7 +43,9 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
             path = getattr(spec, name)
             if not path:
                 raise SpeedyError(f"tasks.{task.name}.data.{name}: no file given for the {name} split")
-            if task.type == "tagging":
+            if task.type == "qa":
+                splits[name] = read_squad(path, require_answers=True, bad_answers=spec.bad_answers)
+            elif task.type == "tagging":
                 splits[name] = read_tagged(path, spec.format, spec.tag_column)
             else:
                 splits[name] = read_labelled_texts(path, spec.text, spec.label, spec.text_pair, spec.format,
@@ -47,6 +54,8 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise SpeedyError(f"{sources[name]}: no examples (the {name} split is empty)")
+    if task.type == "qa":
+        return TaskData(task.name, splits, sources, ["start", "end"], info)
     if task.type == "tagging":
         labels = sorted({tag for tags in splits["train"]["tags"] for tag in tags})
         checks = ((name, ((tag, line) for tags, lines in zip(splits[name]["tags"], splits[name]["lines"])

@@ -29,7 +29,7 @@ def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_lengt
         loader = DataLoader(encoded, batch_size=batch_size, shuffle=False, collate_fn=task.collator(teacher_tokenizer))
         for batch in loader:
             inputs = {name: value.to(device) for name, value in batch.items()
-                      if name not in EXTRA_KEYS and name != "labels"}
+                      if name not in EXTRA_KEYS and name not in ("labels", "start_positions", "end_positions")}
             for example, positions, values in task.teacher_rows(teacher(**inputs), batch):
                 rows[example][positions] = values
         return rows

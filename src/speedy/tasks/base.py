@@ -34,12 +34,16 @@ class TaskData:
             for column in ("text", "text_pair"):
                 if column in split.column_names:
                     out += list(split[column])
+            for column in ("question", "context"):
+                if column in split.column_names:
+                    out += list(split[column])
             if "tokens" in split.column_names:
                 out += [" ".join(tokens) for tokens in split["tokens"]]
         return out
 
 
-EXTRA_KEYS = ("example_index", "word_index")  # KD bookkeeping in batches, never passed to the model
+# KD bookkeeping in batches (tagging: words; QA: context units), never passed to the model.
+EXTRA_KEYS = ("example_index", "word_index", "unit_index", "unit_first", "unit_last", "unit_owned")
 
 
 class Task(ABC):
@@ -53,6 +57,11 @@ class Task(ABC):
     def describe(self, max_length: int) -> dict:
         """What a saved model needs to be scored again: stored in its ``config.json`` as ``speedy_task``."""
         return {"type": self.type, "max_length": max_length, "scheme": getattr(self, "scheme", None)}
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric that early stopping and the best checkpoint follow."""
+        return self.primary_metric
 
     @property
     def row_dim(self) -> int:

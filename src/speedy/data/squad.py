@@ -1,0 +1,121 @@
+"""SQuAD v1.1 JSON (the format of SQuAD-es, MLQA, SQAC, TAR and XQuAD) into a ``datasets.Dataset``.
+
+Columns: ``id``, ``title``, ``context``, ``question``, ``answers`` (``{"text": [...], "answer_start": [...]}``).
+Errors name the file and the question id. Answers whose ``answer_start`` does not point at their text are
+counted and reported (with the first few), then kept as they are (``bad_answers="keep"``), dropped
+(``"drop"``), or moved to the text's position when it occurs exactly once in the context (``"fix"``; the others
+are dropped).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datasets import Dataset
+
+from speedy.errors import SpeedyError
+
+BAD_ANSWER_POLICIES = ("keep", "drop", "fix")
+
+
+def read_squad(path: str | Path, require_answers: bool = True, bad_answers: str = "fix",
+               report=print) -> Dataset:
+    path = Path(path)
+    if bad_answers not in BAD_ANSWER_POLICIES:
+        raise SpeedyError(f"data.bad_answers: unknown policy '{bad_answers}' (allowed: {', '.join(BAD_ANSWER_POLICIES)})")
+    if not path.is_file():
+        raise SpeedyError(f"{path}: file not found")
+    try:
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SpeedyError(f"{path}: not valid UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise SpeedyError(f"{path}:{error.lineno}: malformed JSON ({error.msg})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise SpeedyError(f"{path}: not SQuAD-shaped JSON (no top-level 'data' list)")
+    rows = {"id": [], "title": [], "context": [], "question": [], "answers": []}
+    mismatched = []
+    for article in document["data"]:
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise SpeedyError(f"{path}: not SQuAD-shaped JSON (an article without a 'paragraphs' list)")
+        for paragraph in paragraphs:
+            qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
+            if not isinstance(qas, list):
+                raise SpeedyError(f"{path}: not SQuAD-shaped JSON (a paragraph without a 'qas' list)")
+            context = paragraph.get("context")
+            for qa in qas:
+                qid = qa.get("id", "?") if isinstance(qa, dict) else "?"
+                if not isinstance(qa, dict) or not isinstance(qa.get("question"), str) or \
+                        not isinstance(qa.get("answers", []), list):
+                    raise SpeedyError(f"{path}: question id {qid}: not SQuAD-shaped (question and answers list)")
+                if not isinstance(context, str) or not context.strip():
+                    raise SpeedyError(f"{path}: question id {qid}: the question has no context")
+                if not qa["question"].strip():
+                    raise SpeedyError(f"{path}: question id {qid}: the question is empty")
+                answers = qa.get("answers", [])
+                if require_answers and not answers:
+                    raise SpeedyError(f"{path}: question id {qid}: empty answer list")
+                texts, starts = [], []
+                for answer in answers:
+                    text, start = answer.get("text"), answer.get("answer_start")
+                    if not isinstance(text, str) or not isinstance(start, int):
+                        raise SpeedyError(f"{path}: question id {qid}: an answer needs 'text' and 'answer_start'")
+                    if start < 0 or start >= len(context):
+                        raise SpeedyError(f"{path}: question id {qid}: answer_start {start} is past the end of "
+                                          f"the context ({len(context)} characters)")
+                    if context[start : start + len(text)] != text:
+                        mismatched.append((qid, text, start))
+                        if bad_answers == "drop":
+                            continue
+                        if bad_answers == "fix":
+                            if context.count(text) != 1:
+                                continue
+                            start = context.index(text)
+                    texts.append(text)
+                    starts.append(start)
+                if require_answers and not texts:
+                    continue  # every answer of this question was dropped
+                rows["id"].append(str(qid))
+                rows["title"].append(str(article.get("title", "")))
+                rows["context"].append(context)
+                rows["question"].append(qa["question"])
+                rows["answers"].append({"text": texts, "answer_start": starts})
+    if mismatched:
+        shown = "; ".join(f"{qid}: '{text}' at {start}" for qid, text, start in mismatched[:3])
+        report(f"{path}: {len(mismatched)} answers whose answer_start does not point at their text "
+               f"({bad_answers}): {shown}")
+    if not rows["id"]:
+        raise SpeedyError(f"{path}: no questions (the split is empty)")
+    return Dataset.from_dict(rows)
+
+
+def split_by_article(dataset: Dataset, validation_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Train and validation splits that never share an article (seeded)."""
+    import random
+
+    titles = sorted(set(dataset["title"]))
+    random.Random(seed).shuffle(titles)
+    held = set(titles[: max(1, round(len(titles) * validation_fraction))])
+    keep = [i for i, t in enumerate(dataset["title"]) if t not in held]
+    out = [i for i, t in enumerate(dataset["title"]) if t in held]
+    return dataset.select(keep), dataset.select(out)
+
+
+def load_hub_squad(name: str, config: str | None, split: str) -> Dataset:
+    """A SQuAD-format Hub dataset (``squad_es``, ``mlqa`` ``mlqa.es.es``, ``PlanTL-GOB-ES/SQAC``, ``xquad``
+    ``xquad.es``) for users with the Hub."""
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(name, config, split=split)
+    except Exception as error:  # noqa: BLE001
+        raise SpeedyError(f"data.hub: cannot load '{name}' ({config}) split '{split}': "
+                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    missing = {"id", "context", "question", "answers"} - set(dataset.column_names)
+    if missing:
+        raise SpeedyError(f"data.hub: '{name}' is not SQuAD-shaped (no column {sorted(missing)[0]})")
+    if "title" not in dataset.column_names:
+        dataset = dataset.add_column("title", [""] * len(dataset))
+    return dataset.select_columns(["id", "title", "context", "question", "answers"])

@@ -1,0 +1,289 @@
+"""Extractive question answering (SQuAD v1.1 format: MLQA, SQAC, TAR, XQuAD; SQuAD-es).
+
+* **Windows**: a long context is split into overlapping windows (``stride`` tokens of overlap, the question in
+  every window); the answer is the best span over all windows (start logit + end logit, at most
+  ``max_answer_length`` tokens, inside the context).
+* **Metrics**: official SQuAD v1.1 F1 and exact match (:mod:`speedy.tasks.squad_metric`), as fractions here
+  (reports show them times 100), with the normalisation named in ``normalization`` (``en``: the official one).
+* **KD across tokenizers**: teacher and student distributions are compared on *units* of the context (words and
+  single punctuation marks, found by the regex ``\\w+|[^\\w\\s]`` on the characters, so independent of any
+  tokenizer): a unit's start logit is the one at its first sub-token, its end logit the one at its last. The
+  teacher cache keeps one ``(start, end)`` row per unit of each context, taken from the teacher window where the
+  unit has the most context (NaN if the teacher had no token starting in it). A student window is matched to
+  the teacher by the units it covers (the character span), not by its order: KD compares the softmax over the
+  window's fully covered units, for start and for end; question tokens, padding and special tokens never enter.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
+
+from speedy.errors import SpeedyError
+from speedy.tasks.base import Task
+from speedy.tasks.squad_metric import squad_scores
+
+UNIT = re.compile(r"\w+|[^\w\s]")
+MASKED = -1e4  # a logit whose probability underflows to exactly 0 in float32
+UNIT_KEYS = ("unit_index", "unit_first", "unit_last", "unit_owned")
+
+
+def context_units(context: str) -> list[tuple[int, int]]:
+    """Character spans of the context's units (words and single punctuation marks)."""
+    return [(m.start(), m.end()) for m in UNIT.finditer(context)]
+
+
+def _token_start(context: str, start: int, end: int) -> int:
+    """A token's first non-space character (metaspace tokenizers include the space before a word)."""
+    while start < end and context[start].isspace():
+        start += 1
+    return start
+
+
+def window_units(context: str, units, offsets, sequence_ids) -> tuple[list[int], list[int], list[int]]:
+    """Units fully covered by one window, each with its first and last token position in the window."""
+    starts = [u[0] for u in units]
+    first, last = {}, {}
+    span_start, span_end = None, None
+    for position, (offset, sequence) in enumerate(zip(offsets, sequence_ids)):
+        if sequence != 1 or offset is None or offset[1] <= offset[0]:
+            continue
+        s = _token_start(context, offset[0], offset[1])
+        if s >= offset[1]:
+            continue
+        span_start = s if span_start is None else span_start
+        span_end = offset[1]
+        u = bisect_right(starts, s) - 1
+        if u < 0 or s >= units[u][1]:
+            continue
+        first.setdefault(u, position)
+        last[u] = position
+    if span_start is None:
+        return [], [], []
+    covered = [u for u in sorted(first) if units[u][0] >= span_start and units[u][1] <= span_end]
+    return covered, [first[u] for u in covered], [last[u] for u in covered]
+
+
+class QACollator(DataCollatorWithPadding):
+    """Pads model inputs; pads the per-window unit lists with -1 (they are KD bookkeeping)."""
+
+    def __call__(self, features):
+        features = [dict(f) for f in features]  # the caller's features stay as they were
+        extra = {k: [f.pop(k) for f in features] for k in UNIT_KEYS if k in features[0]}
+        batch = super().__call__(features)
+        for key, rows in extra.items():
+            width = max(1, max(len(r) for r in rows))
+            batch[key] = torch.tensor([list(r) + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
+        return batch
+
+
+class QATask(Task):
+    type = "qa"
+    primary_metric = "f1"
+
+    @property
+    def selection_metric(self) -> str:
+        return "loss"  # SQuAD F1 needs the span post-processing; validation loss is what each epoch has
+
+    def __init__(self, labels=None, normalization: str = "en", stride: int = 64, max_answer_length: int = 30):
+        super().__init__(["start", "end"])
+        self.normalization, self.stride, self.max_answer_length = normalization, stride, max_answer_length
+
+    @property
+    def row_dim(self) -> int:
+        return 2  # (start logit, end logit) per unit
+
+    def model_class(self):
+        return AutoModelForQuestionAnswering
+
+    def load_model(self, name_or_path: str, **kwargs):
+        return AutoModelForQuestionAnswering.from_pretrained(name_or_path, **kwargs)
+
+    def describe(self, max_length: int) -> dict:
+        return super().describe(max_length) | {"normalization": self.normalization, "stride": self.stride}
+
+    def rows_per_example(self, dataset) -> list[int]:
+        return [len(context_units(c)) for c in dataset["context"]]
+
+    # ------------------------------------------------------------------ encoding
+    def _tokenize(self, dataset, tokenizer, max_length: int):
+        # The stride must leave room for new context in every window, whatever the longest question takes.
+        longest = max(len(ids) for ids in tokenizer(list(dataset["question"]), add_special_tokens=False)["input_ids"])
+        room = max_length - longest - tokenizer.num_special_tokens_to_add(pair=True)
+        if room < 8:
+            raise SpeedyError(f"tasks.max_length: {max_length} leaves {room} tokens of context beside the longest "
+                              f"question ({longest} tokens); raise it")
+        stride = min(self.stride, room // 2)
+        return tokenizer(list(dataset["question"]), list(dataset["context"]), truncation="only_second",
+                         max_length=max_length, stride=stride, return_overflowing_tokens=True,
+                         return_offsets_mapping=True)
+
+    def encode(self, dataset, tokenizer, max_length: int, with_index: bool = False, source: str = "") -> Dataset:
+        if tokenizer.padding_side != "right":
+            raise SpeedyError("qa: the tokenizer must pad on the right")
+        encoded = self._tokenize(dataset, tokenizer, max_length)
+        contexts = list(dataset["context"])
+        answers = list(dataset["answers"]) if "answers" in dataset.column_names else None
+        columns = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded}
+        starts, ends, examples, unit_rows = [], [], [], {k: [] for k in UNIT_KEYS}
+        units_of = {}
+        for row, example in enumerate(encoded["overflow_to_sample_mapping"]):
+            sequence_ids = encoded.sequence_ids(row)
+            offsets = encoded["offset_mapping"][row]
+            start_position = end_position = 0  # the first token ([CLS]/<s>): no answer in this window
+            if answers is not None and answers[example]["text"]:
+                char_start = answers[example]["answer_start"][0]
+                char_end = char_start + len(answers[example]["text"][0])
+                context_positions = [i for i, s in enumerate(sequence_ids) if s == 1]
+                if context_positions and offsets[context_positions[0]][0] <= char_start and \
+                        offsets[context_positions[-1]][1] >= char_end:
+                    start_position = next(i for i in context_positions if offsets[i][1] > char_start)
+                    end_position = max(i for i in context_positions if offsets[i][0] < char_end)
+            starts.append(start_position)
+            ends.append(end_position)
+            examples.append(example)
+            if with_index:
+                if example not in units_of:
+                    units_of[example] = context_units(contexts[example])
+                covered, first, last = window_units(contexts[example], units_of[example], offsets, sequence_ids)
+                unit_rows["unit_index"].append(covered)
+                unit_rows["unit_first"].append(first)
+                unit_rows["unit_last"].append(last)
+        columns["start_positions"], columns["end_positions"] = starts, ends
+        if with_index:
+            unit_rows["unit_owned"] = self._owners(examples, unit_rows["unit_index"], unit_rows["unit_first"],
+                                                   unit_rows["unit_last"])
+            columns.update(unit_rows)
+            columns["example_index"] = examples
+        return Dataset.from_dict(columns)
+
+    @staticmethod
+    def _owners(examples, unit_index, unit_first, unit_last) -> list[list[int]]:
+        """1 where this window is the one in which the unit has the most context on both sides."""
+        best = {}
+        for row, (example, units, first, last) in enumerate(zip(examples, unit_index, unit_first, unit_last)):
+            if not units:
+                continue
+            lo, hi = first[0], last[-1]
+            for u, f, l in zip(units, first, last):
+                margin = min(f - lo, hi - l)
+                if (example, u) not in best or margin > best[(example, u)][1]:
+                    best[(example, u)] = (row, margin)
+        return [[int(best[(example, u)][0] == row) for u in units]
+                for row, (example, units) in enumerate(zip(examples, unit_index))]
+
+    def collator(self, tokenizer):
+        return QACollator(tokenizer)
+
+    # ------------------------------------------------------------------ metrics and prediction
+    def compute_metrics(self, predictions, label_ids) -> dict:
+        """Window-level agreement during training (the SQuAD scores need the post-processing of evaluate)."""
+        start_logits, end_logits = predictions[:2] if isinstance(predictions, (tuple, list)) else predictions
+        start_gold, end_gold = label_ids
+        start = np.asarray(start_logits).argmax(-1) == np.asarray(start_gold)
+        end = np.asarray(end_logits).argmax(-1) == np.asarray(end_gold)
+        return {"window_start_accuracy": float(start.mean()), "window_end_accuracy": float(end.mean()),
+                "window_span_accuracy": float((start & end).mean())}
+
+    @torch.no_grad()
+    def predict_answers(self, model, tokenizer, dataset, max_length: int, batch_size: int = 32) -> dict[int, dict]:
+        """The best answer per example: ``{index: {"text", "start", "end", "score"}}``."""
+        model.eval()
+        encoded = self._tokenize(dataset, tokenizer, max_length)
+        contexts = list(dataset["context"])
+        collate = DataCollatorWithPadding(tokenizer)
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in encoded]
+        device = next(model.parameters()).device
+        best: dict[int, dict] = {}
+        for start in range(0, len(encoded["input_ids"]), batch_size):
+            rows = range(start, min(start + batch_size, len(encoded["input_ids"])))
+            batch = collate([{n: encoded[n][r] for n in names} for r in rows])
+            outputs = model(**{k: v.to(device) for k, v in batch.items()})
+            for b, row in enumerate(rows):
+                self._best_span(encoded, row, outputs.start_logits[b].float().cpu().numpy(),
+                                outputs.end_logits[b].float().cpu().numpy(), contexts, best)
+        return best
+
+    def _best_span(self, encoded, row, start_logits, end_logits, contexts, best, top: int = 20) -> None:
+        example = encoded["overflow_to_sample_mapping"][row]
+        sequence_ids = encoded.sequence_ids(row)
+        offsets = encoded["offset_mapping"][row]
+        context_positions = [i for i, s in enumerate(sequence_ids) if s == 1]
+        if not context_positions:
+            return
+        allowed = np.full(len(start_logits), False)
+        allowed[context_positions] = True
+        start_logits = np.where(allowed, start_logits[: len(allowed)], -np.inf)
+        end_logits = np.where(allowed, end_logits[: len(allowed)], -np.inf)
+        for s in np.argsort(start_logits)[::-1][:top]:
+            if not allowed[s]:
+                break
+            for e in np.argsort(end_logits)[::-1][:top]:
+                if not allowed[e] or e < s or e - s + 1 > self.max_answer_length:
+                    continue
+                score = float(start_logits[s] + end_logits[e])
+                if example not in best or score > best[example]["score"]:
+                    context = contexts[example]
+                    char_start = _token_start(context, offsets[s][0], offsets[s][1])
+                    char_end = offsets[e][1]
+                    best[example] = {"text": context[char_start:char_end], "start": int(char_start),
+                                     "end": int(char_end), "score": score}
+
+    def evaluate(self, model, tokenizer, dataset, max_length: int, source: str = "") -> dict:
+        answers = self.predict_answers(model, tokenizer, dataset, max_length)
+        ids = list(dataset["id"])
+        predictions = {ids[i]: answer["text"] for i, answer in answers.items()}
+        golds = {qid: list(a["text"]) for qid, a in zip(ids, dataset["answers"])}
+        scores = squad_scores(predictions, golds, self.normalization)
+        return {"f1": scores["f1"] / 100, "exact_match": scores["exact_match"] / 100}
+
+    # ------------------------------------------------------------------ distillation
+    def teacher_rows(self, outputs, batch):
+        start = outputs.start_logits.detach().float().cpu().numpy()
+        end = outputs.end_logits.detach().float().cpu().numpy()
+        for row, example in enumerate(batch["example_index"].tolist()):
+            units = batch["unit_index"][row].numpy()
+            keep = (units >= 0) & (batch["unit_owned"][row].numpy() == 1)
+            first = batch["unit_first"][row].numpy()[keep]
+            last = batch["unit_last"][row].numpy()[keep]
+            yield example, units[keep], np.stack([start[row][first], end[row][last]], axis=1)
+
+    def kd_rows(self, outputs, inputs, extras, cache):
+        """Rows: one start and one end distribution per window, over the window's covered units (padded with a
+        logit whose probability is exactly 0 in both, so padding never contributes)."""
+        starts_s, ends_s, starts_t, ends_t, gold_s, gold_e = [], [], [], [], [], []
+        for row, example in enumerate(extras["example_index"].tolist()):
+            units = extras["unit_index"][row]
+            valid = units >= 0
+            units = units[valid].cpu()
+            teacher = torch.from_numpy(cache.example(example))[units]  # [k, 2]
+            usable = ~torch.isnan(teacher).any(-1)
+            first = extras["unit_first"][row][valid][usable.to(valid.device)]
+            last = extras["unit_last"][row][valid][usable.to(valid.device)]
+            teacher = teacher[usable]
+            starts_s.append(outputs.start_logits[row, first])
+            ends_s.append(outputs.end_logits[row, last])
+            starts_t.append(teacher[:, 0])
+            ends_t.append(teacher[:, 1])
+            gold_s.append(_index_of(first, inputs["start_positions"][row]))
+            gold_e.append(_index_of(last, inputs["end_positions"][row]))
+        width = max(1, max(len(r) for r in starts_s))
+        device = outputs.start_logits.device
+        student = torch.stack([_pad(r, width) for r in starts_s + ends_s])
+        teacher = torch.stack([_pad(r.to(device), width) for r in starts_t + ends_t])
+        labels = torch.tensor(gold_s + gold_e, device=device)
+        return student, teacher, labels
+
+
+def _pad(row: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([row, row.new_full((width - len(row),), MASKED)])
+
+
+def _index_of(positions: torch.Tensor, gold: torch.Tensor) -> int:
+    hits = (positions == gold).nonzero()
+    return int(hits[0]) if len(hits) and int(gold) != 0 else -100

@@ -1,0 +1,179 @@
+"""Extractive QA: the SQuAD reader, the official metric, windows, cross-tokenizer KD mapping, prediction."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+from speedy.data.squad import read_squad, split_by_article
+from speedy.distill.cache import TeacherCache
+from speedy.errors import SpeedyError
+from speedy.tasks import QATask
+from speedy.tasks.qa import MASKED, context_units, window_units
+from speedy.tasks.squad_metric import normalize_answer, squad_scores
+
+CONTEXT = ("El Real Madrid ganó la final en Lisboa en 2014. El entrenador, Carlo Ancelotti, celebró con el "
+           "equipo; la ciudad de Madrid festejó toda la noche.")
+
+
+def squad_file(path, qas, context=CONTEXT, title="Fútbol"):
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": title, "paragraphs": [
+        {"context": context, "qas": qas}]}]}, ensure_ascii=False), "utf-8")
+    return path
+
+
+def qa(qid, question, *answers):
+    return {"id": qid, "question": question,
+            "answers": [{"text": text, "answer_start": start} for text, start in answers]}
+
+
+# ----------------------------------------------------------------------------------------------- reader
+
+
+def test_reader_reads_squad_and_fixes_or_drops_misplaced_answers(tmp_path):
+    start = CONTEXT.index("Lisboa")
+    path = squad_file(tmp_path / "x.json", [qa("q1", "¿Dónde?", ("Lisboa", start)),
+                                            qa("q2", "¿Quién?", ("Carlo Ancelotti", 3)),  # misplaced, occurs once
+                                            qa("q3", "¿Qué?", ("Madrid", 0))])  # misplaced, occurs twice
+    messages = []
+    fixed = read_squad(path, bad_answers="fix", report=messages.append)
+    assert fixed["id"] == ["q1", "q2"]
+    assert fixed["answers"][1]["answer_start"] == [CONTEXT.index("Carlo Ancelotti")]
+    assert "2 answers whose answer_start" in messages[0] and "q2" in messages[0]
+    assert read_squad(path, bad_answers="drop", report=messages.append)["id"] == ["q1"]
+    assert read_squad(path, bad_answers="keep", report=messages.append)["id"] == ["q1", "q2", "q3"]
+
+
+@pytest.mark.parametrize("qas, context, fragment", [
+    ([qa("q7", "¿Quién?", ("x", 0))], "", "question id q7: the question has no context"),
+    ([{"id": "q8", "question": "¿Qué?", "answers": []}], CONTEXT, "question id q8: empty answer list"),
+    ([qa("q9", "¿Qué?", ("x", 5000))], CONTEXT, "question id q9: answer_start 5000 is past the end"),
+])
+def test_reader_errors_name_file_and_question(tmp_path, qas, context, fragment):
+    path = squad_file(tmp_path / "bad.json", qas, context=context)
+    with pytest.raises(SpeedyError, match=fragment) as error:
+        read_squad(path)
+    assert "bad.json" in str(error.value)
+
+
+def test_reader_rejects_json_that_is_not_squad(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text('{"rows": []}', "utf-8")
+    with pytest.raises(SpeedyError, match="other.json: not SQuAD-shaped"):
+        read_squad(path)
+
+
+def test_split_by_article_never_shares_an_article(tmp_path):
+    rows = {"id": [str(i) for i in range(20)], "title": [f"t{i % 5}" for i in range(20)],
+            "context": ["c"] * 20, "question": ["q"] * 20, "answers": [{"text": ["c"], "answer_start": [0]}] * 20}
+    train, validation = split_by_article(Dataset.from_dict(rows), 0.2, seed=0)
+    assert set(train["title"]).isdisjoint(validation["title"]) and len(train) + len(validation) == 20
+
+
+# ----------------------------------------------------------------------------------------------- metric
+
+
+def test_metric_matches_the_official_definition_on_hand_made_cases():
+    assert normalize_answer("The  Real Madrid!") == "real madrid"
+    golds = {"a": ["Denver Broncos", "the Denver Broncos", "Broncos"], "b": ["24-10"], "c": ["el Real Madrid"]}
+    predictions = {"a": "Broncos.", "b": "24 - 10", "c": "Real Madrid"}
+    scores = squad_scores(predictions, golds)  # official: English articles, ASCII punctuation
+    # a: exact against "Broncos" after punctuation removal; b: "2410" vs "24 10": 0; c: "el real madrid" vs
+    # "real madrid": F1 = 2 * (2/2 * 2/3) / (2/2 + 2/3) = 0.8, not exact.
+    assert scores["exact_match"] == pytest.approx(100 / 3)
+    assert scores["f1"] == pytest.approx(100 * (1 + 0 + 0.8) / 3)
+    spanish = squad_scores(predictions, golds, articles="es")  # "el" is an article now
+    assert spanish["exact_match"] == pytest.approx(200 / 3)
+    assert squad_scores({"x": "¿Madrid?"}, {"x": ["Madrid"]}, "es")["exact_match"] == 100.0
+    assert squad_scores({}, {"x": ["Madrid"]})["f1"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------ alignment
+
+
+@pytest.fixture
+def tokenizers(wordpiece_dir, unigram_dir):
+    return AutoTokenizer.from_pretrained(wordpiece_dir), AutoTokenizer.from_pretrained(unigram_dir)
+
+
+def test_window_units_map_back_to_the_units_characters(tokenizers):
+    units = context_units(CONTEXT)
+    for tokenizer in tokenizers:
+        encoded = tokenizer("¿Quién?", CONTEXT, return_offsets_mapping=True)
+        covered, first, last = window_units(CONTEXT, units, encoded["offset_mapping"], encoded.sequence_ids())
+        assert covered, "a whole context fits in one window"
+        for u, f, l in zip(covered, first, last):
+            piece_start = encoded["offset_mapping"][f][0]
+            assert CONTEXT[piece_start:units[u][1]].strip().startswith(CONTEXT[units[u][0]:units[u][1]][:1])
+            assert encoded["offset_mapping"][l][1] >= units[u][1] - 0 or l == f
+            assert encoded.sequence_ids()[f] == 1 and encoded.sequence_ids()[l] == 1  # never question tokens
+
+
+def test_encoding_windows_and_answer_positions(tokenizers):
+    task = QATask(stride=4)
+    answer = "el equipo"  # words both tiny vocabularies know, so decoding shows them
+    data = Dataset.from_dict({"id": ["q"], "question": ["¿Quién entrenaba?"], "context": [CONTEXT],
+                              "answers": [{"text": [answer], "answer_start": [CONTEXT.index(answer)]}]})
+    for tokenizer in tokenizers:
+        encoded = task.encode(data, tokenizer, max_length=24, with_index=True)
+        assert len(encoded) > 1  # a long context: several windows
+        found = []
+        for row in range(len(encoded)):
+            s, e = encoded[row]["start_positions"], encoded[row]["end_positions"]
+            if s:
+                found.append(tokenizer.decode(encoded[row]["input_ids"][s : e + 1]).replace(" ", ""))
+        assert found and all(text == answer.replace(" ", "") for text in found)
+        # Each unit is owned by exactly one window.
+        owned = [u for row in range(len(encoded))
+                 for u, o in zip(encoded[row]["unit_index"], encoded[row]["unit_owned"]) if o]
+        assert len(owned) == len(set(owned))
+
+
+def test_kd_rows_match_windows_by_the_units_they_cover_not_by_order(tokenizers, tmp_path, bert_unigram_dir):
+    wordpiece, unigram = tokenizers
+    task = QATask(stride=4)
+    data = Dataset.from_dict({"id": ["q"], "question": ["¿Quién?"], "context": [CONTEXT],
+                              "answers": [{"text": ["Lisboa"], "answer_start": [CONTEXT.index("Lisboa")]}]})
+    n_units = len(context_units(CONTEXT))
+    # A fake teacher cache: unit u has start logit u and end logit -u; unit 3 was never seen by the teacher.
+    rows = np.stack([np.arange(n_units, dtype=np.float32), -np.arange(n_units, dtype=np.float32)], axis=1)
+    rows[3] = np.nan
+    cache = TeacherCache.load_or_build(tmp_path, "fake", lambda: iter([rows]))
+    encoded = task.encode(data, unigram, max_length=24, with_index=True)
+    features = [encoded[i] for i in reversed(range(len(encoded)))]  # windows in another order than the teacher's
+    batch = task.collator(unigram)(features)
+    extras = {k: batch.pop(k) for k in ("example_index", "unit_index", "unit_first", "unit_last", "unit_owned")}
+    student = AutoModelForQuestionAnswering.from_pretrained(bert_unigram_dir)
+    outputs = student(**{k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")})
+    s_rows, t_rows, labels = task.kd_rows(outputs, batch, extras, cache)
+    windows = len(features)
+    assert s_rows.shape == t_rows.shape and s_rows.shape[0] == 2 * windows
+    for w, feature in enumerate(features):
+        expected = [u for u in feature["unit_index"] if u != 3]
+        starts = t_rows[w][t_rows[w] > MASKED / 2].tolist()
+        ends = t_rows[windows + w][t_rows[windows + w] > MASKED / 2].tolist()
+        assert starts == [float(u) for u in expected] and ends == [-float(u) for u in expected]
+        assert (s_rows[w] > MASKED / 2).sum() == len(expected)  # the student is masked at the same places
+    # The gold answer ("Lisboa") is a start label in every window that contains it, and only there.
+    lisboa = next(i for i, (s, e) in enumerate(context_units(CONTEXT)) if CONTEXT[s:e] == "Lisboa")
+    for w, feature in enumerate(features):
+        kept = [u for u in feature["unit_index"] if u != 3]
+        if feature["start_positions"]:
+            assert labels[w] == kept.index(lisboa)
+        else:
+            assert labels[w] == -100
+
+
+def test_predict_answers_gives_a_span_of_the_context(bert_unigram_dir):
+    tokenizer = AutoTokenizer.from_pretrained(bert_unigram_dir)
+    model = AutoModelForQuestionAnswering.from_pretrained(bert_unigram_dir)
+    task = QATask(stride=4)
+    data = Dataset.from_dict({"question": ["¿Dónde?", "¿Quién?"], "context": [CONTEXT, "Juan habló ayer."]})
+    answers = task.predict_answers(model, tokenizer, data, max_length=24)
+    for i, context in enumerate(data["context"]):
+        answer = answers[i]
+        assert context[answer["start"] : answer["end"]] == answer["text"] and answer["text"].strip()
+        assert len(tokenizer(answer["text"], add_special_tokens=False)["input_ids"]) <= task.max_answer_length + 2
