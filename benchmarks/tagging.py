@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, add_training_flags, run_stages, stage_line, study_settings
 
 
 def write_conll(path: Path, dataset, indices) -> str:
@@ -61,32 +60,20 @@ def prepare(task: str, data_dir: Path, out: Path, train_n: int, val_n: int, seed
 
 
 def config_for(task: str, files: dict, args) -> dict:
-    students = []
-    for n in args.student_layers:
-        layers = list(range(n)) if args.layer_choice == "first" else n
-        spec = {"name": f"e5-{n}L", "base": "multilingual-e5-small", "kind": "truncate", "layers": layers,
-                "prune_vocab": True}
-        if args.layer_choice == "spread":
-            from speedy.models.students import spread_layers
+    from speedy.models.students import spread_layers
 
-            spec["layers"] = spread_layers(12, n)
-        if n == args.finetune_layers:
-            spec["finetune"] = True
-        students.append(spec)
+    students = [{"name": f"e5-{n}L", "base": "multilingual-e5-small", "kind": "truncate", "prune_vocab": True,
+                 "layers": spread_layers(12, n) if args.layer_choice == "spread" else list(range(n)),
+                 "finetune": n == args.finetune_layers} for n in args.student_layers]
     return {
-        "name": f"bench-{task}", "output_dir": str(Path(args.output) / task), "seed": args.seed,
+        "name": f"bench-{task}", "output_dir": str(Path(args.output) / task),
         "tasks": [{"name": f"{task}-es", "type": "tagging", "scheme": "bio" if task == "ner" else "pos",
                    "max_length": args.max_length, "data": files}],
-        "teachers": [{"name": "multilingual-e5-small", "prune_vocab": True, "learning_rate": [args.teacher_lr]}],
-        "students": students,
-        "grid": {"batch_size": [args.batch_size], "epochs": [args.teacher_epochs], "learning_rate": [args.teacher_lr]},
-        "distill": {"epochs": args.student_epochs, "patience": args.patience, "batch_size": args.batch_size,
-                    "learning_rate": args.student_lr},
-        "speed": {"batch_size": 1, "length": args.speed_length, "warmup": 10, "runs": args.speed_runs},
+        "students": students, **study_settings(args),
     }
 
 
-def table(study, task: str, minutes: dict) -> str:
+def table(study, task: str) -> str:
     from speedy.report import report_rows
 
     lines = ["| model | role | layers | params (M) | params w/o emb. (M) | val F1 | val accuracy | speed-up | train (min) |",
@@ -102,32 +89,14 @@ def table(study, task: str, minutes: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["ner", "pos"], choices=["ner", "pos"])
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--output", default=str(REPO / "runs" / "bench-tagging"))
     parser.add_argument("--train-sentences", type=int, default=2000)
     parser.add_argument("--val-sentences", type=int, default=500)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--teacher-epochs", type=int, default=2)
-    parser.add_argument("--teacher-lr", type=float, default=1.5e-4)
-    parser.add_argument("--student-epochs", type=int, default=4)
-    parser.add_argument("--student-lr", type=float, default=2e-4)
-    parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--student-layers", type=int, nargs="+", default=[2, 4, 6])
-    parser.add_argument("--finetune-layers", type=int, default=4, help="the depth also trained without KD")
     parser.add_argument("--layer-choice", choices=["first", "spread"], default="first")
-    parser.add_argument("--speed-length", type=int, default=128)
-    parser.add_argument("--speed-runs", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=42)
+    add_training_flags(parser, max_length=128, teacher_epochs=2, student_epochs=4, speed_length=128, speed_runs=100)
     args = parser.parse_args(argv)
 
-    from rich.console import Console
-
-    from speedy.cli import _quiet_libraries
-    from speedy.config import load_config
-    from speedy.pipeline import Study
-
-    _quiet_libraries()
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
         print(f"error: {data_dir}: no such folder (the shared Spanish data)", file=sys.stderr)
@@ -138,14 +107,8 @@ def main(argv=None) -> int:
         files = prepare(task, data_dir, out / "data", args.train_sentences, args.val_sentences, args.seed)
         path = out / "study.yaml"
         path.write_text(yaml.safe_dump(config_for(task, files, args)))
-        study = Study(load_config(path), Console())
-        timings = {}
-        for stage in ("finetune", "select", "distill", "evaluate", "measure"):
-            start = time.time()
-            study.run([stage])
-            timings[stage] = (time.time() - start) / 60
-        tables.append(table(study, task, timings) + "\nstage minutes: " +
-                      ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + "\n")
+        study, minutes = run_stages(path)
+        tables.append(table(study, task) + "\n" + stage_line(minutes) + "\n")
         print(tables[-1], flush=True)
     sizes = (f"sizes: train {args.train_sentences} sentences, validation {args.val_sentences}, max length "
              f"{args.max_length}, teacher {args.teacher_epochs} epochs, students up to {args.student_epochs} epochs "

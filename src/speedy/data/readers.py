@@ -88,16 +88,21 @@ def read_labelled_texts(path: str | Path, text: str = "text", label: str = "labe
     return Dataset.from_dict(out)
 
 
-def load_hub_split(name: str, config: str | None, split: str, text: str, label: str,
-                   text_pair: str | None = None) -> Dataset:
-    """A split of a Hub dataset, in the same columns as :func:`read_labelled_texts` (for users with the Hub)."""
+def load_hub(name: str, config: str | None, split: str):
+    """A split of a Hub dataset, for users who have the Hub; one clear line when it cannot be had."""
     from datasets import load_dataset
 
     try:
-        dataset = load_dataset(name, config, split=split)
+        return load_dataset(name, config, split=split)
     except Exception as error:  # noqa: BLE001 - offline, unknown name, unknown split: all the same to the user
         raise SpeedyError(f"data.hub: cannot load '{name}' ({config}) split '{split}': "
                           f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+
+
+def load_hub_split(name: str, config: str | None, split: str, text: str, label: str,
+                   text_pair: str | None = None) -> Dataset:
+    """A split of a Hub dataset, in the same columns as :func:`read_labelled_texts` (for users with the Hub)."""
+    dataset = load_hub(name, config, split)
     names = dataset.features[label].names if hasattr(dataset.features[label], "names") else None
     columns = {"text": [str(t) for t in dataset[text]],
                "label": [names[v] if names else str(v) for v in dataset[label]],
@@ -196,13 +201,7 @@ def read_tagged(path: str | Path, fmt: str | None = None, tag_column: int | None
 def load_hub_tagging(name: str, config: str | None, split: str, tokens: str = "tokens",
                      tags: str = "ner_tags") -> Dataset:
     """A split of a Hub tagging dataset (``conll2002`` es, ``universal_dependencies`` es_ancora: ``upos``)."""
-    from datasets import load_dataset
-
-    try:
-        dataset = load_dataset(name, config, split=split)
-    except Exception as error:  # noqa: BLE001
-        raise SpeedyError(f"data.hub: cannot load '{name}' ({config}) split '{split}': "
-                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    dataset = load_hub(name, config, split)
     feature = dataset.features[tags].feature
     names = feature.names if hasattr(feature, "names") else None
     sentences = []

@@ -106,13 +106,9 @@ def split_by_article(dataset: Dataset, validation_fraction: float, seed: int) ->
 def load_hub_squad(name: str, config: str | None, split: str) -> Dataset:
     """A SQuAD-format Hub dataset (``squad_es``, ``mlqa`` ``mlqa.es.es``, ``PlanTL-GOB-ES/SQAC``, ``xquad``
     ``xquad.es``) for users with the Hub."""
-    from datasets import load_dataset
+    from speedy.data.readers import load_hub
 
-    try:
-        dataset = load_dataset(name, config, split=split)
-    except Exception as error:  # noqa: BLE001
-        raise SpeedyError(f"data.hub: cannot load '{name}' ({config}) split '{split}': "
-                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    dataset = load_hub(name, config, split)
     missing = {"id", "context", "question", "answers"} - set(dataset.column_names)
     if missing:
         raise SpeedyError(f"data.hub: '{name}' is not SQuAD-shaped (no column {sorted(missing)[0]})")
