@@ -49,9 +49,14 @@ class Study:
 
     def task(self, spec: TaskSpec) -> Task:
         task = make_task(spec.type, self.data(spec).labels, spec.scheme, spec.normalization, spec.stride)
-        if hasattr(task, "set_fallback_from"):
-            task.set_fallback_from(self.data(spec).splits["train"])
+        task.prepare(self.data(spec).splits["train"])
         return task
+
+    @staticmethod
+    def task_params(spec: TaskSpec) -> dict:
+        """The task settings that change what a trial learns (part of every trial's key)."""
+        return {"name": spec.name, "type": spec.type, "max_length": spec.max_length, "scheme": spec.scheme,
+                "stride": spec.stride}
 
     def data_fingerprint(self, spec: TaskSpec) -> str:
         data = self.data(spec)
@@ -93,8 +98,8 @@ class Study:
             self.console.rule(f"Stage 1: fine-tuning teacher candidates on '{task_spec.name}'")
             for teacher in self.config.teachers:
                 for batch_size, epochs, learning_rate in self.grid(teacher):
-                    params = {"stage": "finetune", "task": task_spec.name, "data": self.data_fingerprint(task_spec),
-                              "max_length": task_spec.max_length, "model": dataclasses.asdict(teacher),
+                    params = {"stage": "finetune", "task": self.task_params(task_spec),
+                              "data": self.data_fingerprint(task_spec), "model": dataclasses.asdict(teacher),
                               "batch_size": batch_size, "epochs": epochs, "learning_rate": learning_rate,
                               "seed": self.config.seed}
                     key = trial_key(params)
@@ -173,8 +178,8 @@ class Study:
             for student in self.config.students:
                 modes = [mode for mode, wanted in (("kd", student.kd), ("finetune", student.finetune)) if wanted]
                 for mode in modes:
-                    params = {"stage": "distill", "mode": mode, "task": task_spec.name,
-                              "data": self.data_fingerprint(task_spec), "max_length": task_spec.max_length,
+                    params = {"stage": "distill", "mode": mode, "task": self.task_params(task_spec),
+                              "data": self.data_fingerprint(task_spec),
                               "model": dataclasses.asdict(student), "settings": dataclasses.asdict(settings),
                               "teacher": teacher_trial.key if mode == "kd" else None, "seed": self.config.seed}
                     key = trial_key(params)

@@ -77,6 +77,9 @@ class Task(ABC):
             name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
             label2id=self.label2id, **kwargs)
 
+    def prepare(self, train_split) -> None:
+        """Learn what the task needs from its training split before use (a no-op for most tasks)."""
+
     def rows_per_example(self, dataset) -> list[int]:
         """How many KD rows each example has (what the teacher cache stores per example)."""
         return [1] * len(dataset)

@@ -71,9 +71,10 @@ class TaggingTask(Task):
     def rows_per_example(self, dataset) -> list[int]:
         return [len(tokens) for tokens in dataset["tokens"]]
 
-    def set_fallback_from(self, dataset) -> None:
+    def prepare(self, train_split) -> None:
+        """The fallback tag (for words no piece survives of): ``O``, else the most frequent training tag."""
         if "O" not in self.label2id:
-            self.fallback = Counter(tag for tags in dataset["tags"] for tag in tags).most_common(1)[0][0]
+            self.fallback = Counter(tag for tags in train_split["tags"] for tag in tags).most_common(1)[0][0]
 
     # ------------------------------------------------------------------ encoding
     def tag_ids(self, dataset, source: str = "") -> list[list[int]]:
