@@ -23,9 +23,11 @@ def training_args(output_dir: Path, *, epochs: int, batch_size: int, learning_ra
         per_device_eval_batch_size=eval_batch_size, learning_rate=learning_rate, seed=seed,
         eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch", save_total_limit=1,
         load_best_model_at_end=True, metric_for_best_model=metric, greater_is_better=greater_is_better,
-        warmup_steps=warmup_ratio, weight_decay=weight_decay, report_to="none", save_only_model=False,
-        dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="group_by_length", disable_tqdm=False, use_cpu=not torch.cuda.is_available(),
-        **extra)
+        warmup_steps=warmup_ratio,  # transformers 5 reads a float below 1 as a share of all steps
+        weight_decay=weight_decay, report_to="none",
+        save_only_model=False,  # optimizer and scheduler state too: a killed trial resumes mid-way
+        dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="group_by_length",
+        disable_tqdm=False, use_cpu=not torch.cuda.is_available(), **extra)
 
 
 def train_resumably(trainer) -> None:
