@@ -51,7 +51,7 @@ def engine_tokenizer(tmp_path_factory):
     shutil.copy(source, build / "e5.c")
     shutil.copy(source.with_suffix(".h"), build / "e5.h")
     (build / "wrapper.c").write_text(WRAPPER)
-    subprocess.run(["gcc", "-O1", "-fopenmp", "-mavx2", "-mfma", "-shared", "-fPIC", "-o", "libe5tok.so",
+    subprocess.run(["gcc", "-O1", "-fopenmp", "-shared", "-fPIC", "-o", "libe5tok.so",  # portable: no SIMD flags
                     "wrapper.c", "-lm"], cwd=build, check=True)
     lib = ctypes.CDLL(str(build / "libe5tok.so"))
     lib.e5_load.restype = ctypes.c_void_p
