@@ -26,7 +26,11 @@ def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_lengt
         device = next(teacher.parameters()).device
         # Rows a teacher never produced (a word it saw no piece of) stay NaN and are left out of the KD loss.
         rows = [np.full((n, task.row_dim), np.nan, dtype=np.float32) for n in task.rows_per_example(dataset)]
-        loader = DataLoader(encoded, batch_size=batch_size, shuffle=False, collate_fn=task.collator(teacher_tokenizer))
+        # Sequences in order of length, so batches carry little padding; rows land by example index anyway.
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        by_length = sorted(range(len(encoded)), key=lengths.__getitem__)
+        loader = DataLoader(encoded.select(by_length), batch_size=batch_size, shuffle=False,
+                            collate_fn=task.collator(teacher_tokenizer))
         for batch in loader:
             inputs = {name: value.to(device) for name, value in batch.items()
                       if name not in EXTRA_KEYS and name not in ("labels", "start_positions", "end_positions")}
