@@ -47,6 +47,16 @@ def test_reader_reads_squad_and_fixes_or_drops_misplaced_answers(tmp_path):
     assert read_squad(path, bad_answers="keep", report=messages.append)["id"] == ["q1", "q2", "q3"]
 
 
+def test_reader_drops_empty_answers_and_reports_them(tmp_path):
+    start = CONTEXT.index("Lisboa")
+    path = squad_file(tmp_path / "x.json", [qa("q1", "¿Dónde?", ("", -1), ("Lisboa", start)),
+                                            qa("q2", "¿Quién?", ("", -1))])
+    messages = []
+    data = read_squad(path, report=messages.append)
+    assert data["id"] == ["q1"] and data["answers"][0]["text"] == ["Lisboa"]
+    assert "2 empty answers" in messages[0] and "q1" in messages[0]
+
+
 @pytest.mark.parametrize("qas, context, fragment", [
     ([qa("q7", "¿Quién?", ("x", 0))], "", "question id q7: the question has no context"),
     ([{"id": "q8", "question": "¿Qué?", "answers": []}], CONTEXT, "question id q8: empty answer list"),

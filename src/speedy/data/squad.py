@@ -4,7 +4,8 @@ Columns: ``id``, ``title``, ``context``, ``question``, ``answers`` (``{"text": [
 Errors name the file and the question id. Answers whose ``answer_start`` does not point at their text are
 counted and reported (with the first few), then kept as they are (``bad_answers="keep"``), dropped
 (``"drop"``), or moved to the text's position when it occurs exactly once in the context (``"fix"``; the others
-are dropped).
+are dropped). Empty answers (no text, or a negative ``answer_start``, as SQuAD-es has where the translation
+lost the answer) are counted, reported and dropped; a question left with no answer is dropped.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def read_squad(path: str | Path, require_answers: bool = True, bad_answers: str 
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise SpeedyError(f"{path}: not SQuAD-shaped JSON (no top-level 'data' list)")
     rows = {"id": [], "title": [], "context": [], "question": [], "answers": []}
-    mismatched = []
+    mismatched, empty = [], []
     for article in document["data"]:
         paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
         if not isinstance(paragraphs, list):
@@ -62,7 +63,10 @@ def read_squad(path: str | Path, require_answers: bool = True, bad_answers: str 
                     text, start = answer.get("text"), answer.get("answer_start")
                     if not isinstance(text, str) or not isinstance(start, int):
                         raise SpeedyError(f"{path}: question id {qid}: an answer needs 'text' and 'answer_start'")
-                    if start < 0 or start >= len(context):
+                    if not text.strip() or start < 0:
+                        empty.append(qid)  # e.g. SQuAD-es: a translation that lost its answer ('' at -1)
+                        continue
+                    if start >= len(context):
                         raise SpeedyError(f"{path}: question id {qid}: answer_start {start} is past the end of "
                                           f"the context ({len(context)} characters)")
                     if context[start : start + len(text)] != text:
@@ -86,6 +90,9 @@ def read_squad(path: str | Path, require_answers: bool = True, bad_answers: str 
         shown = "; ".join(f"{qid}: '{text}' at {start}" for qid, text, start in mismatched[:3])
         report(f"{path}: {len(mismatched)} answers whose answer_start does not point at their text "
                f"({bad_answers}): {shown}")
+    if empty:
+        report(f"{path}: {len(empty)} empty answers (no text, or answer_start < 0) dropped; first in question "
+               f"{empty[0]}")
     if not rows["id"]:
         raise SpeedyError(f"{path}: no questions (the split is empty)")
     return Dataset.from_dict(rows)
