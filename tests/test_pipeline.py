@@ -16,21 +16,37 @@ from speedy.distill.cache import TeacherCache
 from speedy.pipeline import Study
 
 
-def study_config(tmp_path, files, teachers, students, grid=None, epochs=3):
+def study_config(tmp_path, files, teachers, students, grid=None, epochs=3, task=None, batch_size=16):
     config = {
         "name": "tiny",
         "output_dir": str(tmp_path / "out"),
         "seed": 1,
-        "tasks": [{"name": "tiny", "max_length": 32, "data": files}],
+        "tasks": [{"name": "tiny", "max_length": 32, "data": files, **(task or {})}],
         "teachers": teachers,
         "students": students,
-        "grid": grid or {"batch_size": [16], "epochs": [2], "learning_rate": [1e-3]},
-        "distill": {"epochs": epochs, "patience": 2, "batch_size": 16, "learning_rate": 1e-3},
+        "grid": grid or {"batch_size": [batch_size], "epochs": [2], "learning_rate": [1e-3]},
+        "distill": {"epochs": epochs, "patience": 2, "batch_size": batch_size, "learning_rate": 1e-3},
         "speed": {"batch_size": 1, "length": 16, "warmup": 1, "runs": 5},
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def run_cross_tokenizer_study(tmp_path, files, task, bert_dir, bert_unigram_dir, epochs):
+    """Teacher with the WordPiece tokenizer, a 2-layer student with the Unigram one, KD and fine-tuned only."""
+    path = study_config(tmp_path, files, teachers=[{"name": "teacher", "base": str(bert_dir)}],
+                        students=[{"name": "student", "base": str(bert_unigram_dir), "kind": "truncate",
+                                   "layers": 2, "finetune": True}],
+                        grid={"batch_size": [8], "epochs": [epochs], "learning_rate": [1e-3]}, epochs=epochs,
+                        task=task, batch_size=8)
+    result = subprocess.run([sys.executable, "-m", "speedy", "run", str(path)], capture_output=True, text=True,
+                            env=_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = Study(load_config(path))
+    students = study.store.trials("distill", "tiny")
+    assert sorted(t.name for t in students) == ["student (KD)", "student (fine-tuned)"]
+    return study, students
 
 
 def _env():
@@ -128,23 +144,9 @@ def test_tagging_study_distils_across_tokenizers_and_scores_any_conll_file(tmp_p
     files = {"train": _conll(tmp_path / "train.conll", tagged_sentences(48, 1)),
              "validation": _conll(tmp_path / "dev.conll", tagged_sentences(12, 2)),
              "test": _conll(tmp_path / "test.conll", tagged_sentences(12, 3))}
-    config = {"name": "ner", "output_dir": str(tmp_path / "out"), "seed": 1,
-              "tasks": [{"name": "ner", "type": "tagging", "max_length": 16, "data": files}],
-              "teachers": [{"name": "teacher", "base": str(bert_dir)}],
-              "students": [{"name": "student", "base": str(bert_unigram_dir), "kind": "truncate", "layers": 2,
-                            "finetune": True}],
-              "grid": {"batch_size": [8], "epochs": [3], "learning_rate": [1e-3]},
-              "distill": {"epochs": 3, "patience": 2, "batch_size": 8, "learning_rate": 1e-3},
-              "speed": {"batch_size": 1, "length": 16, "warmup": 1, "runs": 3}}
-    path = tmp_path / "ner.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "speedy", "run", str(path)], capture_output=True, text=True,
-                            env=_env(), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = Study(load_config(path))
-    students = study.store.trials("distill", "ner")
-    assert sorted(t.name for t in students) == ["student (KD)", "student (fine-tuned)"]
-    for trial in students + study.store.trials("finetune", "ner"):
+    study, students = run_cross_tokenizer_study(tmp_path, files, {"type": "tagging", "max_length": 16}, bert_dir,
+                                                bert_unigram_dir, epochs=3)
+    for trial in students + study.store.trials("finetune", "tiny"):
         assert set(trial.test_metrics) == {"f1", "accuracy"} and 0 <= trial.test_metrics["f1"] <= 1
     kd = next(t for t in students if t.params["mode"] == "kd")
     cache = TeacherCache(tmp_path / "out" / "teacher-cache" / kd.info["teacher_cache"])
@@ -183,23 +185,8 @@ def test_qa_study_distils_across_tokenizers_and_predicts(tmp_path, bert_dir, ber
     for name, (n, seed) in {"train": (40, 1), "validation": (10, 2), "test": (10, 3)}.items():
         files[name] = str(tmp_path / f"{name}.json")
         (tmp_path / f"{name}.json").write_text(json.dumps(squad_examples(n, seed), ensure_ascii=False), "utf-8")
-    config = {"name": "qa", "output_dir": str(tmp_path / "out"), "seed": 1,
-              "tasks": [{"name": "qa", "type": "qa", "max_length": 32, "stride": 4, "normalization": "es",
-                         "data": files}],
-              "teachers": [{"name": "teacher", "base": str(bert_dir)}],
-              "students": [{"name": "student", "base": str(bert_unigram_dir), "kind": "truncate", "layers": 2,
-                            "finetune": True}],
-              "grid": {"batch_size": [8], "epochs": [2], "learning_rate": [1e-3]},
-              "distill": {"epochs": 2, "patience": 2, "batch_size": 8, "learning_rate": 1e-3},
-              "speed": {"batch_size": 1, "length": 16, "warmup": 1, "runs": 3}}
-    path = tmp_path / "qa.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "speedy", "run", str(path)], capture_output=True, text=True,
-                            env=_env(), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = Study(load_config(path))
-    students = study.store.trials("distill", "qa")
-    assert sorted(t.name for t in students) == ["student (KD)", "student (fine-tuned)"]
+    task = {"type": "qa", "max_length": 32, "stride": 4, "normalization": "es"}
+    study, students = run_cross_tokenizer_study(tmp_path, files, task, bert_dir, bert_unigram_dir, epochs=2)
     for trial in students:
         assert set(trial.test_metrics) == {"f1", "exact_match"}
     kd = next(t for t in students if t.params["mode"] == "kd")
