@@ -61,26 +61,18 @@ def test_conllu_reader_skips_ranges_and_empty_nodes(tmp_path):
     assert data["tokens"][1] == ["Hola"] and data["lines"][1] == [14]
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("El O\n B-PER\n", "x.conll:2: a tag with no word"),
-    ("El O\nB-PER\n", "x.conll:2: a tag with no word"),
+@pytest.mark.parametrize("name, text, fragment", [
+    ("x.conll", "El O\n B-PER\n", "x.conll:2: a tag with no word"),
+    ("x.conll", "El O\nB-PER\n", "x.conll:2: a tag with no word"),
+    ("x.conllu", "1\tHola\thola\tINTJ\t_\n", "x.conllu:1: 5 tab-separated columns"),
+    ("x.conllu", "# sent_id = 1\n# text = nada\n\n", "x.conllu:1: a sentence with no tokens"),
 ])
-def test_conll_bad_lines(tmp_path, text, fragment):
-    path = tmp_path / "x.conll"
+def test_bad_lines_name_file_and_line(tmp_path, name, text, fragment):
+    path = tmp_path / name
     path.write_text(text, "utf-8")
+    reader = read_conllu if name.endswith(".conllu") else read_conll
     with pytest.raises(SpeedyError, match=fragment):
-        read_conll(path)
-
-
-@pytest.mark.parametrize("text, fragment", [
-    ("1\tHola\thola\tINTJ\t_\n", "x.conllu:1: 5 tab-separated columns"),
-    ("# sent_id = 1\n# text = nada\n\n", "x.conllu:1: a sentence with no tokens"),
-])
-def test_conllu_bad_lines(tmp_path, text, fragment):
-    path = tmp_path / "x.conllu"
-    path.write_text(text, "utf-8")
-    with pytest.raises(SpeedyError, match=fragment):
-        read_conllu(path)
+        reader(path)
 
 
 def test_non_utf8_tagging_file(tmp_path):
