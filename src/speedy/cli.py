@@ -91,54 +91,79 @@ def evaluate(config: Optional[Path] = typer.Argument(None, help="A study config:
 
 
 @app.command()
-def predict(model: Path = typer.Option(..., help="A model folder trained with speedy."),
+def predict(model: Path = typer.Option(..., help="A model folder trained with speedy (or exported by 'speedy export')."),
             text: Optional[str] = typer.Option(None, help="Classification: the text. Tagging: the sentence "
                                                           "(words split on white space)."),
             text_pair: Optional[str] = typer.Option(None, help="Classification of pairs: the second text."),
             question: Optional[str] = typer.Option(None, help="QA: the question."),
-            context: Optional[str] = typer.Option(None, help="QA: the context to take the answer from.")):
+            context: Optional[str] = typer.Option(None, help="QA: the context to take the answer from."),
+            engine: str = typer.Option("torch", help="torch | onnx | onnx-int8 (the ONNX files of 'speedy export')."),
+            threads: Optional[int] = typer.Option(None, help="CPU threads (default: all).")):
     """Run a trained model on one input and print the result as JSON."""
     import json
 
     _quiet_libraries()
     try:
-        print(json.dumps(_predict(model, text, text_pair, question, context), ensure_ascii=False))
+        print(json.dumps(_predict(model, text, text_pair, question, context, engine, threads), ensure_ascii=False))
     except SpeedyError as error:
         _fail(error)
 
 
-def _predict(model_dir: Path, text, text_pair, question, context) -> dict:
+def _predict(model_dir: Path, text, text_pair, question, context, engine: str = "torch", threads=None) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoConfig, AutoTokenizer
 
+    from speedy.bench.engines import load_engine
     from speedy.tasks import task_from_model
 
     if not (model_dir / "config.json").is_file():
         raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
     task, max_length = task_from_model(AutoConfig.from_pretrained(model_dir))
-    model = task.model_class().from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if task.type == "qa":
         if not question or not question.strip() or not context or not context.strip():
             raise SpeedyError("predict: a QA model needs a non-empty --question and --context")
+    elif not text or not text.strip():
+        raise SpeedyError("predict: --text is empty")
+    model = load_engine(model_dir, engine, threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if task.type == "qa":
         answers = task.predict_answers(model, tokenizer, Dataset.from_dict({"question": [question],
                                                                              "context": [context]}), max_length)
         if 0 not in answers:
             raise SpeedyError("predict: no answer span fits in the context")
         return {"answer": answers[0]["text"], "start": answers[0]["start"], "end": answers[0]["end"],
                 "score": answers[0]["score"]}
-    if not text or not text.strip():
-        raise SpeedyError("predict: --text is empty")
     if task.type == "tagging":
         words = text.split()
         return {"words": words, "tags": task.predict_words(model, tokenizer, [words], max_length)[0]}
     inputs = tokenizer(text, text_pair, truncation=True, max_length=max_length, return_tensors="pt")
     with torch.no_grad():
-        probabilities = torch.softmax(model(**inputs).logits[0], -1)
+        probabilities = torch.softmax(model(**inputs).logits[0].float(), -1)
     best = int(probabilities.argmax())
     return {"label": task.labels[best], "score": float(probabilities[best]),
             "scores": {label: float(p) for label, p in zip(task.labels, probabilities)}}
+
+
+@app.command()
+def export(model: Path = typer.Argument(..., help="A model folder trained with speedy."),
+           out: Path = typer.Argument(..., help="The folder to write (replaced if it exists)."),
+           validation_file: Optional[Path] = typer.Option(None, help="A labelled file (the model's task format) "
+                                                                     "to check int8 against PyTorch on."),
+           store: Optional[str] = typer.Option(None, help="The experiment store (path or URL) that knows the model; "
+                                                          "default: the study folder's own."),
+           threads: Optional[int] = typer.Option(None, help="CPU threads for the checks and the speed table.")):
+    """Write a Hugging Face folder with a model card, its ONNX model and the int8 version, checked against PyTorch."""
+    _quiet_libraries()
+    try:
+        from speedy.publish import export_model
+
+        summary = export_model(model, out, validation_file, store, threads,
+                               report=lambda message: console.print(f"  {message}"))
+        speed = ", ".join(f"{k} {v:.1f}/s" for k, v in summary["speed"]["engines"].items())
+        console.print(f"exported to {out}/ (README.md, onnx/model.onnx, onnx/model-int8.onnx); speed: {speed}")
+    except SpeedyError as error:
+        _fail(error)
 
 
 def _evaluate_file(model_dir: Path, test_file: Path, max_length: Optional[int]) -> None:
@@ -207,6 +232,11 @@ def convert_e5(cache_dir: Optional[Path] = typer.Option(None, help="Default: $SP
         console.print(f"all-MiniLM-L6-v2: {minilm_path()}")
     except SpeedyError as error:
         _fail(error)
+
+
+from speedy.bench.cli import bench_app  # noqa: E402 - the `speedy bench` sub-commands
+
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:  # pragma: no cover - the console script calls ``app``

@@ -42,6 +42,11 @@ class TaskData:
         return out
 
 
+def device_of(model) -> torch.device:
+    """Where a model's inputs must go (a PyTorch model's device; an ONNX Runtime engine says CPU)."""
+    return getattr(model, "device", None) or torch.device("cpu")
+
+
 # KD bookkeeping in batches (tagging: words; QA: context units), never passed to the model.
 EXTRA_KEYS = ("example_index", "word_index", "unit_index", "unit_first", "unit_last", "unit_owned")
 

@@ -25,7 +25,7 @@ from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
 from speedy.errors import SpeedyError
-from speedy.tasks.base import Task
+from speedy.tasks.base import Task, device_of
 from speedy.tasks.squad_metric import squad_scores
 
 UNIT = re.compile(r"\w+|[^\w\s]")
@@ -198,7 +198,7 @@ class QATask(Task):
         contexts = list(dataset["context"])
         collate = DataCollatorWithPadding(tokenizer)
         names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in encoded]
-        device = next(model.parameters()).device
+        device = device_of(model)
         best: dict[int, dict] = {}
         for start in range(0, len(encoded["input_ids"]), batch_size):
             rows = range(start, min(start + batch_size, len(encoded["input_ids"])))

@@ -25,7 +25,7 @@ from transformers import AutoModelForTokenClassification
 
 from speedy.errors import SpeedyError, where
 from speedy.tasks.alignment import first_subtokens, word_windows
-from speedy.tasks.base import Task
+from speedy.tasks.base import Task, device_of
 
 IGNORE = -100
 
@@ -172,7 +172,7 @@ class TaggingTask(Task):
         encoded = self.encode(dataset, tokenizer, max_length, with_index=True)
         out = [[self.fallback] * len(s) for s in sentences]
         collate = self.collator(tokenizer)
-        device = next(model.parameters()).device
+        device = device_of(model)
         for start in range(0, len(encoded), batch_size):
             batch = collate([encoded[i] for i in range(start, min(start + batch_size, len(encoded)))])
             inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -1,0 +1,146 @@
+"""``speedy bench``: size and MACs of any model, and its speed in each engine, printed as tables."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from speedy.errors import SpeedyError
+
+bench_app = typer.Typer(no_args_is_help=True, help="Measure parameters, MACs and speed of models.")
+console = Console()
+
+
+def _setup():
+    from speedy.cli import _quiet_libraries
+
+    _quiet_libraries()
+
+
+def _fail(error: SpeedyError):
+    from speedy.cli import _fail as fail
+
+    fail(error)
+
+
+def load_for_measure(name: str, layers: int | None = None):
+    """A speedy model folder with its task head, or any encoder by folder, known name or Hub id (no head).
+    ``layers`` runs only the first n layers (ALBERT base-n: same weights, fewer layers)."""
+    from transformers import AutoConfig, AutoModel
+
+    from speedy.models.registry import check_name, resolve
+
+    check_name(name, "MODEL")
+    path = resolve(name)
+    overrides = {"num_hidden_layers": layers} if layers else {}
+    config = AutoConfig.from_pretrained(path, **overrides)
+    if getattr(config, "speedy_task", None):
+        from speedy.tasks import task_from_model
+
+        task, _ = task_from_model(config)
+        return task.model_class().from_pretrained(path, config=config).eval()
+    return AutoModel.from_pretrained(path, config=config).eval()
+
+
+@bench_app.command()
+def macs(models: List[str] = typer.Argument(..., help="Model folders, known names or Hub ids."),
+         length: List[int] = typer.Option([128, 512], help="Sequence lengths (repeat the option)."),
+         batch_size: int = typer.Option(1, help="Batch size."),
+         layers: Optional[int] = typer.Option(None, help="Run only the first n layers (ALBERT base-n).")):
+    """Parameters (total, without embeddings) and MACs: with attention products, and THOP's linear-only count."""
+    _setup()
+    from speedy.bench.macs import count_macs
+    from speedy.bench.size import count_parameters
+
+    try:
+        table = Table(title=f"Size and MACs (batch {batch_size})")
+        for column in ("model", "layers", "params (M)", "params w/o emb. (M)", "length", "MACs (G)",
+                       "THOP linear-only (G)", "attention share"):
+            table.add_column(column, justify="right" if column != "model" else "left")
+        for name in models:
+            model = load_for_measure(name, layers)
+            size = count_parameters(model)
+            for n in length:
+                counted = count_macs(model, batch_size, n)
+                table.add_row(name, str(size["layers"]), f"{size['parameters'] / 1e6:.2f}",
+                              f"{size['non_embedding_parameters'] / 1e6:.2f}", str(n), f"{counted['macs'] / 1e9:.3f}",
+                              f"{counted['linear_macs'] / 1e9:.3f}",
+                              f"{100 * counted['attention_macs'] / counted['macs']:.1f}%")
+        console.print(table)
+    except (SpeedyError, ValueError) as error:
+        _fail(SpeedyError(str(error)))
+
+
+@bench_app.command()
+def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engines: folders trained with speedy); "
+                                                       "the first is the reference of the speed-ups."),
+          engine: List[str] = typer.Option(["torch"], help="torch | onnx | onnx-int8 (repeat the option)."),
+          length: List[int] = typer.Option([512, 128], help="Fixed lengths of random ids (repeat the option)."),
+          batch_size: int = typer.Option(1, help="Batch size of the fixed-length workload."),
+          sentences: Optional[Path] = typer.Option(None, help="A file of real sentences, one per line: timed with "
+                                                              "dynamic padding, batched by length."),
+          sentence_batch: int = typer.Option(32, help="Batch size of the real-sentence workload."),
+          threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)."),
+          warmup: int = typer.Option(10, help="Untimed runs first (the paper: 10)."),
+          runs: int = typer.Option(100, help="Timed runs (the paper: 100)."),
+          json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results here.")):
+    """Inferences per second: the paper's protocol (filtered mean) beside the median and spread, per engine."""
+    _setup()
+    import torch
+
+    from speedy.bench.engines import check_engine, load_engine
+    from speedy.bench.speed import pin_threads, random_inputs, read_sentences, time_model, time_sentences
+
+    try:
+        for e in engine:
+            check_engine(e)
+        texts = read_sentences(sentences) if sentences is not None else None
+        threads = pin_threads(threads)
+        console.print(f"threads: {threads} (torch intra-op and ONNX Runtime intra-op; inter-op 1); "
+                      f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}")
+        results = []
+        for name in models:
+            for e in engine:
+                model = load_engine(name, e, threads, export_missing=True) if e != "torch" else load_for_measure(name)
+                for n in length:
+                    r = time_model(model, random_inputs(model.config.vocab_size, batch_size, n), warmup, runs, threads)
+                    results.append({"model": name, "engine": e, "workload": f"fixed {n}", **r})
+                if texts is not None:
+                    from transformers import AutoTokenizer
+
+                    r = time_sentences(model, AutoTokenizer.from_pretrained(name), texts, sentence_batch,
+                                       threads=threads)
+                    results.append({"model": name, "engine": e, "workload": "sentences",
+                                    "inferences_per_second": r["sentences_per_second"],
+                                    "inferences_per_second_median": r["sentences_per_second"], **r})
+        print_speed_table(results, models[0])
+        if json_out is not None:
+            tmp = json_out.with_name(json_out.name + ".tmp")
+            tmp.write_text(json.dumps(results, indent=2), "utf-8")
+            os.replace(tmp, json_out)
+    except SpeedyError as error:
+        _fail(error)
+
+
+def print_speed_table(results: list[dict], reference: str) -> None:
+    table = Table(title=f"Speed (speed-up: against {reference} in PyTorch, same workload, this run)")
+    for column in ("model", "engine", "workload", "inferences/s (paper)", "inferences/s (median)", "IQR (ms)",
+                   "kept runs", "speed-up"):
+        table.add_column(column, justify="left" if column in ("model", "engine", "workload") else "right")
+    base = {r["workload"]: r["inferences_per_second"] for r in results
+            if r["model"] == reference and r["engine"] == "torch"}
+    for r in results:
+        ref = base.get(r["workload"])
+        iqr = r.get("seconds_iqr", r.get("seconds_per_pass_iqr"))
+        table.add_row(r["model"], r["engine"], r["workload"] + (f" (b{r['batch_size']})"),
+                      f"{r['inferences_per_second']:.1f}", f"{r['inferences_per_second_median']:.1f}",
+                      f"{1000 * iqr:.2f}" if iqr is not None else "-",
+                      f"{r['kept_runs']}/{r['runs']}" if "kept_runs" in r else f"{r['repeats']} passes",
+                      f"{r['inferences_per_second'] / ref:.2f}x" if ref else "-")
+    console.print(table)

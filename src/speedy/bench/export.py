@@ -1,0 +1,172 @@
+"""Export to ONNX, fuse for ONNX Runtime, quantize to int8, and check the result against PyTorch.
+
+Measured facts behind the recipe (torch 2.13, onnxruntime 1.31, transformers 5.23):
+- torch's TorchScript exporter (``dynamo=False``) is used: the graphs of the newer exporter are not fused by
+  onnxruntime's transformer optimizer and fail its quantizer's shape inference. ``optimum`` would pin an older
+  transformers. Attention is exported in its eager form, which is the pattern the optimizer fuses.
+- Quantize *after* fusing: ALBERT shares one layer's weights, and dynamic quantization of the raw export
+  converts only a few of its MatMuls (2x slower than fused int8). Quantizing a fused graph needs
+  ``DefaultTensorType`` set to float, for the fused operators whose output type the quantizer cannot infer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speedy.bench.engines import ONNX_FILES, OnnxModel, config_signature, require_onnxruntime
+from speedy.errors import SpeedyError
+
+HEADS = {"classification": "ForSequenceClassification", "tagging": "ForTokenClassification",
+         "qa": "ForQuestionAnswering"}
+
+
+def check_head(model) -> str:
+    """The task type of a model's head; an error naming the head when speedy cannot export it."""
+    task = (getattr(model.config, "speedy_task", None) or {}).get("type")
+    head = type(model).__name__
+    if task not in HEADS or not head.endswith(HEADS[task]):
+        known = ", ".join(f"{t} (*{h})" for t, h in HEADS.items())
+        raise SpeedyError(f"export: unknown task head '{head}' for task '{task}' (known: {known})")
+    return task
+
+
+def input_names(config) -> list[str]:
+    """Segment ids only for models with more than one segment (BERT pairs); XLM-R/RoBERTa have one."""
+    names = ["input_ids", "attention_mask"]
+    return names + ["token_type_ids"] if getattr(config, "type_vocab_size", 1) > 1 else names
+
+
+def _set_metadata(model_proto, config) -> None:
+    entry = model_proto.metadata_props.add()
+    entry.key, entry.value = "speedy_config", json.dumps(config_signature(config), sort_keys=True)
+
+
+def export_onnx(model, folder: str | Path, opset: int = 17) -> dict[str, Path]:
+    """Write ``model.onnx`` (fused fp32) and ``model-int8.onnx`` (dynamic int8) into ``folder``, atomically."""
+    require_onnxruntime()
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    task = check_head(model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    model = model.eval()
+    previous = config._attn_implementation
+    model.set_attn_implementation("eager")
+    names = input_names(config)
+    outputs = ["start_logits", "end_logits"] if task == "qa" else ["logits"]
+    dummy = {"input_ids": torch.randint(5, max(6, config.vocab_size), (2, 16)),
+             "attention_mask": torch.ones(2, 16, dtype=torch.long), "token_type_ids": torch.zeros(2, 16, dtype=torch.long)}
+    axes = {name: {0: "batch", 1: "length"} for name in names}
+    axes.update({name: ({0: "batch"} if task == "classification" else {0: "batch", 1: "length"}) for name in outputs})
+    raw, fused, int8 = folder / "raw.tmp.onnx", folder / "fused.tmp.onnx", folder / "int8.tmp.onnx"
+    root_logger, level = logging.getLogger(), logging.getLogger().level
+    try:
+        # The tracer's and quantizer's advice does not apply here (fixed-shape checks the graph never takes;
+        # pre-processing for convolution models); keep the console for what matters.
+        warnings.filterwarnings("ignore", module=r"torch\.onnx.*|transformers\.masking_utils")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        root_logger.setLevel(logging.ERROR)
+        with torch.no_grad():
+            torch.onnx.export(model, tuple(dummy[n] for n in names), str(raw), input_names=names,
+                              output_names=outputs, dynamic_axes=axes, opset_version=opset, dynamo=False)
+        heads = getattr(config, "num_attention_heads", getattr(config, "n_heads", 0))
+        hidden = getattr(config, "hidden_size", getattr(config, "dim", 0))
+        optimized = optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden)
+        _set_metadata(optimized.model, config)
+        optimized.save_model_to_file(str(fused))
+        quantize_dynamic(str(fused), str(int8), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantized = onnx.load(str(int8))
+        if not any(p.key == "speedy_config" for p in quantized.metadata_props):
+            _set_metadata(quantized, config)
+            onnx.save(quantized, str(int8))
+        os.replace(fused, folder / ONNX_FILES["onnx"])
+        os.replace(int8, folder / ONNX_FILES["onnx-int8"])
+    finally:
+        root_logger.setLevel(level)
+        model.set_attn_implementation(previous)
+        for path in (raw, fused, int8, Path(str(int8) + ".data")):
+            path.unlink(missing_ok=True)
+    return {"onnx": folder / ONNX_FILES["onnx"], "onnx-int8": folder / ONNX_FILES["onnx-int8"],
+            "fused_operators": optimized.get_fused_operator_statistics()}
+
+
+def probe_batches(config, lengths=(7, 33, 128), batch_size: int = 4, seed: int = 0) -> list[dict]:
+    """Random batches of several lengths, each with padded rows, to compare engines on."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for length in lengths:
+        ids = torch.randint(5, max(6, config.vocab_size), (batch_size, length), generator=generator)
+        mask = torch.ones_like(ids)
+        for row in range(1, batch_size):  # rows of decreasing real length, the rest padding
+            mask[row, max(1, length - row * length // batch_size):] = 0
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
+def _outputs(out) -> list[torch.Tensor]:
+    return [out.start_logits, out.end_logits] if getattr(out, "start_logits", None) is not None else [out.logits]
+
+
+@torch.no_grad()
+def max_abs_difference(reference, engine, batches: list[dict]) -> float:
+    """Largest absolute difference of the two models' outputs; per-token outputs only at real (unpadded) tokens."""
+    per_token = (getattr(reference.config, "speedy_task", None) or {}).get("type") in ("tagging", "qa")
+    worst = 0.0
+    for batch in batches:
+        for a, b in zip(_outputs(reference(**batch)), _outputs(engine(**batch))):
+            if per_token:
+                keep = batch["attention_mask"].bool()
+                a, b = a[keep], b[keep]
+            worst = max(worst, float((a.float() - b.float()).abs().max()))
+    return worst
+
+
+def predictions(model, tokenizer, task, dataset, max_length: int) -> list:
+    """Flat list of what the model predicts: a label per example, a tag per word, or a span per question."""
+    from speedy.evaluate import predict
+
+    if task.type == "tagging":
+        sentences = [list(tokens) for tokens in dataset["tokens"]]
+        return [tag for tags in task.predict_words(model, tokenizer, sentences, max_length) for tag in tags]
+    if task.type == "qa":
+        answers = task.predict_answers(model, tokenizer, dataset, max_length)
+        return [(answers[i]["start"], answers[i]["end"]) if i in answers else None for i in range(len(dataset))]
+    logits, _ = predict(model, tokenizer, task, task.encode(dataset, tokenizer, max_length))
+    return list(logits.argmax(-1))
+
+
+def compare_engines(reference, engine, tokenizer, task, dataset, max_length: int) -> dict:
+    """How often ``engine`` predicts what ``reference`` does, and both engines' scores on ``dataset``."""
+    if len(dataset) == 0:
+        raise SpeedyError("export: the validation set is empty: nothing to compare the engines on")
+    a = predictions(reference, tokenizer, task, dataset, max_length)
+    b = predictions(engine, tokenizer, task, dataset, max_length)
+    same = float(np.mean([x == y for x, y in zip(a, b)]))
+    score_a = task.evaluate(reference, tokenizer, dataset, max_length)
+    score_b = task.evaluate(engine, tokenizer, dataset, max_length)
+    metric = task.primary_metric
+    return {"agreement": same, "compared": len(a), "metric": metric, "reference_score": score_a[metric],
+            "engine_score": score_b[metric], "score_drop": score_a[metric] - score_b[metric]}
+
+
+def check_export(model, folder: str | Path, threads: int | None = None, tolerance: float = 1e-4) -> dict:
+    """Max abs difference of the fp32 and int8 graphs against PyTorch; an error if fp32 is off by ``tolerance``."""
+    folder = Path(folder)
+    batches = probe_batches(model.config)
+    fp32 = max_abs_difference(model, OnnxModel(folder / ONNX_FILES["onnx"], model.config, threads), batches)
+    int8 = max_abs_difference(model, OnnxModel(folder / ONNX_FILES["onnx-int8"], model.config, threads), batches)
+    if not fp32 < tolerance:
+        raise SpeedyError(f"{folder / ONNX_FILES['onnx']}: outputs differ from PyTorch by {fp32:.2e} "
+                          f"(tolerance {tolerance:g})")
+    return {"fp32_max_abs_diff": fp32, "int8_max_abs_diff": int8, "tolerance": tolerance}

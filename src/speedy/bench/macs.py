@@ -1,0 +1,70 @@
+"""Multiply-accumulates (MACs) of one forward pass at a given batch size and length.
+
+Two counts, side by side:
+- ``linear_macs``: every ``nn.Linear`` call, as THOP counts a transformer (THOP has no rule for the attention
+  products, which are plain ``matmul`` calls, not modules). This is the figure the paper's table can be compared
+  with.
+- ``macs``: the linear MACs plus the two attention products of every attention call, ``Q K^T`` and the weighted
+  sum ``softmax(.) V``, each ``batch * heads * length * length * head_size``. They grow with the square of the
+  length, so the linear-only count undercounts most at length 512.
+
+Both come from running the model once on random ids with forward hooks: a weight-shared ALBERT running its one
+layer n times is counted n times, and whatever head the task puts on top is counted too. Embedding lookups,
+LayerNorm, softmax and activations are not MACs and are left out, as THOP's transformer figures do.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from speedy.bench.speed import random_inputs
+
+
+def attention_shape(module: nn.Module) -> tuple[int, int] | None:
+    """``(heads, head size)`` of a self-attention module (BERT, RoBERTa, XLM-R, ALBERT, DistilBERT), else None."""
+    head_size = getattr(module, "attention_head_size", None)
+    heads = getattr(module, "num_attention_heads", None) or getattr(module, "n_heads", None)
+    if isinstance(head_size, int) and isinstance(heads, int):
+        return heads, head_size
+    return None
+
+
+@torch.inference_mode()
+def count_macs(model: nn.Module, batch_size: int = 1, length: int = 128) -> dict:
+    """MACs of ``model`` on a ``batch_size x length`` batch of random ids (no padding)."""
+    linear = 0
+    attention = 0
+    attention_calls = 0
+
+    def on_linear(module, _inputs, output):
+        nonlocal linear
+        linear += module.in_features * output.numel()  # each output element: in_features multiply-adds
+
+    def on_attention(module, _inputs, _output):
+        nonlocal attention, attention_calls
+        heads, head_size = attention_shape(module)
+        attention_calls += 1
+        attention += 2 * batch_size * heads * length * length * head_size  # Q K^T, then weights x V
+
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            hooks.append(module.register_forward_hook(on_linear))
+        elif attention_shape(module) is not None:
+            hooks.append(module.register_forward_hook(on_attention))
+    if not any(attention_shape(m) for m in model.modules()):
+        for hook in hooks:
+            hook.remove()
+        raise ValueError(f"count_macs: no attention module found in {type(model).__name__} (supported: BERT, "
+                         "RoBERTa, XLM-R, ALBERT, DistilBERT)")
+    was_training = model.training
+    model.eval()
+    try:
+        model(**random_inputs(model.config.vocab_size, batch_size, length))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return {"macs": linear + attention, "linear_macs": linear, "attention_macs": attention,
+            "attention_calls": attention_calls, "batch_size": batch_size, "length": length}

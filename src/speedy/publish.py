@@ -1,0 +1,183 @@
+"""Publishing a trained model: a Hugging Face folder with a model card, its ONNX model and the int8 version.
+
+``export_model`` writes everything under a temporary name and renames it at the end, so an export folder that
+exists is complete. The card says what the model is for, where it came from (teacher and data, when the
+experiment store knows the model) and how good and how fast it is, with the equivalence checks of its engines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from speedy.errors import SpeedyError
+
+
+def find_trial(model_dir: Path, store_url: str | None):
+    """The store's trial whose checkpoint is ``model_dir`` (and the store), looking in the study folder itself
+    (``<study>/trials/<key>``) when no store is given."""
+    from speedy.store import Store
+
+    model_dir = Path(model_dir).resolve()
+    if store_url is None:
+        guess = model_dir.parent.parent / "store.sqlite"
+        if not guess.is_file():
+            return None, None
+        store_url = str(guess)
+    store = Store(store_url)
+    for trial in store.trials():
+        if trial.checkpoint and Path(trial.checkpoint).resolve() == model_dir:
+            return trial, store
+    return None, store
+
+
+def provenance(model_dir: Path, store_url: str | None) -> dict:
+    """What the experiment store knows about a model: its role, teacher, task data, scores and speeds."""
+    trial, store = find_trial(model_dir, store_url)
+    if trial is None:
+        return {}
+    info = {"name": trial.params.get("model", {}).get("name", trial.name), "task": trial.task,
+            "role": "teacher" if trial.stage == "finetune" else
+            ("student (knowledge distillation)" if trial.params.get("mode") == "kd" else "student (fine-tuned)"),
+            "validation": trial.val_metrics, "test": trial.test_metrics, "measurements": {}}
+    teacher_key = trial.params.get("teacher")
+    if teacher_key:
+        teacher = store.get(teacher_key)
+        info["teacher"] = teacher.params["model"]["name"] if teacher else teacher_key
+        info["distillation"] = trial.params.get("settings", {})
+    with store.engine.connect() as conn:
+        from speedy.store import measurements
+
+        for row in conn.execute(measurements.select().where(measurements.c.trial_key == trial.key)):
+            info["measurements"][row.kind] = json.loads(row.value)
+    return info
+
+
+def _table(rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows[1:]])
+
+
+def model_card(config, task, origin: dict, checks: dict, speed: dict) -> str:
+    """A Hugging Face model card (README.md with YAML front matter) for an exported model."""
+    pipeline = {"classification": "text-classification", "tagging": "token-classification",
+                "qa": "question-answering"}[task.type]
+    name = origin.get("name", config.name_or_path or "model")
+    front = (f"---\nlanguage: es\nlibrary_name: transformers\npipeline_tag: {pipeline}\n"
+             "tags:\n- knowledge-distillation\n- speedy\n- onnx\n---\n")
+    lines = [front, f"# {name}", "",
+             f"A {task.type} model ({config.model_type}, {getattr(config, 'num_hidden_layers', '?')} layers) made "
+             "with speedy, the toolkit of *Speedy Gonzales: A Collection of Fast Task-Specific Models for Spanish* "
+             "(Cañete and Bravo-Marquez).", ""]
+    if origin:
+        lines += [f"- Task: `{origin['task']}`", f"- Role: {origin['role']}"]
+        if origin.get("teacher"):
+            settings = origin.get("distillation", {})
+            lines.append(f"- Teacher: `{origin['teacher']}` (loss {settings.get('loss')}, alpha {settings.get('alpha')}, "
+                         f"temperature {settings.get('temperature')})")
+    if task.labels:
+        lines.append(f"- Labels: {', '.join(task.labels)}")
+    if origin.get("test") or origin.get("validation"):
+        lines += ["", "## Scores", ""]
+        rows = [("split", "metric", "value")]
+        for split in ("validation", "test"):
+            rows += [(split, k, f"{100 * v:.2f}") for k, v in sorted(origin.get(split, {}).items())
+                     if isinstance(v, float) and k != "loss"]
+        lines.append(_table(rows))
+    lines += ["", "## Files", "", "- Hugging Face model and tokenizer (this folder)",
+              "- `onnx/model.onnx`: ONNX Runtime fp32, attention, LayerNorm and GELU fused",
+              "- `onnx/model-int8.onnx`: the fused graph with int8 weights (dynamic quantization)", "",
+              "## Engines checked against PyTorch", "",
+              f"- fp32 ONNX: max abs difference of the outputs {checks['fp32_max_abs_diff']:.2e} "
+              f"(tolerance {checks['tolerance']:g}); int8: {checks['int8_max_abs_diff']:.2e}"]
+    if "int8" in checks:
+        c = checks["int8"]
+        lines.append(f"- int8 on {checks['int8_on']}: the same prediction as PyTorch on {100 * c['agreement']:.2f}% "
+                     f"of {c['compared']} predictions; {c['metric']} {100 * c['reference_score']:.2f} -> "
+                     f"{100 * c['engine_score']:.2f} (drop {100 * c['score_drop']:.2f} points)")
+    else:
+        lines.append("- int8 agreement: not measured (export with --validation-file)")
+    if speed:
+        lines += ["", f"## Speed on the exporting machine (batch 1, length {speed['length']}, "
+                  f"{speed['threads']} threads)", ""]
+        rows = [("engine", "inferences/s", "speed-up")]
+        base = speed["engines"].get("torch")
+        for engine, ips in speed["engines"].items():
+            rows.append((engine, f"{ips:.1f}", f"{ips / base:.2f}x" if base else "-"))
+        lines.append(_table(rows))
+    lines += ["", "## Use", "", "```bash", "speedy predict --model THIS_FOLDER --engine onnx-int8 --text '...'",
+              "```", ""]
+    return "\n".join(lines)
+
+
+def export_model(model_dir: Path, out: Path, validation_file: Path | None = None, store_url: str | None = None,
+                 threads: int | None = None, speed_length: int = 128, speed_runs: int = 30, report=print) -> dict:
+    """Write ``out``: the model, its tokenizer, ``onnx/`` (fp32 and int8), ``README.md`` and ``export.json``."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    from speedy.bench.engines import ONNX_FOLDER, OnnxModel, onnx_path
+    from speedy.bench.export import check_export, check_head, compare_engines, export_onnx
+    from speedy.bench.speed import random_inputs, time_model
+    from speedy.tasks import task_from_model
+
+    model_dir, out = Path(model_dir), Path(out)
+    if not (model_dir / "config.json").is_file():
+        raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
+    config = AutoConfig.from_pretrained(model_dir)
+    architecture = (config.architectures or ["none"])[0]
+    model_class = getattr(transformers, architecture, None)
+    if model_class is None or not getattr(config, "speedy_task", None):
+        raise SpeedyError(f"export: unknown task head '{architecture}' in {model_dir}/config.json (known: models "
+                          "trained by speedy for classification, tagging or qa)")
+    task, max_length = task_from_model(config)
+    model = model_class.from_pretrained(model_dir).eval()  # the class it was saved as: never a fresh head
+    check_head(model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    report("exporting to ONNX, fusing, quantizing to int8")
+    fused = export_onnx(model, tmp / ONNX_FOLDER)
+    checks = check_export(model, tmp / ONNX_FOLDER, threads)
+    report(f"fp32 ONNX max abs difference {checks['fp32_max_abs_diff']:.2e}, int8 {checks['int8_max_abs_diff']:.2e}")
+    if validation_file is not None:
+        data = _read_for(task, Path(validation_file))
+        int8 = OnnxModel(onnx_path(tmp, "onnx-int8"), config, threads)
+        checks["int8"] = compare_engines(model, int8, tokenizer, task, data, max_length)
+        checks["int8_on"] = str(validation_file)
+        c = checks["int8"]
+        report(f"int8 agrees with PyTorch on {100 * c['agreement']:.2f}% of {c['compared']} predictions; "
+               f"{c['metric']} drop {100 * c['score_drop']:.2f} points")
+    speed = {"length": speed_length, "threads": None, "engines": {}}
+    for engine in ("torch", "onnx", "onnx-int8"):
+        runner = model if engine == "torch" else OnnxModel(onnx_path(tmp, engine), config, threads)
+        result = time_model(runner, random_inputs(config.vocab_size, 1, speed_length), 5, speed_runs, threads)
+        speed["engines"][engine] = result["inferences_per_second"]
+        speed["threads"] = result["threads"]
+    origin = provenance(model_dir, store_url)
+    (tmp / "README.md").write_text(model_card(config, task, origin, checks, speed), "utf-8")
+    summary = {"source": str(model_dir), "task": task.type, "checks": checks, "speed": speed, "origin": origin,
+               "fused_operators": {k: v for k, v in fused["fused_operators"].items() if v}, "time": time.time()}
+    (tmp / "export.json").write_text(json.dumps(summary, indent=2, default=str), "utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return summary
+
+
+def _read_for(task, path: Path):
+    from speedy.data.readers import read_labelled_texts, read_tagged
+
+    if task.type == "qa":
+        from speedy.data.squad import read_squad
+
+        return read_squad(path, require_answers=True, bad_answers="fix")
+    if task.type == "tagging":
+        return read_tagged(path)
+    return read_labelled_texts(path)
