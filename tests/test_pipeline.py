@@ -16,7 +16,8 @@ from speedy.distill.cache import TeacherCache
 from speedy.pipeline import Study
 
 
-def study_config(tmp_path, files, teachers, students, grid=None, epochs=3, task=None, batch_size=16):
+def study_config(tmp_path, files, teachers, students, grid=None, epochs=3, task=None, batch_size=16,
+                 engines=("torch",)):
     config = {
         "name": "tiny",
         "output_dir": str(tmp_path / "out"),
@@ -26,7 +27,7 @@ def study_config(tmp_path, files, teachers, students, grid=None, epochs=3, task=
         "students": students,
         "grid": grid or {"batch_size": [batch_size], "epochs": [2], "learning_rate": [1e-3]},
         "distill": {"epochs": epochs, "patience": 2, "batch_size": batch_size, "learning_rate": 1e-3},
-        "speed": {"batch_size": 1, "length": 16, "warmup": 1, "runs": 5},
+        "speed": {"batch_size": 1, "length": 16, "warmup": 1, "runs": 5, "engines": list(engines)},
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -59,7 +60,8 @@ def test_every_stage_runs_and_the_report_compares_teacher_and_students(tmp_path,
         teachers=[{"name": "bert", "base": str(bert_dir)}, {"name": "albert", "base": str(albert_dir)}],
         students=[{"name": "bert-2L", "base": str(bert_dir), "kind": "truncate", "layers": [0, 3],
                    "finetune": True, "prune_vocab": True},
-                  {"name": "albert-base-2", "base": str(albert_dir), "kind": "albert-base-n", "layers": 2}])
+                  {"name": "albert-base-2", "base": str(albert_dir), "kind": "albert-base-n", "layers": 2}],
+        engines=("torch", "onnx-int8"))
     result = subprocess.run([sys.executable, "-m", "speedy", "run", str(path)], capture_output=True, text=True,
                             env=_env(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -72,11 +74,19 @@ def test_every_stage_runs_and_the_report_compares_teacher_and_students(tmp_path,
     assert sorted(t.name for t in students) == ["albert-base-2 (KD)", "bert-2L (KD)", "bert-2L (fine-tuned)"]
     for trial in candidates + students:
         assert 0.0 <= trial.test_metrics["accuracy"] <= 1.0 and "macro_f1" in trial.test_metrics
-        assert study.store.measurement(trial.key, "size")["parameters"] > 0
+        size = study.store.measurement(trial.key, "size")
+        assert size["parameters"] > 0 and size["macs"] > size["linear_macs"] > 0
+        int8 = study.store.measurement(trial.key, study.speed_kind("onnx-int8"))
+        assert int8["inferences_per_second"] > 0 and 0 <= int8["test_metrics"]["accuracy"] <= 1
+        assert study.store.measurement(trial.key, study.speed_kind("torch"))["inferences_per_second"] > 0
     report = (tmp_path / "out" / "report" / "report.md").read_text()
-    for name in ("bert-2L", "albert-base-2", "student, KD", "student, fine-tuned only", "teacher (selected)"):
+    for name in ("bert-2L", "albert-base-2", "student, KD", "student, fine-tuned only", "teacher (selected)",
+                 "Table 1", "ONNX Runtime int8 inf/s", "Table 3", "Global score"):
         assert name in report
-    assert (tmp_path / "out" / "report" / "score_vs_speed.png").stat().st_size > 1000
+    for figure in ("score_vs_speed.png", "figure1_params_macs.png"):
+        assert (tmp_path / "out" / "report" / figure).stat().st_size > 1000
+    table3 = (tmp_path / "out" / "report" / "table3_global.csv").read_text().splitlines()
+    assert len(table3) == 1 + 2 + 3 and "speedup_onnx-int8" in table3[0]
     assert "Stage 2: teacher candidates" in result.stdout
 
     # Any stage re-runs alone, reusing what the store has: nothing is trained again.

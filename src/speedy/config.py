@@ -104,6 +104,9 @@ class SpeedSettings:
     warmup: int = 10
     runs: int = 100
     threads: int | None = None  # default: all cores
+    # torch (PyTorch eager fp32), onnx (ONNX Runtime fp32, fused), onnx-int8 (fused, then int8 weights);
+    # the ONNX engines also score the test split, so the report shows what int8 costs.
+    engines: list[str] = field(default_factory=lambda: ["torch"])
 
 
 @dataclass
@@ -182,6 +185,12 @@ def validate(config: StudyConfig) -> StudyConfig:
     for axis in ("batch_size", "epochs", "learning_rate"):
         if not getattr(config.grid, axis):
             raise SpeedyError(f"grid.{axis}: the grid has an empty axis")
+    from speedy.bench.engines import check_engine
+
+    if not config.speed.engines:
+        raise SpeedyError("speed.engines: empty list (allowed: torch, onnx, onnx-int8)")
+    for i, engine in enumerate(config.speed.engines):
+        check_engine(engine, f"speed.engines[{i}]")
     if config.distill.loss not in KD_KINDS:
         raise SpeedyError(f"distill.loss: unknown KD loss '{config.distill.loss}' (allowed: {', '.join(KD_KINDS)})")
     if not 0 <= config.distill.alpha <= 1:

@@ -236,30 +236,57 @@ class Study:
                 self.console.print(f"  {trial.name}: {shown}")
 
     def measure(self) -> None:
+        """Parameters and MACs, then speed in every engine of the config; an ONNX engine also scores the test
+        split (what int8 costs). Each measurement is stored as it finishes, so a killed run redoes only one."""
+        from speedy.bench.engines import load_engine
+        from speedy.bench.macs import count_macs
         from speedy.bench.size import count_parameters
         from speedy.bench.speed import random_inputs, time_model
+        from speedy.evaluate import evaluate_model
 
-        speed, kind = self.config.speed, self.speed_kind()
-        for task_spec in self.config.tasks:
-            task = self.task(task_spec)
-            self.console.rule(f"Measuring size and speed (batch {speed.batch_size}, length {speed.length}, "
-                              f"{speed.warmup} warm-up + {speed.runs} runs)")
-            for trial in self.models_to_report(task_spec):
-                if self.store.measurement(trial.key, kind):
-                    continue
-                model, _ = self._load(trial, task)
-                if torch.cuda.is_available():
-                    model = model.cuda()
-                self.store.measure(trial.key, "size", count_parameters(model))
-                inputs = random_inputs(model.config.vocab_size, speed.batch_size, speed.length)
-                result = time_model(model, inputs, speed.warmup, speed.runs, speed.threads)
-                self.store.measure(trial.key, kind, result)
-                self.console.print(f"  {trial.name}: {result['inferences_per_second']:.1f} inferences/s "
-                                   f"({result['threads']} threads)")
-
-    def speed_kind(self) -> str:
         speed = self.config.speed
-        return f"speed-torch-{'cuda' if torch.cuda.is_available() else 'cpu'}-b{speed.batch_size}-l{speed.length}"
+        for task_spec in self.config.tasks:
+            data, task = self.data(task_spec), self.task(task_spec)
+            self.console.rule(f"Measuring '{task_spec.name}': size, MACs and speed (batch {speed.batch_size}, "
+                              f"length {speed.length}, {speed.warmup} warm-up + {speed.runs} runs, "
+                              f"engines {', '.join(speed.engines)})")
+            for trial in self.models_to_report(task_spec):
+                if not self.store.measurement(trial.key, "size"):
+                    model = load_engine(trial.checkpoint, "torch")
+                    size = count_parameters(model)
+                    macs = count_macs(model, speed.batch_size, speed.length)
+                    self.store.measure(trial.key, "size", {**size, "macs": macs["macs"],
+                                                           "linear_macs": macs["linear_macs"],
+                                                           "macs_batch_size": speed.batch_size,
+                                                           "macs_length": speed.length})
+                for engine in speed.engines:
+                    kind = self.speed_kind(engine)
+                    if self.store.measurement(trial.key, kind):
+                        continue
+                    model = load_engine(trial.checkpoint, engine, speed.threads, export_missing=True)
+                    if engine == "torch" and torch.cuda.is_available():
+                        model = model.cuda()
+                    inputs = random_inputs(model.config.vocab_size, speed.batch_size, speed.length)
+                    result = time_model(model, inputs, speed.warmup, speed.runs, speed.threads)
+                    if engine != "torch":
+                        tokenizer = self._load_tokenizer(trial)
+                        result["test_metrics"] = evaluate_model(model, tokenizer, task, data.splits["test"],
+                                                                task_spec.max_length, source=data.sources["test"])
+                    self.store.measure(trial.key, kind, result)
+                    shown = f", test {task.primary_metric} {result['test_metrics'][task.primary_metric]:.4f}" \
+                        if "test_metrics" in result else ""
+                    self.console.print(f"  {trial.name} [{engine}]: {result['inferences_per_second']:.1f} "
+                                       f"inferences/s ({result['threads']} threads){shown}")
+
+    def _load_tokenizer(self, trial: Trial):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(trial.checkpoint)
+
+    def speed_kind(self, engine: str = "torch") -> str:
+        speed = self.config.speed
+        device = "cuda" if torch.cuda.is_available() and engine == "torch" else "cpu"
+        return f"speed-{engine}-{device}-b{speed.batch_size}-l{speed.length}"
 
     # ------------------------------------------------------------------ all
     def run(self, stages=STAGES) -> None:

@@ -1,7 +1,14 @@
-"""The study's report: a Markdown and CSV table like the paper's Tables 2/3, and a score-against-speed plot.
+"""The study's report, from the experiment store: the paper's tables and figure, and a score-against-speed plot.
 
-Everything comes from the experiment store. Speed-ups are ratios of speeds measured on this machine in the
-same protocol, against the selected teacher of the task.
+- ``report.md`` / ``results.csv``: one row per model and task (role, size, MACs, scores, speed, training time).
+- Table 1 (``table1_speed.csv``): inferences per second per model and engine, and speed-ups.
+- Table 3 (``table3_global.csv``): parameters, speed-up and the global score (plain mean over tasks of each
+  task's primary test metric; QA counts by F1).
+- Figure 1 (``figure1_params_macs.png``): parameters against MACs, one point per model.
+- ``score_vs_speed.png``: global score against speed-up, every engine measured, the Pareto front marked.
+
+Speed-ups are ratios of speeds measured on this machine in the same protocol, against the selected teacher of
+the task in PyTorch.
 """
 
 from __future__ import annotations
@@ -10,90 +17,218 @@ import csv
 import os
 from pathlib import Path
 
-COLUMNS = ("task", "model", "role", "layers", "params_M", "non_embedding_params_M", "metric", "test_score",
-           "test_accuracy",
-           "test_macro_f1", "val_loss", "inferences_per_s", "speedup", "train_minutes")
+COLUMNS = ("task", "model", "role", "layers", "params_M", "non_embedding_params_M", "gmacs", "thop_gmacs", "metric",
+           "test_score", "test_accuracy", "test_macro_f1", "val_loss", "inferences_per_s", "speedup", "train_minutes")
+ENGINE_NAMES = {"torch": "PyTorch fp32", "onnx": "ONNX Runtime fp32", "onnx-int8": "ONNX Runtime int8"}
 
 
 def report_rows(study) -> list[dict]:
+    """One row per (task, model), with every engine's speed and score under ``engines``."""
     rows = []
-    kind = study.speed_kind()
     for task_spec in study.config.tasks:
         selected = study.store.selection(task_spec.name)
-        trials = study.models_to_report(task_spec)
-        teacher_speed = study.store.measurement(selected.key, kind) if selected else None
-        for trial in trials:
+        metric = study.task(task_spec).primary_metric
+        teacher_speed = study.store.measurement(selected.key, study.speed_kind("torch")) if selected else None
+        base = (teacher_speed or {}).get("inferences_per_second")
+        for trial in study.models_to_report(task_spec):
             size = study.store.measurement(trial.key, "size") or {}
-            speed = study.store.measurement(trial.key, kind) or {}
             if trial.stage == "finetune":
                 role = "teacher (selected)" if selected and trial.key == selected.key else "teacher candidate"
-                name = trial.params["model"]["name"]
             else:
                 role = "student, KD" if trial.params["mode"] == "kd" else "student, fine-tuned only"
-                name = trial.params["model"]["name"]
-            metric = study.task(task_spec).primary_metric
-            ips = speed.get("inferences_per_second")
-            base = (teacher_speed or {}).get("inferences_per_second")
+            engines = {}
+            for engine in study.config.speed.engines:
+                speed = study.store.measurement(trial.key, study.speed_kind(engine)) or {}
+                ips = speed.get("inferences_per_second")
+                score = (speed.get("test_metrics") or trial.test_metrics).get(metric)
+                engines[engine] = {"inferences_per_s": ips, "speedup": ips / base if ips and base else None,
+                                   "test_score": score}
+            torch_speed = engines.get("torch", {})
             rows.append({
-                "task": task_spec.name, "model": name, "role": role, "layers": size.get("layers"),
-                "params_M": size.get("parameters", 0) / 1e6 if size else None,
-                "non_embedding_params_M": size.get("non_embedding_parameters", 0) / 1e6 if size else None,
+                "task": task_spec.name, "model": trial.params["model"]["name"], "role": role,
+                "layers": size.get("layers"),
+                "params_M": size["parameters"] / 1e6 if size else None,
+                "non_embedding_params_M": size["non_embedding_parameters"] / 1e6 if size else None,
+                "gmacs": size["macs"] / 1e9 if "macs" in size else None,
+                "thop_gmacs": size["linear_macs"] / 1e9 if "linear_macs" in size else None,
                 "metric": metric, "test_score": trial.test_metrics.get(metric),
                 "test_accuracy": trial.test_metrics.get("accuracy"), "test_macro_f1": trial.test_metrics.get("macro_f1"),
-                "val_loss": trial.val_loss, "inferences_per_s": ips,
-                "speedup": ips / base if ips and base else None, "train_minutes": (trial.seconds or 0) / 60,
+                "val_loss": trial.val_loss, "inferences_per_s": torch_speed.get("inferences_per_s"),
+                "speedup": torch_speed.get("speedup"), "train_minutes": (trial.seconds or 0) / 60,
+                "engines": engines,
             })
     return rows
 
 
-def _fmt(value, digits=2) -> str:
+def global_rows(rows: list[dict], tasks: list[str]) -> list[dict]:
+    """Table 3: per model and role, the mean over tasks of the primary test score, per engine."""
+    grouped: dict[tuple, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault((row["model"], row["role"]), []).append(row)
+    out = []
+    for (model, role), group in grouped.items():
+        scores = [r["test_score"] for r in group if r["test_score"] is not None]
+        entry = {"model": model, "role": role, "tasks": len(group), "of_tasks": len(tasks),
+                 "params_M": group[0]["params_M"], "gmacs": _mean([r["gmacs"] for r in group]),
+                 "global_score": sum(scores) / len(scores) if len(scores) == len(tasks) else None, "engines": {}}
+        for engine in group[0]["engines"]:
+            cells = [r["engines"][engine] for r in group]
+            engine_scores = [c["test_score"] for c in cells if c["test_score"] is not None]
+            entry["engines"][engine] = {
+                "speedup": _mean([c["speedup"] for c in cells]),
+                "global_score": sum(engine_scores) / len(engine_scores) if len(engine_scores) == len(tasks) else None}
+        out.append(entry)
+    return out
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (higher is better on both)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((ox >= x and oy >= y) and (ox > x or oy > y) for j, (ox, oy) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _fmt(value, digits=2, scale=1.0, suffix="") -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{scale * value:.{digits}f}{suffix}"
     return str(value)
 
 
-def markdown_table(rows: list[dict], speed_note: str) -> str:
-    header = ("| Task | Model | Role | Layers | Params (M) | Params w/o emb. (M) | Val loss | Test score | Test acc. "
-              "| Test macro-F1 | Inferences/s | Speed-up | Train (min) |")
-    lines = [header, "|" + "---|" * 13]
+def _md(header: list[str], lines: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                     ["| " + " | ".join(line) + " |" for line in lines])
+
+
+def main_table(rows: list[dict]) -> str:
+    header = ["Task", "Model", "Role", "Layers", "Params (M)", "Params w/o emb. (M)", "GMACs", "GMACs (THOP)",
+              "Val loss", "Test score", "Test acc.", "Test macro-F1", "Inferences/s", "Speed-up", "Train (min)"]
+    return _md(header, [[
+        r["task"], r["model"], r["role"], _fmt(r["layers"]), _fmt(r["params_M"], 1), _fmt(r["non_embedding_params_M"], 1),
+        _fmt(r["gmacs"], 3), _fmt(r["thop_gmacs"], 3), _fmt(r["val_loss"], 3),
+        f"{_fmt(r['test_score'], scale=100)} ({r['metric']})", _fmt(r["test_accuracy"], scale=100),
+        _fmt(r["test_macro_f1"], scale=100), _fmt(r["inferences_per_s"], 1), _fmt(r["speedup"], suffix="x"),
+        _fmt(r["train_minutes"], 1)] for r in rows])
+
+
+def table1(rows: list[dict], engines: list[str]) -> str:
+    header = ["Task", "Model", "Role"] + [f"{ENGINE_NAMES[e]} inf/s (speed-up)" for e in engines] + \
+             [f"test score, {ENGINE_NAMES[e]}" for e in engines if e != "torch"]
+    lines = []
     for r in rows:
-        lines.append("| " + " | ".join([
-            r["task"], r["model"], r["role"], _fmt(r["layers"]), _fmt(r["params_M"], 1),
-            _fmt(r["non_embedding_params_M"], 1), _fmt(r["val_loss"], 3),
-            f"{_fmt(100 * r['test_score'] if r['test_score'] is not None else None)} ({r['metric']})", _fmt(100 * r["test_accuracy"] if r["test_accuracy"] is not None else None),
-            _fmt(100 * r["test_macro_f1"] if r["test_macro_f1"] is not None else None), _fmt(r["inferences_per_s"], 1),
-            _fmt(r["speedup"], 2) + ("x" if r["speedup"] else ""), _fmt(r["train_minutes"], 1)]) + " |")
-    return "\n".join(lines) + f"\n\n{speed_note}\n"
+        cells = [f"{_fmt(r['engines'][e]['inferences_per_s'], 1)} ({_fmt(r['engines'][e]['speedup'], suffix='x')})"
+                 for e in engines]
+        scores = [_fmt(r["engines"][e]["test_score"], scale=100) for e in engines if e != "torch"]
+        lines.append([r["task"], r["model"], r["role"]] + cells + scores)
+    return _md(header, lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def table3(globals_: list[dict], engines: list[str]) -> str:
+    header = ["Model", "Role", "Params (M)", "GMACs (mean)"] + \
+             [f"speed-up, {ENGINE_NAMES[e]}" for e in engines] + ["Global score"] + \
+             [f"global score, {ENGINE_NAMES[e]}" for e in engines if e != "torch"]
+    lines = []
+    for g in globals_:
+        lines.append([g["model"], g["role"], _fmt(g["params_M"], 1), _fmt(g["gmacs"], 3)] +
+                     [_fmt(g["engines"][e]["speedup"], suffix="x") for e in engines] +
+                     [_fmt(g["global_score"], scale=100) + ("" if g["tasks"] == g["of_tasks"] else
+                                                              f" ({g['tasks']}/{g['of_tasks']} tasks)")] +
+                     [_fmt(g["engines"][e]["global_score"], scale=100) for e in engines if e != "torch"])
+    return _md(header, lines)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=120)
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+
+
+MARKERS = {"teacher (selected)": ("*", "tab:red"), "teacher candidate": ("s", "tab:gray"),
+           "student, KD": ("o", "tab:blue"), "student, fine-tuned only": ("^", "tab:orange")}
+
+
+def plot_params_macs(globals_: list[dict], path: Path) -> None:
+    """Figure 1 of the paper: parameters against MACs, one point per model."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"teacher (selected)": ("*", "tab:red"), "teacher candidate": ("s", "tab:gray"),
-               "student, KD": ("o", "tab:blue"), "student, fine-tuned only": ("^", "tab:orange")}
-    for role, (marker, color) in markers.items():
-        points = [r for r in rows if r["role"] == role and r["speedup"] and r["test_score"] is not None]
+    for role, (marker, color) in MARKERS.items():
+        points = [g for g in globals_ if g["role"] == role and g["params_M"] and g["gmacs"]]
         if points:
-            ax.scatter([r["speedup"] for r in points], [100 * r["test_score"] for r in points], marker=marker,
-                       color=color, s=90, label=role)
-            for r in points:
-                ax.annotate(r["model"], (r["speedup"], 100 * r["test_score"]), textcoords="offset points",
-                            xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("speed-up over the selected teacher (measured here)")
-    ax.set_ylabel(f"test {rows[0]['metric'] if rows else 'score'} (%)")
-    ax.set_title("Score against speed")
+            ax.scatter([g["gmacs"] for g in points], [g["params_M"] for g in points], marker=marker, color=color,
+                       s=90, label=role)
+            for g in points:
+                ax.annotate(g["model"], (g["gmacs"], g["params_M"]), textcoords="offset points", xytext=(5, 5),
+                            fontsize=8)
+    ax.set_xlabel("GMACs per inference (with the attention products)")
+    ax.set_ylabel("parameters (M)")
+    ax.set_title("Size against compute")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def plot_score_speed(globals_: list[dict], engines: list[str], path: Path) -> None:
+    """Global score against measured speed-up, a point per model and engine, the Pareto front joined."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fills = {"torch": "full", "onnx": "left", "onnx-int8": "none"}
+    points, labels = [], []
+    for g in globals_:
+        marker, color = MARKERS[g["role"]]
+        for engine in engines:
+            cell = g["engines"][engine]
+            if cell["speedup"] is None or cell["global_score"] is None:
+                continue
+            x, y = cell["speedup"], 100 * cell["global_score"]
+            ax.plot([x], [y], marker=marker, color=color, markersize=9, fillstyle=fills[engine], linestyle="none")
+            points.append((x, y))
+            labels.append(f"{g['model']}" + ("" if engine == "torch" else f" [{engine}]"))
+    front = pareto_front(points)
+    if front:
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="black", linewidth=1,
+                linestyle="--", label="Pareto front")
+    for i, (x, y) in enumerate(points):
+        ax.annotate(labels[i], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7,
+                    fontweight="bold" if i in front else "normal")
+    for role, (marker, color) in MARKERS.items():
+        ax.plot([], [], marker=marker, color=color, linestyle="none", label=role)
+    for engine in engines:
+        ax.plot([], [], marker="o", color="black", fillstyle=fills[engine], linestyle="none", label=ENGINE_NAMES[engine])
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up over the selected teacher in PyTorch (measured here, log scale)")
+    ax.set_ylabel("global test score (%)")
+    ax.set_title("Score against speed")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _write_csv(path: Path, rows: list[dict], columns) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
     os.replace(tmp, path)
 
 
@@ -102,24 +237,37 @@ def write_report(study) -> Path:
 
     out = Path(study.output_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    engines = list(study.config.speed.engines)
     rows = report_rows(study)
+    globals_ = global_rows(rows, [t.name for t in study.config.tasks])
     speed = study.config.speed
-    note = (f"Speed: PyTorch fp32 on this machine, batch {speed.batch_size}, length {speed.length}, random ids, "
-            f"{speed.warmup} warm-up and {speed.runs} measured runs, outliers dropped by modified Z-score > 0.75; "
-            "speed-up is against the selected teacher, measured in the same run.")
+    note = (f"Speed: this machine, batch {speed.batch_size}, length {speed.length}, random ids, {speed.warmup} "
+            f"warm-up and {speed.runs} measured runs, outliers dropped by modified Z-score > 0.75 (the paper's "
+            "protocol); speed-up is against the selected teacher in PyTorch, measured in the same run. MACs at the "
+            "same batch and length; GMACs (THOP) counts linear layers only, as THOP does.")
     for task_spec in study.config.tasks:
         info = study.data(task_spec).info
         if info.get("source"):
             note += f"\n\nData ({task_spec.name}): {info['source']}."
-    text = f"# {study.config.name}: results\n\n" + markdown_table(rows, note)
+    text = (f"# {study.config.name}: results\n\n{main_table(rows)}\n\n{note}\n\n"
+            f"## Table 1: inferences per second, per engine\n\n{table1(rows, engines)}\n\n"
+            f"## Table 3: size, speed-up and global score (mean over tasks; QA by F1)\n\n{table3(globals_, engines)}\n\n"
+            "Figures: `figure1_params_macs.png` (parameters against MACs), `score_vs_speed.png` (global score "
+            "against speed-up, every engine, the Pareto front dashed).\n")
     (out / "report.md.tmp").write_text(text, "utf-8")
     os.replace(out / "report.md.tmp", out / "report.md")
-    with open(out / "results.csv.tmp", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(out / "results.csv.tmp", out / "results.csv")
-    plot(rows, out / "score_vs_speed.png")
+    _write_csv(out / "results.csv", rows, COLUMNS)
+    flat1 = [{"task": r["task"], "model": r["model"], "role": r["role"], "engine": e, **r["engines"][e]}
+             for r in rows for e in engines]
+    _write_csv(out / "table1_speed.csv", flat1, ["task", "model", "role", "engine", "inferences_per_s", "speedup",
+                                                 "test_score"])
+    flat3 = [{k: g[k] for k in ("model", "role", "params_M", "gmacs", "global_score", "tasks")} |
+             {f"speedup_{e}": g["engines"][e]["speedup"] for e in engines} |
+             {f"global_score_{e}": g["engines"][e]["global_score"] for e in engines} for g in globals_]
+    _write_csv(out / "table3_global.csv", flat3, list(flat3[0]) if flat3 else ["model"])
+    plot_params_macs(globals_, out / "figure1_params_macs.png")
+    plot_score_speed(globals_, engines, out / "score_vs_speed.png")
     study.console.print(Markdown(text))
-    study.console.print(f"Report written to {out}/ (report.md, results.csv, score_vs_speed.png)")
+    study.console.print(f"Report written to {out}/ (report.md, results.csv, table1_speed.csv, table3_global.csv, "
+                        "figure1_params_macs.png, score_vs_speed.png)")
     return out

@@ -1,0 +1,132 @@
+"""Counting (parameters, MACs) and the speed protocol's statistics, against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from speedy.bench.macs import count_macs
+from speedy.bench.size import count_parameters
+from speedy.bench.speed import (length_batches, modified_z_filter, random_inputs, read_sentences, summarise,
+                                time_sentences)
+from speedy.errors import SpeedyError
+
+
+def test_albert_base_n_macs_grow_linearly_in_n_while_parameters_stay(albert_dir):
+    from transformers import AlbertModel
+
+    sizes, macs = [], []
+    for n in range(1, 7):
+        model = AlbertModel.from_pretrained(albert_dir, num_hidden_layers=n)
+        sizes.append(count_parameters(model)["parameters"])
+        counted = count_macs(model, batch_size=2, length=24)
+        assert counted["attention_calls"] == n  # the one shared layer, run n times, counted n times
+        macs.append(counted["macs"])
+    assert len(set(sizes)) == 1
+    steps = np.diff(macs)
+    assert steps[0] > 0 and all(step == steps[0] for step in steps)
+
+
+def bert_hand_macs(b, t, h, i, layers, labels):
+    per_layer = b * t * (4 * h * h + 2 * h * i) + 2 * b * t * t * h  # Q,K,V,O and the FFN; Q K^T and A V
+    return layers * per_layer + b * h * h + b * h * labels  # pooler, classifier (first token only)
+
+
+@pytest.mark.parametrize("batch, length", [(1, 16), (2, 10), (3, 37)])
+def test_small_bert_macs_equal_the_formula_and_the_flop_counter(batch, length):
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import BertConfig, BertForSequenceClassification
+
+    h, i, layers, labels = 32, 64, 3, 3
+    # eager attention: FlopCounterMode has no rule for the CPU SDPA kernel, so it would miss Q K^T and A V
+    config = BertConfig(vocab_size=100, hidden_size=h, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=i, num_labels=labels, attn_implementation="eager")
+    model = BertForSequenceClassification(config).eval()
+    counted = count_macs(model, batch, length)
+    assert counted["macs"] == bert_hand_macs(batch, length, h, i, layers, labels)
+    assert counted["attention_macs"] == layers * 2 * batch * length * length * h
+    assert counted["linear_macs"] == counted["macs"] - counted["attention_macs"]  # THOP's figure
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        model(**random_inputs(100, batch, length))
+    assert flops.get_total_flops() / 2 == counted["macs"]
+
+
+def test_attention_share_grows_with_length():
+    from transformers import BertConfig, BertModel
+
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=512))
+    short, long = count_macs(model, 1, 16), count_macs(model, 1, 512)
+    assert short["attention_macs"] / short["macs"] < long["attention_macs"] / long["macs"]
+
+
+def test_count_macs_refuses_a_model_without_attention():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    model.config = type("Config", (), {"vocab_size": 10})()
+    with pytest.raises(ValueError, match="no attention module"):
+        count_macs(model, 1, 4)
+
+
+@pytest.mark.parametrize("times, kept", [
+    ([1, 2, 3, 4, 100], [2, 3, 4]),  # median 3, MAD 1: scores -1.35, -0.67, 0, 0.67, 65.4
+    ([10, 11, 12, 13, 14, 15], [11, 12, 13, 14]),  # median 12.5, MAD 1.5: |scores| 1.12, 0.67, 0.22
+    ([5, 5, 5, 9], [5, 5, 5, 9]),  # MAD 0: the score is undefined, nothing is dropped
+    ([2.0, 2.2, 2.1, 1.9, 2.05, 3.5], [2.0, 2.1, 2.05]),  # median 2.075, MAD 0.1: 2.2 and 1.9 score 0.84, 1.18
+])
+def test_modified_z_filter_on_hand_computed_cases(times, kept):
+    assert sorted(modified_z_filter(times).tolist()) == pytest.approx(sorted(kept))
+
+
+def test_summary_reports_the_papers_filtered_mean_beside_the_median():
+    summary = summarise([1, 2, 3, 4, 100], items_per_run=2)
+    assert summary["seconds_filtered_mean"] == pytest.approx(3.0)
+    assert summary["seconds_median"] == pytest.approx(3.0)
+    assert summary["inferences_per_second"] == pytest.approx(2 / 3)
+    assert summary["kept_runs"] == 3 and summary["runs"] == 5
+    assert summary["seconds_iqr"] == pytest.approx(2.0)
+
+
+def test_real_sentences_are_batched_by_length_and_padded_per_batch(wordpiece_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(wordpiece_dir)
+    sentences = ["Hola.", "El equipo ganó el partido ayer en el estadio con la portera.", "La ministra habló.",
+                 "El gobierno aprobó la ley.", "Señor."]
+    batches = length_batches(tokenizer, sentences, batch_size=2, max_length=64)
+    assert sum(len(b["input_ids"]) for b in batches) == len(sentences)
+    widths = [b["input_ids"].shape[1] for b in batches]
+    assert widths == sorted(widths) and widths[-1] > widths[0]
+    for batch in batches:  # each batch is padded only to its own longest sentence
+        assert int(batch["attention_mask"].sum(1).max()) == batch["input_ids"].shape[1]
+
+
+def test_time_sentences_runs_every_sentence_once_per_pass(wordpiece_dir):
+    from transformers import AutoTokenizer
+
+    seen = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            seen.append(len(input_ids))
+
+    result = time_sentences(Counting(), AutoTokenizer.from_pretrained(wordpiece_dir), ["Hola."] * 5 + ["Adiós."],
+                            batch_size=4, repeats=3)
+    assert sum(seen) == 6 * (1 + 3)  # one untimed pass, three timed
+    assert result["sentences"] == 6 and result["sentences_per_second"] > 0
+
+
+def test_an_empty_sentence_file_is_a_one_line_error(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", "utf-8")
+    with pytest.raises(SpeedyError, match=r"empty\.txt: no sentences"):
+        read_sentences(empty)
+    with pytest.raises(SpeedyError, match="no such file"):
+        read_sentences(tmp_path / "missing.txt")
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
+    from speedy.report import pareto_front
+
+    points = [(1.0, 90.0), (2.0, 85.0), (2.0, 80.0), (5.0, 70.0), (4.0, 60.0), (1.0, 89.0)]
+    assert pareto_front(points) == [0, 1, 3]  # ordered by speed
