@@ -275,7 +275,7 @@ class Study:
                     self.store.measure(trial.key, kind, result)
                     shown = f", test {task.primary_metric} {result['test_metrics'][task.primary_metric]:.4f}" \
                         if "test_metrics" in result else ""
-                    self.console.print(f"  {trial.name} [{engine}]: {result['inferences_per_second']:.1f} "
+                    self.console.print(f"  {trial.name} \\[{engine}]: {result['inferences_per_second']:.1f} "
                                        f"inferences/s ({result['threads']} threads){shown}")
 
     def _load_tokenizer(self, trial: Trial):
