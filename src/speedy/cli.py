@@ -234,6 +234,28 @@ def convert_e5(cache_dir: Optional[Path] = typer.Option(None, help="Default: $SP
         _fail(error)
 
 
+@app.command()
+def serve(model: Path = typer.Argument(..., help="A model folder trained with speedy (or exported by 'speedy export')."),
+          engine: str = typer.Option("onnx-int8", help="onnx-int8 | onnx | torch."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+          port: int = typer.Option(8000, help="Port to listen on."),
+          max_chars: int = typer.Option(2000, help="Longest text accepted (characters); longer ones get 413."),
+          max_items: int = typer.Option(64, help="Most inputs in one request; more get 413."),
+          max_batch: int = typer.Option(32, help="Most inputs in one model call (dynamic batching)."),
+          max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more inputs (milliseconds)."),
+          threads: Optional[int] = typer.Option(None, help="CPU threads of the model (default: all)."),
+          graceful_seconds: int = typer.Option(30, help="On SIGTERM, how long requests under way may take.")):
+    """Serve a model over HTTP (JSON): /classify, /tag or /answer by its task, /health, /docs (OpenAPI)."""
+    _quiet_libraries()
+    try:
+        from speedy.serve import run_server
+
+        run_server(model, host, port, graceful_seconds, engine=engine, max_chars=max_chars, max_items=max_items,
+                   max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
+    except SpeedyError as error:
+        _fail(error)
+
+
 from speedy.bench.cli import bench_app  # noqa: E402 - the `speedy bench` sub-commands
 
 app.add_typer(bench_app, name="bench")
