@@ -7,6 +7,8 @@ Measured facts behind the recipe (torch 2.13, onnxruntime 1.31, transformers 5.2
 - Quantize *after* fusing: ALBERT shares one layer's weights, and dynamic quantization of the raw export
   converts only a few of its MatMuls (2x slower than fused int8). Quantizing a fused graph needs
   ``DefaultTensorType`` set to float, for the fused operators whose output type the quantizer cannot infer.
+- Weights are quantized per output channel (activations per tensor, dynamically): more accurate than one scale
+  per matrix at the same speed.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def export_onnx(model, folder: str | Path, opset: int = 17) -> dict[str, Path]:
         optimized = optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden)
         _set_metadata(optimized.model, config)
         optimized.save_model_to_file(str(fused))
-        quantize_dynamic(str(fused), str(int8), weight_type=QuantType.QInt8,
+        # per-channel scales: measured on a 2-layer CoNLL-2002 NER student, they halve the int8 errors (tag
+        # agreement 98.98% -> 99.45%, F1 drop 4.0 -> 1.4 points) at the same speed
+        quantize_dynamic(str(fused), str(int8), weight_type=QuantType.QInt8, per_channel=True,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         quantized = onnx.load(str(int8))
         if not any(p.key == "speedy_config" for p in quantized.metadata_props):
