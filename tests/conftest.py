@@ -107,6 +107,25 @@ def tiny_albert(folder, tokenizer, layers: int = 6, seed: int = 0):
     return model
 
 
+TASKS = {"classification": ["deporte", "politica"], "tagging": ["O", "B-PER", "I-PER", "B-ORG", "I-ORG"], "qa": []}
+
+
+def speedy_model(base_dir, task_type, folder, seed=0):
+    """A model folder as speedy saves one: the task head and ``speedy_task`` in its config."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from speedy.tasks import make_task
+
+    torch.manual_seed(seed)
+    task = make_task(task_type, TASKS[task_type])
+    model = task.load_model(str(base_dir))
+    model.config.speedy_task = task.describe(64)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def wordpiece_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wordpiece")

@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 from typer.testing import CliRunner
 
-from conftest import make_examples, write_tsv
+from conftest import TASKS, make_examples, speedy_model, write_tsv
 from speedy.bench.engines import OnnxModel, load_engine, onnx_path
 from speedy.bench.export import check_export, compare_engines, export_onnx, predictions
 from speedy.cli import app
@@ -23,22 +23,6 @@ SENTENCES = [["El", "equipo", "ganó", "el", "partido", "ayer", "."], ["La", "mi
              ["Señor", ",", "ten", "piedad", "."]]
 QA = {"question": ["¿Quién ganó el partido?", "¿Qué aprobó la ministra?"],
       "context": ["El equipo ganó el partido ayer en el estadio.", "La ministra aprobó la ley hoy en el senado."]}
-TASKS = {"classification": ["deporte", "politica"], "tagging": ["O", "B-PER", "I-PER", "B-ORG", "I-ORG"], "qa": []}
-
-
-def speedy_model(base_dir, task_type, folder, seed=0):
-    """A model folder as speedy saves one: the task head and ``speedy_task`` in its config."""
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(seed)
-    task = make_task(task_type, TASKS[task_type])
-    model = task.load_model(str(base_dir))
-    model.config.speedy_task = task.describe(64)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("base", ["bert_dir", "albert_dir"])
 @pytest.mark.parametrize("task_type", ["classification", "tagging", "qa"])
 def test_onnx_fp32_matches_pytorch_and_int8_runs(task_type, base, request, tmp_path):

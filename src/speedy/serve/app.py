@@ -6,17 +6,16 @@ inputs is answered 413; a malformed body, a wrong type, an empty string or a bod
 422; every error is a JSON object ``{"error": ..., "detail": ...}``, never a crash.
 """
 
-from __future__ import annotations
-
 import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from speedy.serve.batcher import DynamicBatcher
@@ -38,37 +37,34 @@ class Error(BaseModel):
     detail: str | list | dict | None = None
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or only white space")
-    return value
+def request_models(settings: ServeSettings):
+    """The request bodies, with the limits of ``settings`` in their schema (so fuzzing knows them): a text has a
+    non-space character and at most ``max_chars`` characters; a request has 1 to ``max_items`` inputs. Over a
+    maximum is answered 413 by the route (payload too large), anything else invalid 422 by validation."""
+    Text = Annotated[str, Field(min_length=1, pattern=r"\S", json_schema_extra={"maxLength": settings.max_chars})]
+    count = {"min_length": 1, "json_schema_extra": {"maxItems": settings.max_items}}
 
+    class TextItem(BaseModel):
+        text: Text = Field(description="The text.")
+        text_pair: Text | None = Field(None, description="Classification of pairs: the second text.")
 
-class TextItem(BaseModel):
-    text: str = Field(description="The text (classification), or the sentence, words split on white space (tagging).")
-    text_pair: str | None = Field(None, description="Classification of pairs: the second text.")
+    class SentenceItem(BaseModel):
+        text: Text = Field(description="The sentence; words are split on white space.")
 
-    _check_text = field_validator("text")(_not_blank)
+    class QAItem(BaseModel):
+        question: Text
+        context: Text
 
-    @field_validator("text_pair")
-    @classmethod
-    def _pair(cls, value):
-        return None if value is None else _not_blank(value)
+    class TextRequest(BaseModel):
+        inputs: list[TextItem] = Field(**count)
 
+    class SentenceRequest(BaseModel):
+        inputs: list[SentenceItem] = Field(**count)
 
-class QAItem(BaseModel):
-    question: str
-    context: str
+    class QARequest(BaseModel):
+        inputs: list[QAItem] = Field(**count)
 
-    _check = field_validator("question", "context")(_not_blank)
-
-
-class TextRequest(BaseModel):
-    inputs: list[TextItem] = Field(min_length=1)
-
-
-class QARequest(BaseModel):
-    inputs: list[QAItem] = Field(min_length=1)
+    return TextRequest, SentenceRequest, QARequest
 
 
 class Classified(BaseModel):
@@ -116,8 +112,8 @@ ERRORS = {413: {"model": Error, "description": "A text longer than max_chars, or
           422: {"model": Error, "description": "A malformed body, a wrong type, an empty string, invalid UTF-8"}}
 
 
-def _error(status: int, error: str, detail=None) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+def _error(status: int, error: str, detail=None, headers=None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
 def create_app(model_dir: str | Path, settings: ServeSettings | None = None, predictor: Predictor | None = None) -> FastAPI:
@@ -135,6 +131,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
                   description=f"A {predictor.task.type} model served by speedy ({settings.engine}).",
                   lifespan=lifespan)
     app.state.batcher, app.state.predictor, app.state.settings = batcher, predictor, settings
+    TextRequest, SentenceRequest, QARequest = request_models(settings)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, error: RequestValidationError):
@@ -144,17 +141,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, error: StarletteHTTPException):
         status = 422 if error.status_code == 400 else error.status_code  # FastAPI says 400 for undecodable bodies
-        return _error(status, str(error.detail))
-
-    @app.middleware("http")
-    async def utf8_only(request: Request, call_next):
-        if request.method == "POST":
-            body = await request.body()
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError as error:
-                return _error(422, "invalid request", f"the body is not UTF-8 (byte {error.start})")
-        return await call_next(request)
+        return _error(status, str(error.detail), headers=error.headers)  # e.g. 405 keeps its Allow header
 
     def too_large(texts: list[str], count: int) -> JSONResponse | None:
         if count > settings.max_items:
@@ -183,7 +170,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
 
     elif predictor.task.type == "tagging":
         @app.post("/tag", response_model=TagResponse, responses=ERRORS)
-        async def tag(request: TextRequest):
+        async def tag(request: SentenceRequest):
             """Tag each sentence: one tag per word (words are split on white space)."""
             refused = too_large([i.text for i in request.inputs], len(request.inputs))
             if refused:

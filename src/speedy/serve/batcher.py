@@ -41,8 +41,11 @@ class DynamicBatcher:
         self.stats = BatchStats()
 
     async def start(self) -> None:
-        self.queue = asyncio.Queue()
-        self.worker = asyncio.create_task(self._work())
+        """Start the worker on the running event loop (again, if the app now runs on another loop)."""
+        loop = asyncio.get_running_loop()
+        if self.worker is None or self.worker.done() or self.worker.get_loop() is not loop:
+            self.queue = asyncio.Queue()
+            self.worker = loop.create_task(self._work())
 
     async def stop(self) -> None:
         """Finish every item already queued, then stop."""
@@ -58,6 +61,7 @@ class DynamicBatcher:
 
     async def submit(self, items: list) -> list:
         """The results of ``items``, in order (they may be answered in different batches)."""
+        await self.start()
         loop = asyncio.get_running_loop()
         futures = []
         for item in items:

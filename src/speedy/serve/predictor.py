@@ -22,8 +22,10 @@ class Predictor:
     def run_batch(self, items: list) -> list:
         """Classification: ``(text, pair)`` items; tagging: word lists; QA: ``(question, context)`` items."""
         if self.task.type == "tagging":
-            tags = self.task.predict_words(self.model, self.tokenizer, items, self.max_length)
-            return [{"words": words, "tags": t} for words, t in zip(items, tags)]
+            sentences = [words for words in items if words]  # a text of only (Unicode) spaces has no word
+            tags = iter(self.task.predict_words(self.model, self.tokenizer, sentences, self.max_length)
+                        if sentences else [])
+            return [{"words": words, "tags": next(tags) if words else []} for words in items]
         if self.task.type == "qa":
             from datasets import Dataset
 
