@@ -22,8 +22,11 @@ MODEL_KINDS = ("pretrained", "truncate", "albert-base-n")
 
 @dataclass
 class DataSpec:
-    """Where a task's examples come from: ``builtin`` (the demo's Bible), local ``files``, or the ``hub``."""
+    """Where a task's examples come from: a named ``dataset`` of the paper (from the Hub, or from its native
+    files in ``dir``), ``builtin`` (the demo's Bible), local ``files``, or the ``hub``."""
 
+    dataset: str | None = None  # mldoc, pawsx-es, xnli-es, ancora-pos, conll2002-es, mlqa-es, sqac, tar-xquad
+    dir: str | None = None  # the named dataset's folder of native files (default: the Hub)
     builtin: str | None = None  # "rv1909-genre"
     train: str | None = None
     validation: str | None = None
@@ -168,8 +171,10 @@ def validate(config: StudyConfig) -> StudyConfig:
         if task.type not in TASK_TYPES:
             raise SpeedyError(f"tasks[{i}].type: unknown task type '{task.type}' (allowed: {', '.join(TASK_TYPES)})")
         data = task.data
-        if not (data.builtin or data.train or data.hub):
-            raise SpeedyError(f"tasks[{i}].data: give one of builtin, train/validation/test files, or hub")
+        if data.dataset:
+            _apply_dataset(task, i)
+        elif not (data.builtin or data.train or data.hub):
+            raise SpeedyError(f"tasks[{i}].data: give one of dataset, builtin, train/validation/test files, or hub")
         if task.type == "tagging" and task.scheme not in ("bio", "pos"):
             raise SpeedyError(f"tasks[{i}].scheme: unknown tagging scheme '{task.scheme}' (allowed: bio, pos)")
         if task.type == "qa" and task.normalization not in ("en", "es"):
@@ -200,6 +205,23 @@ def validate(config: StudyConfig) -> StudyConfig:
     if duplicate:
         raise SpeedyError(f"models: the name '{duplicate}' is used twice")
     return config
+
+
+def _apply_dataset(task: TaskSpec, i: int) -> None:
+    """A named dataset decides the task's type, tagging scheme and QA normalisation; a contradiction is an error."""
+    from speedy.data.catalog import dataset_entry
+
+    entry = dataset_entry(task.data.dataset, f"tasks[{i}].data.dataset")
+    defaults = TaskSpec(name="")
+    for setting in ("type", "scheme", "normalization"):
+        given, wanted = getattr(task, setting), getattr(entry, setting)
+        if setting != "type" and entry.type != {"scheme": "tagging", "normalization": "qa"}[setting]:
+            continue
+        if given != getattr(defaults, setting) and given != wanted:
+            raise SpeedyError(f"tasks[{i}].{setting}: '{given}', but dataset '{entry.name}' needs '{wanted}'")
+        setattr(task, setting, wanted)
+    if task.data.dir is not None and not Path(task.data.dir).is_dir():
+        raise SpeedyError(f"tasks[{i}].data.dir: {task.data.dir}: no such folder")
 
 
 def load_config(path: str | Path) -> StudyConfig:

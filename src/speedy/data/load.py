@@ -16,7 +16,20 @@ SPLITS = ("train", "validation", "test")
 def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
     spec = task.data
     splits, sources, info = {}, {}, {}
-    if spec.builtin == "rv1909-genre":
+    if spec.dataset:
+        from speedy.data.catalog import dataset_entry, read_hub, read_local
+
+        entry = dataset_entry(spec.dataset)
+        info["source"] = entry.source
+        for name in SPLITS:
+            given = getattr(spec, name)
+            if given or spec.dir:
+                path = Path(given) if given else Path(spec.dir) / entry.splits[name].file
+                splits[name], sources[name] = read_local(entry, name, path), str(path)
+            else:
+                splits[name] = read_hub(entry, name)
+                sources[name] = ":".join(p for p in entry.splits[name].hub if p)
+    elif spec.builtin == "rv1909-genre":
         from speedy.data.bible import build_bible_dataset
 
         paths = build_bible_dataset(cache_dir, Path(data_dir) / task.name, *spec.per_class, seed=spec.seed)
@@ -63,6 +76,14 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
     else:
         labels = sorted(set(splits["train"]["label"]))
         checks = ((name, zip(splits[name]["label"], splits[name]["line"])) for name in ("validation", "test"))
+    if spec.dataset:  # a named dataset's label set is known: a file with another label is not that dataset
+        from speedy.data.catalog import dataset_entry
+
+        expected = dataset_entry(spec.dataset).labels
+        strange = sorted(set(labels) - set(expected)) if expected else []
+        if strange:
+            raise SpeedyError(f"{sources['train']}: label '{strange[0]}' is not one of {spec.dataset}'s labels "
+                              f"({', '.join(expected)})")
     known = set(labels)
     for name, pairs in checks:
         for label, line in pairs:

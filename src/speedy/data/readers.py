@@ -60,11 +60,14 @@ def _records(path: Path, fmt: str, columns: list[str] | None):
 
 
 def read_labelled_texts(path: str | Path, text: str = "text", label: str = "label", text_pair: str | None = None,
-                        fmt: str | None = None, columns: list[str] | None = None) -> Dataset:
+                        fmt: str | None = None, columns: list[str] | None = None, keep: dict | None = None,
+                        label_map: dict | None = None) -> Dataset:
     """Read a classification file into columns ``text``, ``text_pair`` (pairs only), ``label``, ``line``.
 
     ``fmt`` is ``tsv``, ``csv`` or ``jsonl`` (default: from the file's suffix). TSV and CSV files have a
     header row unless ``columns`` names the columns (MLDoc, for example, is ``label<TAB>text`` with none).
+    ``keep`` keeps only the rows whose columns have these values (XNLI's dev/test files hold 15 languages);
+    ``label_map`` renames labels (XNLI-MT's ``contradictory`` is XNLI's ``contradiction``).
     """
     path = Path(path)
     fmt = fmt or path.suffix.lstrip(".").lower()
@@ -73,6 +76,8 @@ def read_labelled_texts(path: str | Path, text: str = "text", label: str = "labe
     fields = {"text": text, "label": label} | ({"text_pair": text_pair} if text_pair else {})
     out = {name: [] for name in fields} | {"line": []}
     for number, record in _records(path, fmt, columns):
+        if keep and any(record.get(column) != value for column, value in keep.items()):
+            continue
         for name, column in fields.items():
             if column not in record:
                 raise SpeedyError(f"{where(path, number)}: no column '{column}' (has: {', '.join(record)})")
@@ -81,7 +86,7 @@ def read_labelled_texts(path: str | Path, text: str = "text", label: str = "labe
             if not value:
                 side = {"text": "the text", "text_pair": "the second text of the pair", "label": "the label"}[name]
                 raise SpeedyError(f"{where(path, number)}: {side} ('{column}') is empty")
-            out[name].append(value)
+            out[name].append(label_map.get(value, value) if label_map and name == "label" else value)
         out["line"].append(number)
     if not out["line"]:
         raise SpeedyError(f"{path}: no examples (the split is empty)")

@@ -1,0 +1,124 @@
+"""The paper's eight datasets by name: their task, their Hub source, and their native local files.
+
+A task names a dataset with ``data: {dataset: NAME}`` (loaded from the Hub) or ``data: {dataset: NAME, dir:
+FOLDER}`` (read from the files the dataset is distributed as, under their usual names in ``FOLDER``; any split's
+file can be overridden with ``train``/``validation``/``test``). Each split has both sources; the splits follow the
+paper (MLQA trains on the translated SQuAD-es train, TAR is tested on XQuAD-es).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from speedy.errors import SpeedyError
+
+
+@dataclass(frozen=True)
+class Split:
+    file: str  # the file's usual name (path relative to the dataset's folder)
+    hub: tuple[str, str | None, str]  # (Hub dataset, config, split)
+    read: dict = field(default_factory=dict)  # reader options: text, text_pair, label, columns, keep, label_map
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    type: str  # classification | tagging | qa
+    source: str  # where it comes from, for reports
+    splits: dict[str, Split]
+    labels: tuple[str, ...] = ()  # classification/tagging: the label set the files must use (checked)
+    scheme: str = "bio"
+    normalization: str = "en"
+    hub_read: dict = field(default_factory=dict)  # Hub columns: text, text_pair, label / hub_tokens, hub_tags
+    fmt: str | None = None  # local format: tsv | conll | conllu (QA: SQuAD JSON)
+
+
+MLDOC = {"columns": ["label", "text"], "fmt": "tsv"}
+PAWSX = {"text": "sentence1", "text_pair": "sentence2", "label": "label", "fmt": "tsv"}
+XNLI_TEST = {"text": "sentence1", "text_pair": "sentence2", "label": "gold_label", "keep": {"language": "es"},
+             "fmt": "tsv"}
+XNLI_TRAIN = {"text": "premise", "text_pair": "hypo", "label": "label", "label_map": {"contradictory": "contradiction"},
+              "fmt": "tsv"}
+SQUAD_ES = ("squad_es", "v1.1.0")
+
+DATASETS = {e.name: e for e in [
+    DatasetEntry("mldoc", "classification", "MLDoc (Schwenk and Li, 2018), Spanish; local files only", {
+        "train": Split("spanish.train.10000", ("", None, ""), MLDOC),
+        "validation": Split("spanish.dev", ("", None, ""), MLDOC),
+        "test": Split("spanish.test", ("", None, ""), MLDOC)},
+        labels=("CCAT", "ECAT", "GCAT", "MCAT")),
+    DatasetEntry("pawsx-es", "classification", "PAWS-X (Yang et al., 2019), Spanish", {
+        "train": Split("es/translated_train.tsv", ("paws-x", "es", "train"), PAWSX),
+        "validation": Split("es/dev_2k.tsv", ("paws-x", "es", "validation"), PAWSX),
+        "test": Split("es/test_2k.tsv", ("paws-x", "es", "test"), PAWSX)},
+        labels=("0", "1"), hub_read={"text": "sentence1", "text_pair": "sentence2", "label": "label"}),
+    DatasetEntry("xnli-es", "classification", "XNLI (Conneau et al., 2018), Spanish; train: XNLI-MT", {
+        "train": Split("XNLI-MT-1.0/multinli/multinli.train.es.tsv", ("xnli", "es", "train"), XNLI_TRAIN),
+        "validation": Split("XNLI-1.0/xnli.dev.tsv", ("xnli", "es", "validation"), XNLI_TEST),
+        "test": Split("XNLI-1.0/xnli.test.tsv", ("xnli", "es", "test"), XNLI_TEST)},
+        labels=("contradiction", "entailment", "neutral"),
+        hub_read={"text": "premise", "text_pair": "hypothesis", "label": "label"}),
+    DatasetEntry("ancora-pos", "tagging", "UD Spanish AnCora (UPOS)", {
+        "train": Split("es_ancora-ud-train.conllu", ("universal_dependencies", "es_ancora", "train")),
+        "validation": Split("es_ancora-ud-dev.conllu", ("universal_dependencies", "es_ancora", "validation")),
+        "test": Split("es_ancora-ud-test.conllu", ("universal_dependencies", "es_ancora", "test"))},
+        scheme="pos", hub_read={"hub_tokens": "tokens", "hub_tags": "upos"}, fmt="conllu"),
+    DatasetEntry("conll2002-es", "tagging", "CoNLL-2002 NER (Tjong Kim Sang, 2002), Spanish", {
+        "train": Split("esp.train", ("conll2002", "es", "train")),
+        "validation": Split("esp.testa", ("conll2002", "es", "validation")),
+        "test": Split("esp.testb", ("conll2002", "es", "test"))},
+        labels=("B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O"),
+        scheme="bio", hub_read={"hub_tokens": "tokens", "hub_tags": "ner_tags"}, fmt="conll"),
+    DatasetEntry("mlqa-es", "qa", "MLQA (Lewis et al., 2020) es-es; train: SQuAD-es v1.1 (TAR)", {
+        "train": Split("train-v1.1-es.json", (*SQUAD_ES, "train")),
+        "validation": Split("dev/dev-context-es-question-es.json", ("mlqa", "mlqa.es.es", "validation")),
+        "test": Split("test/test-context-es-question-es.json", ("mlqa", "mlqa.es.es", "test"))},
+        normalization="es"),
+    DatasetEntry("sqac", "qa", "SQAC (Gutiérrez-Fandiño et al., 2022)", {
+        "train": Split("train.json", ("PlanTL-GOB-ES/SQAC", None, "train")),
+        "validation": Split("dev.json", ("PlanTL-GOB-ES/SQAC", None, "validation")),
+        "test": Split("test.json", ("PlanTL-GOB-ES/SQAC", None, "test"))},
+        normalization="es"),
+    DatasetEntry("tar-xquad", "qa", "TAR / SQuAD-es v1.1 (Carrino et al., 2020); test: XQuAD-es (Artetxe et al.)", {
+        "train": Split("train-v1.1-es.json", (*SQUAD_ES, "train")),
+        "validation": Split("dev-v1.1-es.json", (*SQUAD_ES, "validation")),
+        "test": Split("xquad.es.json", ("xquad", "xquad.es", "validation"))},
+        normalization="es"),
+]}
+
+
+def dataset_entry(name: str, setting: str = "data.dataset") -> DatasetEntry:
+    if name not in DATASETS:
+        raise SpeedyError(f"{setting}: unknown dataset '{name}' (allowed: {', '.join(DATASETS)})")
+    return DATASETS[name]
+
+
+def read_local(entry: DatasetEntry, split: str, path):
+    """One split from its native file."""
+    from speedy.data.readers import read_labelled_texts, read_tagged
+    from speedy.data.squad import read_squad
+
+    if entry.type == "qa":
+        return read_squad(path, require_answers=True, bad_answers="fix")
+    if entry.type == "tagging":
+        return read_tagged(path, entry.fmt)
+    options = dict(entry.splits[split].read)
+    fmt = options.pop("fmt", None)
+    return read_labelled_texts(path, fmt=fmt, **options)
+
+
+def read_hub(entry: DatasetEntry, split: str):
+    """One split from the Hub, for users who have it."""
+    from speedy.data.readers import load_hub_split, load_hub_tagging
+    from speedy.data.squad import load_hub_squad
+
+    name, config, hub_split = entry.splits[split].hub
+    if not name:
+        raise SpeedyError(f"data.dataset: '{entry.name}' is not on the Hub: give data.dir, the folder of its files "
+                          f"({', '.join(s.file for s in entry.splits.values())})")
+    if entry.type == "qa":
+        return load_hub_squad(name, config, hub_split)
+    if entry.type == "tagging":
+        return load_hub_tagging(name, config, hub_split, entry.hub_read["hub_tokens"], entry.hub_read["hub_tags"])
+    return load_hub_split(name, config, hub_split, entry.hub_read["text"], entry.hub_read["label"],
+                          entry.hub_read.get("text_pair"))
