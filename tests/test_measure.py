@@ -130,3 +130,18 @@ def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
 
     points = [(1.0, 90.0), (2.0, 85.0), (2.0, 80.0), (5.0, 70.0), (4.0, 60.0), (1.0, 89.0)]
     assert pareto_front(points) == [0, 1, 3]  # ordered by speed
+
+
+@pytest.mark.parametrize("head", ["classification", "tagging", "qa"])
+def test_the_shape_formula_equals_the_counted_macs(head):
+    from transformers import AlbertConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, \
+        AutoModelForTokenClassification
+
+    from speedy.bench.macs import encoder_macs
+
+    config = AlbertConfig(vocab_size=60, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                          intermediate_size=64, num_labels=2 if head == "qa" else 5)
+    auto = {"classification": AutoModelForSequenceClassification, "tagging": AutoModelForTokenClassification,
+            "qa": AutoModelForQuestionAnswering}[head]
+    counted = count_macs(auto.from_config(config), batch_size=2, length=20)["macs"]
+    assert encoder_macs(3, 32, 64, 16, 20, 2, head, outputs=5) == counted

@@ -199,13 +199,34 @@ def _evaluate_file(model_dir: Path, test_file: Path, max_length: Optional[int]) 
 
 @app.command()
 def run(config: Path = typer.Argument(..., help="The study's YAML config."),
-        output: Optional[Path] = typer.Option(None, help="Override the config's output_dir.")):
+        output: Optional[Path] = typer.Option(None, help="Override the config's output_dir."),
+        plan: bool = typer.Option(False, "--plan", help="Print every trial it would run, how many, and the "
+                                                        "compute they need; run nothing.")):
     """Run every stage; finished trials are skipped, so a killed run resumes."""
     _quiet_libraries()
     try:
-        _study(config, output).run()
+        if plan:
+            _print_plan(config, output)
+        else:
+            _study(config, output).run()
     except SpeedyError as error:
         _fail(error)
+
+
+def _print_plan(config_path: Path, output: Optional[Path]) -> None:
+    from speedy.config import load_config
+    from speedy.plan import print_plan
+
+    config = load_config(config_path)
+    if output is not None:
+        config.output_dir = str(output)
+    done = set()
+    store_path = Path(config.store_url)
+    if "://" in config.store_url or store_path.is_file():  # never create a store just to plan
+        from speedy.store import Store
+
+        done = {(t.task, t.name) for t in Store(config.store_url).trials()}
+    print_plan(config, console, done)
 
 
 @app.command()

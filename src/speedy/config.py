@@ -84,18 +84,20 @@ class Grid:
 
 @dataclass
 class DistillSettings:
-    """Stage 3 (the paper's best: alpha 0, T 1, KL; up to 50 epochs, patience 10)."""
+    """Stage 3 (the paper's: KL, alpha 0, T 1; up to 50 epochs, patience 10; a grid over batch 16/32/64 and
+    learning rate 5e-5/1e-4, the best point per student kept by its validation metric)."""
 
     loss: str = "kl"
     alpha: float = 0.0
     temperature: float = 1.0
     epochs: int = 50
     patience: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-4
+    batch_size: list[int] | int = field(default_factory=lambda: [16, 32, 64])
+    learning_rate: list[float] | float = field(default_factory=lambda: [5e-5, 1e-4])
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     metric: str | None = None  # validation metric for early stopping (default: the task's: accuracy, f1)
+    mixed_precision: str = "no"  # no | fp16 | bf16 (on GPUs; the Trainer, and so accelerate, applies it)
 
 
 @dataclass
@@ -190,6 +192,15 @@ def validate(config: StudyConfig) -> StudyConfig:
     for axis in ("batch_size", "epochs", "learning_rate"):
         if not getattr(config.grid, axis):
             raise SpeedyError(f"grid.{axis}: the grid has an empty axis")
+    for axis in ("batch_size", "learning_rate"):
+        value = getattr(config.distill, axis)
+        value = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not value:
+            raise SpeedyError(f"distill.{axis}: the grid has an empty axis")
+        setattr(config.distill, axis, value)
+    if config.distill.mixed_precision not in ("no", "fp16", "bf16"):
+        raise SpeedyError(f"distill.mixed_precision: unknown '{config.distill.mixed_precision}' "
+                          "(allowed: no, fp16, bf16)")
     from speedy.bench.engines import check_engine
 
     if not config.speed.engines:

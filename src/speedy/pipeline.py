@@ -177,26 +177,28 @@ class Study:
 
             for student in self.config.students:
                 modes = [mode for mode, wanted in (("kd", student.kd), ("finetune", student.finetune)) if wanted]
-                for mode in modes:
-                    params = {"stage": "distill", "mode": mode, "task": self.task_params(task_spec),
-                              "data": self.data_fingerprint(task_spec),
-                              "model": dataclasses.asdict(student), "settings": dataclasses.asdict(settings),
-                              "teacher": teacher_trial.key if mode == "kd" else None, "seed": self.config.seed}
+                points = list(itertools.product(settings.batch_size, settings.learning_rate))
+                for mode, (batch_size, learning_rate) in itertools.product(modes, points):
+                    point = dataclasses.replace(settings, batch_size=batch_size, learning_rate=learning_rate)
+                    params = self.distill_params(task_spec, student, mode, point, teacher_trial.key)
                     key = trial_key(params)
                     name = f"{student.name} ({'KD' if mode == 'kd' else 'fine-tuned'})"
+                    if len(points) > 1:
+                        name += f" bs={batch_size} lr={learning_rate:g}"
 
-                    def work(student=student, mode=mode, key=key):
+                    def work(student=student, mode=mode, point=point, key=key):
                         torch.manual_seed(self.config.seed)
                         model, tokenizer = build_model(student, task, data.texts(), self.cache_dir)
                         kd = mode == "kd"
-                        result = fit(model, tokenizer, task, data, self.trial_dir(key), epochs=settings.epochs,
-                                   batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-                                   seed=self.config.seed, max_length=task_spec.max_length,
-                                   metric=settings.metric or task.selection_metric,
-                                   patience=settings.patience, warmup_ratio=settings.warmup_ratio,
-                                   weight_decay=settings.weight_decay, teacher_cache=teacher_cache() if kd else None,
-                                   distillation_loss=DistillationLoss(settings.loss, settings.alpha,
-                                                                      settings.temperature) if kd else None)
+                        result = fit(model, tokenizer, task, data, self.trial_dir(key), epochs=point.epochs,
+                                     batch_size=point.batch_size, learning_rate=point.learning_rate,
+                                     seed=self.config.seed, max_length=task_spec.max_length,
+                                     metric=point.metric or task.selection_metric,
+                                     patience=point.patience, warmup_ratio=point.warmup_ratio,
+                                     weight_decay=point.weight_decay, mixed_precision=point.mixed_precision,
+                                     teacher_cache=teacher_cache() if kd else None,
+                                     distillation_loss=DistillationLoss(point.loss, point.alpha,
+                                                                        point.temperature) if kd else None)
                         if kd:  # the cache's cost is paid once per teacher; later students read it for free
                             result["info"] = {"teacher_cache": cache.folder.name,
                                               "teacher_cache_seconds": cache_seconds}
@@ -204,15 +206,32 @@ class Study:
 
                     self._run_trial(key, "distill", task_spec.name, name, params, work)
 
+    def distill_params(self, task_spec: TaskSpec, student: ModelSpec, mode: str, point, teacher_key: str) -> dict:
+        """Everything a distillation trial's result depends on (its key hashes this)."""
+        return {"stage": "distill", "mode": mode, "task": self.task_params(task_spec),
+                "data": self.data_fingerprint(task_spec), "model": dataclasses.asdict(student),
+                "settings": dataclasses.asdict(point), "teacher": teacher_key if mode == "kd" else None,
+                "seed": self.config.seed}
+
     # ------------------------------------------------------------------ evaluate, measure
     def models_to_report(self, task_spec: TaskSpec) -> list[Trial]:
-        """Every finished teacher candidate (best trial per model) and every finished student of this task."""
+        """Per teacher candidate its best grid point (lowest validation loss); per student and mode (KD or not)
+        its best grid point (highest validation metric, the one early stopping followed)."""
         best_per_teacher = {}
         for trial in self.store.trials("finetune", task_spec.name):
             name = trial.params["model"]["name"]
             if name not in best_per_teacher or trial.val_loss < best_per_teacher[name].val_loss:
                 best_per_teacher[name] = trial
-        return list(best_per_teacher.values()) + self.store.trials("distill", task_spec.name)
+        best_per_student = {}
+        distilled = self.store.trials("distill", task_spec.name)
+        selection = self.task(task_spec).selection_metric if distilled else None
+        for trial in distilled:
+            group = (trial.params["model"]["name"], trial.params["mode"])
+            metric = trial.params["settings"].get("metric") or selection
+            score = trial.val_metrics.get(metric, -trial.val_loss)
+            if group not in best_per_student or score > best_per_student[group][0]:
+                best_per_student[group] = (score, trial)
+        return list(best_per_teacher.values()) + [trial for _, trial in best_per_student.values()]
 
     def _load(self, trial: Trial, task: Task):
         from transformers import AutoTokenizer

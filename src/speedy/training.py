@@ -58,7 +58,7 @@ def remove_checkpoints(output_dir: Path) -> None:
 
 def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_size: int, learning_rate: float,
         seed: int, max_length: int, metric: str = "loss", patience: int | None = None, warmup_ratio: float = 0.0,
-        weight_decay: float = 0.0, teacher_cache=None, distillation_loss=None) -> dict:
+        weight_decay: float = 0.0, teacher_cache=None, distillation_loss=None, mixed_precision: str = "no") -> dict:
     """Train on the task's train split, validating every epoch; save the best model to ``output_dir/model``.
 
     With a ``teacher_cache`` the loss is KD (see :class:`~speedy.distill.trainer.DistillationTrainer`);
@@ -74,7 +74,7 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
     validation = task.encode(data.splits["validation"], tokenizer, max_length, source=data.sources["validation"])
     args = training_args(output_dir, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                          metric=metric, greater_is_better=metric != "loss", warmup_ratio=warmup_ratio,
-                         weight_decay=weight_decay)
+                         weight_decay=weight_decay, fp16=mixed_precision == "fp16", bf16=mixed_precision == "bf16")
     kwargs = dict(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=task.collator(tokenizer), processing_class=tokenizer,
                   compute_metrics=lambda p: task.compute_metrics(p.predictions, p.label_ids),

@@ -68,3 +68,19 @@ def count_macs(model: nn.Module, batch_size: int = 1, length: int = 128) -> dict
         model.train(was_training)
     return {"macs": linear + attention, "linear_macs": linear, "attention_macs": attention,
             "attention_calls": attention_calls, "batch_size": batch_size, "length": length}
+
+
+def encoder_macs(layers: int, hidden: int, ffn: int, embedding: int, length: int, batch_size: int = 1,
+                 head: str = "classification", outputs: int = 2) -> int:
+    """MACs of a BERT-like encoder from its shape alone (what :func:`count_macs` counts, without building it):
+    per layer Q, K, V, output and the two feed-forward matrices per token plus ``Q K^T`` and ``A V``; ALBERT's
+    embedding projection when ``embedding != hidden``; the task head (classification: pooler and classifier on
+    the first token; tagging: a classifier per token; qa: start/end per token)."""
+    tokens = batch_size * length
+    per_layer = tokens * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * batch_size * length * length * hidden
+    projection = tokens * embedding * hidden if embedding != hidden else 0
+    if head == "classification":
+        top = batch_size * hidden * hidden + batch_size * hidden * outputs
+    else:
+        top = tokens * hidden * (2 if head == "qa" else outputs)
+    return layers * per_layer + projection + top

@@ -31,6 +31,7 @@ class DatasetEntry:
     normalization: str = "en"
     hub_read: dict = field(default_factory=dict)  # Hub columns: text, text_pair, label / hub_tokens, hub_tags
     fmt: str | None = None  # local format: tsv | conll | conllu (QA: SQuAD JSON)
+    train_examples: int = 0  # the published size of the training split (for planning a study)
 
 
 MLDOC = {"columns": ["label", "text"], "fmt": "tsv"}
@@ -46,44 +47,44 @@ DATASETS = {e.name: e for e in [
         "train": Split("spanish.train.10000", ("", None, ""), MLDOC),
         "validation": Split("spanish.dev", ("", None, ""), MLDOC),
         "test": Split("spanish.test", ("", None, ""), MLDOC)},
-        labels=("CCAT", "ECAT", "GCAT", "MCAT")),
+        labels=("CCAT", "ECAT", "GCAT", "MCAT"), train_examples=10_000),
     DatasetEntry("pawsx-es", "classification", "PAWS-X (Yang et al., 2019), Spanish", {
         "train": Split("es/translated_train.tsv", ("paws-x", "es", "train"), PAWSX),
         "validation": Split("es/dev_2k.tsv", ("paws-x", "es", "validation"), PAWSX),
         "test": Split("es/test_2k.tsv", ("paws-x", "es", "test"), PAWSX)},
-        labels=("0", "1"), hub_read={"text": "sentence1", "text_pair": "sentence2", "label": "label"}),
+        labels=("0", "1"), train_examples=49_401, hub_read={"text": "sentence1", "text_pair": "sentence2", "label": "label"}),
     DatasetEntry("xnli-es", "classification", "XNLI (Conneau et al., 2018), Spanish; train: XNLI-MT", {
         "train": Split("XNLI-MT-1.0/multinli/multinli.train.es.tsv", ("xnli", "es", "train"), XNLI_TRAIN),
         "validation": Split("XNLI-1.0/xnli.dev.tsv", ("xnli", "es", "validation"), XNLI_TEST),
         "test": Split("XNLI-1.0/xnli.test.tsv", ("xnli", "es", "test"), XNLI_TEST)},
-        labels=("contradiction", "entailment", "neutral"),
+        labels=("contradiction", "entailment", "neutral"), train_examples=392_702,
         hub_read={"text": "premise", "text_pair": "hypothesis", "label": "label"}),
     DatasetEntry("ancora-pos", "tagging", "UD Spanish AnCora (UPOS)", {
         "train": Split("es_ancora-ud-train.conllu", ("universal_dependencies", "es_ancora", "train")),
         "validation": Split("es_ancora-ud-dev.conllu", ("universal_dependencies", "es_ancora", "validation")),
         "test": Split("es_ancora-ud-test.conllu", ("universal_dependencies", "es_ancora", "test"))},
-        scheme="pos", hub_read={"hub_tokens": "tokens", "hub_tags": "upos"}, fmt="conllu"),
+        scheme="pos", hub_read={"hub_tokens": "tokens", "hub_tags": "upos"}, fmt="conllu", train_examples=14_305),
     DatasetEntry("conll2002-es", "tagging", "CoNLL-2002 NER (Tjong Kim Sang, 2002), Spanish", {
         "train": Split("esp.train", ("conll2002", "es", "train")),
         "validation": Split("esp.testa", ("conll2002", "es", "validation")),
         "test": Split("esp.testb", ("conll2002", "es", "test"))},
         labels=("B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O"),
-        scheme="bio", hub_read={"hub_tokens": "tokens", "hub_tags": "ner_tags"}, fmt="conll"),
+        scheme="bio", hub_read={"hub_tokens": "tokens", "hub_tags": "ner_tags"}, fmt="conll", train_examples=8_323),
     DatasetEntry("mlqa-es", "qa", "MLQA (Lewis et al., 2020) es-es; train: SQuAD-es v1.1 (TAR)", {
         "train": Split("train-v1.1-es.json", (*SQUAD_ES, "train")),
         "validation": Split("dev/dev-context-es-question-es.json", ("mlqa", "mlqa.es.es", "validation")),
         "test": Split("test/test-context-es-question-es.json", ("mlqa", "mlqa.es.es", "test"))},
-        normalization="es"),
+        normalization="es", train_examples=87_595),
     DatasetEntry("sqac", "qa", "SQAC (Gutiérrez-Fandiño et al., 2022)", {
         "train": Split("train.json", ("PlanTL-GOB-ES/SQAC", None, "train")),
         "validation": Split("dev.json", ("PlanTL-GOB-ES/SQAC", None, "validation")),
         "test": Split("test.json", ("PlanTL-GOB-ES/SQAC", None, "test"))},
-        normalization="es"),
+        normalization="es", train_examples=15_036),
     DatasetEntry("tar-xquad", "qa", "TAR / SQuAD-es v1.1 (Carrino et al., 2020); test: XQuAD-es (Artetxe et al.)", {
         "train": Split("train-v1.1-es.json", (*SQUAD_ES, "train")),
         "validation": Split("dev-v1.1-es.json", (*SQUAD_ES, "validation")),
         "test": Split("xquad.es.json", ("xquad", "xquad.es", "validation"))},
-        normalization="es"),
+        normalization="es", train_examples=87_595),
 ]}
 
 

@@ -27,6 +27,24 @@ HUB_MODELS = {
 
 OFFLINE_MODELS = ("multilingual-e5-small", "all-MiniLM-L6-v2")
 
+# Their shapes, from their published configs (layers, hidden, feed-forward, heads, embedding size, vocabulary),
+# so a study can be planned (MACs) without downloading anything.
+ARCHITECTURES = {
+    "beto-cased": (12, 768, 3072, 12, 768, 31002), "beto-uncased": (12, 768, 3072, 12, 768, 31002),
+    "distilbeto": (6, 768, 3072, 12, 768, 31002), "albeto-tiny": (4, 312, 1248, 12, 128, 31000),
+    "albeto-base": (12, 768, 3072, 12, 128, 31000), "albeto-large": (24, 1024, 4096, 16, 128, 31000),
+    "albeto-xlarge": (24, 2048, 8192, 16, 128, 31000), "albeto-xxlarge": (12, 4096, 16384, 64, 128, 31000),
+    "bertin": (12, 768, 3072, 12, 768, 50265), "roberta-bne-base": (12, 768, 3072, 12, 768, 50262),
+    "roberta-bne-large": (24, 1024, 4096, 16, 1024, 50262),
+    "multilingual-e5-small": (12, 384, 1536, 12, 384, 250037), "all-MiniLM-L6-v2": (6, 384, 1536, 12, 384, 30522),
+}
+
+# The paper's fine-tuning learning rates: ALBETO large/xlarge/xxlarge need much smaller ones.
+SMALL_RATES = [1e-6, 2e-6, 3e-6, 4e-6, 5e-6]
+DEFAULT_RATES = [1e-5, 2e-5, 3e-5, 4e-5, 5e-5]
+PAPER_LEARNING_RATES = {name: SMALL_RATES if name in ("albeto-large", "albeto-xlarge", "albeto-xxlarge")
+                        else DEFAULT_RATES for name in HUB_MODELS}
+
 
 def known_names() -> list[str]:
     return sorted(HUB_MODELS) + list(OFFLINE_MODELS)
