@@ -101,7 +101,7 @@ def _done_trials(store):
         return []
     with sqlite3.connect(store) as conn:
         try:
-            return conn.execute("select key, updated from trials where status = 'done'").fetchall()
+            return conn.execute("select key, updated from speedy_trials where status = 'done'").fetchall()
         except sqlite3.OperationalError:
             return []
 

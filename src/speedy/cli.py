@@ -34,13 +34,15 @@ def _fail(error: SpeedyError) -> None:
     raise typer.Exit(2)
 
 
-def _study(config_path: Path, output: Optional[Path] = None):
+def _study(config_path: Path, output: Optional[Path] = None, store: Optional[str] = None):
     from speedy.config import load_config
     from speedy.pipeline import Study
 
     config = load_config(config_path)
     if output is not None:
         config.output_dir = str(output)
+    if store is not None:
+        config.store = store
     return Study(config, console)
 
 
@@ -227,6 +229,32 @@ def _print_plan(config_path: Path, output: Optional[Path]) -> None:
 
         done = {(t.task, t.name) for t in Store(config.store_url).trials()}
     print_plan(config, console, done)
+
+
+@app.command()
+def worker(config: Path = typer.Argument(..., help="The study's YAML config."),
+           store: Optional[str] = typer.Option(None, help="The shared experiment store: a database URL every worker "
+                                                          "reaches (postgresql+psycopg://user@host:port/db); "
+                                                          "default: the config's."),
+           output: Optional[Path] = typer.Option(None, help="Override the config's output_dir (models are written "
+                                                            "there: use a folder every worker shares)."),
+           stages: str = typer.Option("finetune,select,distill,evaluate,measure,report",
+                                      help="Comma-separated stages to work on.")):
+    """Work on a study with any number of other workers sharing its store: Optuna hands out the grid points,
+    each trial runs to completion exactly once, and a dead worker's trial is taken over by a live one."""
+    from speedy.pipeline import STAGES
+
+    _quiet_libraries()
+    try:
+        chosen = [s.strip() for s in stages.split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in STAGES]
+        if unknown:
+            raise SpeedyError(f"--stages: unknown stage '{unknown[0]}' (allowed: {', '.join(STAGES)})")
+        study = _study(config, output, store)
+        console.print(f"worker {study.search.worker} on {study.store.url.split('@')[-1]}")
+        study.run(chosen)
+    except SpeedyError as error:
+        _fail(error)
 
 
 @app.command()

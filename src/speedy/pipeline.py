@@ -40,6 +40,7 @@ class Study:
                 check_name(spec.base or spec.name, f"{section}[{i}].base")
         self.store = Store(config.store_url)
         self._data: dict[str, TaskData] = {}
+        self._search = None
 
     # ------------------------------------------------------------------ helpers
     def data(self, spec: TaskSpec) -> TaskData:
@@ -65,17 +66,33 @@ class Study:
     def trial_dir(self, key: str) -> Path:
         return self.output_dir / "trials" / key
 
-    def _run_trial(self, key: str, stage: str, task_name: str, name: str, params: dict, work) -> Trial:
-        """Run ``work()`` unless the store already has this trial done; record its result."""
+    @property
+    def search(self):
+        """Optuna studies in the store's database (see ``speedy.search``), made on first use."""
+        if self._search is None:
+            from speedy.search import Search
+
+            self._search = Search(self.store)
+        return self._search
+
+    def _run_trial(self, key: str, stage: str, task_name: str, name: str, params: dict, work) -> Trial | None:
+        """Run ``work()`` unless the store has this trial done; record its result. None when another live
+        worker holds the trial (it will record the result)."""
+        from speedy.search import GRACE, claimable_now
+
         done = self.store.get(key)
         if done and done.status == "done" and done.checkpoint and Path(done.checkpoint).is_dir():
             self.console.print(f"  [dim]skip {name}: done earlier (trial {key})[/dim]")
             return done
+        lease = 0.0 if claimable_now(done, self.search.worker) else GRACE
+        if not self.store.claim(key, stage, task_name, name, params, self.search.worker, lease):
+            self.console.print(f"  [dim]{name}: under way in another worker (trial {key})[/dim]")
+            return None
         self.console.print(f"  [bold]{stage}[/bold] {name} [dim](trial {key})[/dim]")
-        self.store.start(key, stage, task_name, name, params)
         start = time.time()
         try:
-            result = work()
+            with self.search.held(key):
+                result = work()
         except BaseException:
             self.store.update(key, status="failed")
             raise
@@ -84,36 +101,44 @@ class Study:
         return self.store.get(key)
 
     # ------------------------------------------------------------------ stage 1
-    def grid(self, spec: ModelSpec):
-        grid = self.config.grid
-        rates = spec.learning_rate or grid.learning_rate
-        return itertools.product(grid.batch_size, grid.epochs, rates)
+    def finetune_params(self, task_spec: TaskSpec, teacher: ModelSpec, point: dict) -> dict:
+        """Everything a fine-tuning trial's result depends on (its key hashes this)."""
+        return {"stage": "finetune", "task": self.task_params(task_spec), "data": self.data_fingerprint(task_spec),
+                "model": dataclasses.asdict(teacher), "batch_size": point["batch_size"], "epochs": point["epochs"],
+                "learning_rate": point["learning_rate"], "seed": self.config.seed}
 
     def finetune(self) -> None:
+        """Stage 1: every teacher candidate over its grid (an Optuna grid study per task and candidate)."""
         from speedy.models.build import build_model
         from speedy.training import fit
 
+        grid = self.config.grid
         for task_spec in self.config.tasks:
             data, task = self.data(task_spec), self.task(task_spec)
             self.console.rule(f"Stage 1: fine-tuning teacher candidates on '{task_spec.name}'")
             for teacher in self.config.teachers:
-                for batch_size, epochs, learning_rate in self.grid(teacher):
-                    params = {"stage": "finetune", "task": self.task_params(task_spec),
-                              "data": self.data_fingerprint(task_spec), "model": dataclasses.asdict(teacher),
-                              "batch_size": batch_size, "epochs": epochs, "learning_rate": learning_rate,
-                              "seed": self.config.seed}
-                    key = trial_key(params)
-                    name = f"{teacher.name} bs={batch_size} ep={epochs} lr={learning_rate:g}"
+                space = {"batch_size": list(grid.batch_size), "epochs": list(grid.epochs),
+                         "learning_rate": list(teacher.learning_rate or grid.learning_rate)}
 
-                    def work(teacher=teacher, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
-                             key=key):
+                def run(point, teacher=teacher, task_spec=task_spec, data=data, task=task):
+                    params = self.finetune_params(task_spec, teacher, point)
+                    key = trial_key(params)
+                    name = (f"{teacher.name} bs={point['batch_size']} ep={point['epochs']} "
+                            f"lr={point['learning_rate']:g}")
+
+                    def work():
                         torch.manual_seed(self.config.seed)
                         model, tokenizer = build_model(teacher, task, data.texts(), self.cache_dir)
-                        return fit(model, tokenizer, task, data, self.trial_dir(key), epochs=epochs,
-                                   batch_size=batch_size, learning_rate=learning_rate, seed=self.config.seed,
-                                   max_length=task_spec.max_length, metric="loss", warmup_ratio=0.1)
+                        return fit(model, tokenizer, task, data, self.trial_dir(key), epochs=point["epochs"],
+                                   batch_size=point["batch_size"], learning_rate=point["learning_rate"],
+                                   seed=self.config.seed, max_length=task_spec.max_length, metric="loss",
+                                   warmup_ratio=0.1, mixed_precision=self.config.distill.mixed_precision)
 
-                    self._run_trial(key, "finetune", task_spec.name, name, params, work)
+                    trial = self._run_trial(key, "finetune", task_spec.name, name, params, work)
+                    return key, (trial.val_loss if trial else None)
+
+                self.search.grid(f"{self.config.name}/{task_spec.name}/finetune/{teacher.name}", space, run,
+                                 keys=lambda point, t=teacher, ts=task_spec: trial_key(self.finetune_params(ts, t, point)))
 
     # ------------------------------------------------------------------ stage 2
     def select(self) -> dict[str, Trial]:
@@ -175,36 +200,46 @@ class Study:
                                        f"({cache_seconds:.1f} s)")
                 return cache
 
+            points = {"batch_size": list(settings.batch_size), "learning_rate": list(settings.learning_rate)}
             for student in self.config.students:
                 modes = [mode for mode, wanted in (("kd", student.kd), ("finetune", student.finetune)) if wanted]
-                points = list(itertools.product(settings.batch_size, settings.learning_rate))
-                for mode, (batch_size, learning_rate) in itertools.product(modes, points):
-                    point = dataclasses.replace(settings, batch_size=batch_size, learning_rate=learning_rate)
-                    params = self.distill_params(task_spec, student, mode, point, teacher_trial.key)
-                    key = trial_key(params)
-                    name = f"{student.name} ({'KD' if mode == 'kd' else 'fine-tuned'})"
-                    if len(points) > 1:
-                        name += f" bs={batch_size} lr={learning_rate:g}"
+                for mode in modes:
+                    def run(point, student=student, mode=mode, task_spec=task_spec, data=data, task=task,
+                            teacher_key=teacher_trial.key, teacher_cache=teacher_cache):
+                        point = dataclasses.replace(settings, **point)
+                        params = self.distill_params(task_spec, student, mode, point, teacher_key)
+                        key = trial_key(params)
+                        name = f"{student.name} ({'KD' if mode == 'kd' else 'fine-tuned'})"
+                        if len(settings.batch_size) * len(settings.learning_rate) > 1:
+                            name += f" bs={point.batch_size} lr={point.learning_rate:g}"
 
-                    def work(student=student, mode=mode, point=point, key=key):
-                        torch.manual_seed(self.config.seed)
-                        model, tokenizer = build_model(student, task, data.texts(), self.cache_dir)
-                        kd = mode == "kd"
-                        result = fit(model, tokenizer, task, data, self.trial_dir(key), epochs=point.epochs,
-                                     batch_size=point.batch_size, learning_rate=point.learning_rate,
-                                     seed=self.config.seed, max_length=task_spec.max_length,
-                                     metric=point.metric or task.selection_metric,
-                                     patience=point.patience, warmup_ratio=point.warmup_ratio,
-                                     weight_decay=point.weight_decay, mixed_precision=point.mixed_precision,
-                                     teacher_cache=teacher_cache() if kd else None,
-                                     distillation_loss=DistillationLoss(point.loss, point.alpha,
-                                                                        point.temperature) if kd else None)
-                        if kd:  # the cache's cost is paid once per teacher; later students read it for free
-                            result["info"] = {"teacher_cache": cache.folder.name,
-                                              "teacher_cache_seconds": cache_seconds}
-                        return result
+                        def work():
+                            torch.manual_seed(self.config.seed)
+                            model, tokenizer = build_model(student, task, data.texts(), self.cache_dir)
+                            kd = mode == "kd"
+                            result = fit(model, tokenizer, task, data, self.trial_dir(key), epochs=point.epochs,
+                                         batch_size=point.batch_size, learning_rate=point.learning_rate,
+                                         seed=self.config.seed, max_length=task_spec.max_length,
+                                         metric=point.metric or task.selection_metric,
+                                         patience=point.patience, warmup_ratio=point.warmup_ratio,
+                                         weight_decay=point.weight_decay, mixed_precision=point.mixed_precision,
+                                         teacher_cache=teacher_cache() if kd else None,
+                                         distillation_loss=DistillationLoss(point.loss, point.alpha,
+                                                                            point.temperature) if kd else None)
+                            if kd:  # the cache's cost is paid once per teacher; later students read it for free
+                                result["info"] = {"teacher_cache": cache.folder.name,
+                                                  "teacher_cache_seconds": cache_seconds}
+                            return result
 
-                    self._run_trial(key, "distill", task_spec.name, name, params, work)
+                        trial = self._run_trial(key, "distill", task_spec.name, name, params, work)
+                        return key, (trial.val_loss if trial else None)
+
+                    def keys(point, student=student, mode=mode, task_spec=task_spec, teacher_key=teacher_trial.key):
+                        point = dataclasses.replace(settings, **point)
+                        return trial_key(self.distill_params(task_spec, student, mode, point, teacher_key))
+
+                    self.search.grid(f"{self.config.name}/{task_spec.name}/distill/{student.name}/{mode}", points,
+                                     run, keys)
 
     def distill_params(self, task_spec: TaskSpec, student: ModelSpec, mode: str, point, teacher_key: str) -> dict:
         """Everything a distillation trial's result depends on (its key hashes this)."""

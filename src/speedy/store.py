@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from speedy.errors import SpeedyError
 
 metadata = sa.MetaData()
 
+# Prefixed: Optuna keeps its own studies in the same database, and it has a table named "trials" too.
 trials = sa.Table(
-    "trials", metadata,
+    "speedy_trials", metadata,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("stage", sa.String(16), nullable=False),  # finetune | distill
     sa.Column("task", sa.String(128), nullable=False),
@@ -34,17 +36,20 @@ trials = sa.Table(
     sa.Column("info", sa.Text),  # JSON: sizes, timings, anything else worth keeping
     sa.Column("seconds", sa.Float),
     sa.Column("updated", sa.Float),
+    sa.Column("worker", sa.String(128)),  # who runs it (host:pid), while it runs
+    sa.Column("heartbeat", sa.Float),  # refreshed while it runs: a stale one means its worker died
+    sa.Column("attempts", sa.Integer),  # how many times it was started
 )
 
 selections = sa.Table(
-    "selections", metadata,
+    "speedy_selections", metadata,
     sa.Column("task", sa.String(128), primary_key=True),
     sa.Column("trial_key", sa.String(64), nullable=False),
     sa.Column("updated", sa.Float),
 )
 
 measurements = sa.Table(
-    "measurements", metadata,
+    "speedy_measurements", metadata,
     sa.Column("trial_key", sa.String(64), primary_key=True),
     sa.Column("kind", sa.String(32), primary_key=True),  # e.g. speed-torch-cpu, size
     sa.Column("value", sa.Text, nullable=False),  # JSON
@@ -70,12 +75,15 @@ class Trial:
     checkpoint: str | None = None
     info: dict = field(default_factory=dict)
     seconds: float | None = None
+    worker: str | None = None
+    attempts: int | None = None
 
     @classmethod
     def from_row(cls, row) -> "Trial":
         load = lambda text: json.loads(text) if text else {}  # noqa: E731
         return cls(row.key, row.stage, row.task, row.name, load(row.params), row.status, row.val_loss,
-                   load(row.val_metrics), load(row.test_metrics), row.checkpoint, load(row.info), row.seconds)
+                   load(row.val_metrics), load(row.test_metrics), row.checkpoint, load(row.info), row.seconds,
+                   row.worker, row.attempts)
 
 
 class Store:
@@ -86,13 +94,77 @@ class Store:
             url = f"sqlite:///{url}"
         self.url = url
         try:
-            self.engine = sa.create_engine(url)
-            metadata.create_all(self.engine)
+            self.engine = sa.create_engine(url, pool_pre_ping=True)
+            with self.schema_lock():
+                self._rename_old_tables()
+                metadata.create_all(self.engine)
+                self._add_new_columns()
         except Exception as error:  # noqa: BLE001 - any driver error means the same to the user
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise SpeedyError(f"store: cannot open the experiment store at {url}: {first}") from None
 
+    @contextmanager
+    def schema_lock(self):
+        """Held while tables are created: workers starting together on one PostgreSQL database would otherwise
+        race to create the same tables (an advisory lock; SQLite serialises writers by itself)."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(727272)"))
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(727272)"))
+                conn.commit()
+
+    def _rename_old_tables(self) -> None:
+        """A store written before the tables had their prefix keeps its results under the new names."""
+        inspector = sa.inspect(self.engine)
+        names = set(inspector.get_table_names())
+        with self.engine.begin() as conn:
+            for old in ("trials", "selections", "measurements"):
+                mine = old != "trials" or "key" in {c["name"] for c in inspector.get_columns("trials")} \
+                    if old in names else False
+                if mine and f"speedy_{old}" not in names:
+                    conn.execute(sa.text(f"ALTER TABLE {old} RENAME TO speedy_{old}"))
+
+    def _add_new_columns(self) -> None:
+        """A store written by an older speedy gains the columns added since (nothing else changes)."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns("speedy_trials")}
+        with self.engine.begin() as conn:
+            for column in trials.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    conn.execute(sa.text(f"ALTER TABLE speedy_trials ADD COLUMN {column.name} {kind}"))
+
     # ------------------------------------------------------------------ trials
+    def claim(self, key: str, stage: str, task: str, name: str, params: dict, worker: str,
+              lease: float = 120.0) -> bool:
+        """Take trial ``key`` for ``worker``, atomically: True if it is new, failed, or running under a worker
+        whose heartbeat is older than ``lease`` seconds (dead); False if done or running elsewhere."""
+        now = time.time()
+        values = dict(stage=stage, task=task, name=name, params=json.dumps(params, sort_keys=True, default=str),
+                      status="running", updated=now, worker=worker, heartbeat=now)
+        with self.engine.begin() as conn:
+            try:
+                with conn.begin_nested():  # a savepoint: PostgreSQL aborts the transaction on a failed insert
+                    conn.execute(trials.insert().values(key=key, attempts=1, **values))
+                return True
+            except sa.exc.IntegrityError:
+                pass
+            taken = conn.execute(trials.update().where(
+                (trials.c.key == key) & (trials.c.status != "done") &
+                ((trials.c.status == "failed") | (trials.c.worker == worker) | (trials.c.heartbeat.is_(None)) |
+                 (trials.c.heartbeat < now - lease))
+            ).values(attempts=sa.func.coalesce(trials.c.attempts, 0) + 1, **values))
+            return taken.rowcount == 1
+
+    def beat(self, key: str, worker: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(trials.update().where((trials.c.key == key) & (trials.c.worker == worker))
+                         .values(heartbeat=time.time()))
+
     def get(self, key: str) -> Trial | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(trials).where(trials.c.key == key)).first()

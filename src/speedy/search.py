@@ -1,0 +1,156 @@
+"""Search with Optuna, its studies kept in the experiment store's database, so many workers can share them.
+
+- A grid (stage 1's batch x epochs x learning rate; stage 3's KD grid) is an Optuna study with a ``GridSampler``.
+  Optuna gives each worker's trial its own grid point; a worker that dies stops sending heartbeats, its trial is
+  failed after a grace period and retried (``RetryHeartbeatStaleTrialCallback``) by a live worker.
+- The KD settings (loss, alpha, temperature) can be searched with ``TPESampler`` (``distill.search``).
+- Each point's work is claimed in the store's ``trials`` table (one atomic transaction) before it runs and is
+  skipped when it is done, so however workers race, a trial runs to completion exactly once; a claim whose
+  heartbeat went stale (a killed worker) can be taken over.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import optuna
+
+HEARTBEAT = float(os.environ.get("SPEEDY_HEARTBEAT", 5))  # seconds between heartbeats (Optuna's and the store's)
+GRACE = float(os.environ.get("SPEEDY_GRACE", 20))  # a worker silent this long is dead: its trial is retried
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Search:
+    def __init__(self, store, heartbeat: float = HEARTBEAT, grace: float = GRACE, poll: float = 2.0):
+        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+        self.store = store
+        self.worker = worker_id()
+        self.heartbeat, self.grace, self.poll = heartbeat, grace, poll
+        with store.schema_lock():  # Optuna creates its tables on first use: one worker at a time
+            self.storage = RDBStorage(store.url, heartbeat_interval=int(max(1, heartbeat)),
+                                      grace_period=int(grace),
+                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=5),
+                                      engine_kwargs={"pool_pre_ping": True})
+
+    def _study(self, name: str, sampler, direction: str = "minimize") -> optuna.Study:
+        return optuna.create_study(study_name=name, storage=self.storage, sampler=sampler, direction=direction,
+                                   load_if_exists=True)
+
+    def grid(self, name: str, space: dict[str, list], run: Callable[[dict], tuple[str, float | None]],
+             keys: Callable[[dict], str]) -> None:
+        """Run every point of ``space`` once across all workers; return when every point's trial is done.
+
+        ``run(params)`` does (or skips, if done) the point's work and returns ``(trial key, value)``;
+        ``keys(params)`` gives a point's trial key without running anything.
+        """
+        points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
+        wanted = {keys(p) for p in points}
+        study = self._study(name, optuna.samplers.GridSampler(space, seed=0))
+
+        def objective(trial: optuna.Trial) -> float:
+            params = {k: trial.suggest_categorical(k, v) for k, v in space.items()}
+            key, value = run(params)
+            trial.set_user_attr("trial_key", key)
+            if value is None:  # another live worker holds this point: Optuna need not count it twice
+                raise optuna.TrialPruned()
+            return value
+
+        finished = {t.key for t in self.store.trials(status="done")}
+        for point in points:  # what is done already is only reported, never run again
+            if keys(point) in finished:
+                run(point)
+        while True:
+            done = {t.key for t in self.store.trials(status="done") if t.key in wanted}
+            if done >= wanted:
+                return
+            if self._has_work(study, space):
+                study.optimize(objective, n_trials=1, catch=())
+            else:  # the rest runs elsewhere: wait, and let Optuna fail and re-queue the trials of dead workers
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(self.poll)
+
+    @staticmethod
+    def _has_work(study: optuna.Study, space: dict[str, list]) -> bool:
+        states = optuna.trial.TrialState
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == states.WAITING for t in trials):
+            return True
+        taken = {t.system_attrs.get("grid_id") for t in trials
+                 if t.state in (states.RUNNING, states.COMPLETE, states.PRUNED)}
+        return len(taken - {None}) < len(list(itertools.product(*space.values())))
+
+    def tpe(self, name: str, n_trials: int, suggest: Callable[[optuna.Trial], dict],
+            run: Callable[[dict], tuple[str, float | None]], direction: str = "maximize") -> optuna.Study:
+        """Up to ``n_trials`` finished trials in total over all workers, sampled by TPE."""
+        study = self._study(name, optuna.samplers.TPESampler(seed=0), direction)
+
+        def objective(trial: optuna.Trial) -> float:
+            key, value = run(suggest(trial))
+            trial.set_user_attr("trial_key", key)
+            if value is None:
+                raise optuna.TrialPruned()
+            return value
+
+        states = optuna.trial.TrialState
+        while len([t for t in study.get_trials(deepcopy=False) if t.state == states.COMPLETE]) < n_trials:
+            study.optimize(objective, n_trials=1, catch=())
+        return study
+
+    def held(self, key: str):
+        """A context that keeps the store's heartbeat of ``key`` fresh while its work runs."""
+        return _Heartbeat(self.store, key, self.worker, self.heartbeat)
+
+
+class _Heartbeat:
+    def __init__(self, store, key: str, worker: str, every: float):
+        self.store, self.key, self.worker, self.every = store, key, worker, every
+        self.stop = threading.Event()
+
+    def __enter__(self):
+        def beat():
+            while not self.stop.wait(self.every):
+                try:
+                    self.store.beat(self.key, self.worker)
+                except Exception:  # noqa: BLE001 - a missed beat is retried; it must not kill the training
+                    pass
+
+        self.thread = threading.Thread(target=beat, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def claimable_now(trial, worker: str) -> bool:
+    """A running trial whose worker was a process of this machine that no longer exists can be taken at once
+    (no need to wait for its heartbeat to go stale): a run killed here and started again resumes immediately."""
+    if trial is None or trial.status != "running":
+        return False
+    holder = getattr(trial, "worker", None)
+    if not holder or ":" not in holder:
+        return True  # written by a speedy without workers
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if holder == worker:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
