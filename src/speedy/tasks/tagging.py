@@ -104,6 +104,12 @@ class TaggingTask(Task):
     def encode(self, dataset, tokenizer, max_length: int, with_index: bool = False, source: str = "") -> Dataset:
         sentences = [list(tokens) for tokens in dataset["tokens"]]
         gold = self.tag_ids(dataset, source) if "tags" in dataset.column_names else None
+        return Dataset.from_dict(self.encode_columns(sentences, gold, tokenizer, max_length, with_index))
+
+    def encode_columns(self, sentences: list[list[str]], gold, tokenizer, max_length: int,
+                       with_index: bool = False) -> dict:
+        """The encoded windows as plain columns (prediction skips ``Dataset``, whose fingerprinting costs more
+        than a small model's forward pass)."""
         windows = self.windows(tokenizer, sentences, max_length)
         pieces = [sentences[i][w.start : w.end] for i, w in windows]
         encoded = tokenizer(pieces, is_split_into_words=True, truncation=True, max_length=max_length)
@@ -127,7 +133,7 @@ class TaggingTask(Task):
         if with_index:
             columns["word_index"] = word_index
             columns["example_index"] = example_index
-        return Dataset.from_dict(columns)
+        return columns
 
     def collator(self, tokenizer):
         return TaggingCollator(tokenizer)
@@ -168,8 +174,8 @@ class TaggingTask(Task):
                       batch_size: int = 32) -> list[list[str]]:
         """One tag per input word, for every sentence, whatever its length."""
         model.eval()
-        dataset = Dataset.from_dict({"tokens": sentences})
-        encoded = self.encode(dataset, tokenizer, max_length, with_index=True)
+        columns = self.encode_columns([list(s) for s in sentences], None, tokenizer, max_length, with_index=True)
+        encoded = [dict(zip(columns, values)) for values in zip(*columns.values())]
         out = [[self.fallback] * len(s) for s in sentences]
         collate = self.collator(tokenizer)
         device = device_of(model)
