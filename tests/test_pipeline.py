@@ -81,7 +81,8 @@ def test_every_stage_runs_and_the_report_compares_teacher_and_students(tmp_path,
         assert study.store.measurement(trial.key, study.speed_kind("torch"))["inferences_per_second"] > 0
     report = (tmp_path / "out" / "report" / "report.md").read_text()
     for name in ("bert-2L", "albert-base-2", "student, KD", "student, fine-tuned only", "teacher (selected)",
-                 "Table 1", "ONNX Runtime int8 inf/s", "Table 3", "Global score"):
+                 "Table 1", "ONNX Runtime int8 inf/s", "Table 2", "Table 3", "Global score", "Tables 5-8",
+                 "KD minutes without cache (est.)"):
         assert name in report
     for figure in ("score_vs_speed.png", "figure1_params_macs.png"):
         assert (tmp_path / "out" / "report" / figure).stat().st_size > 1000
@@ -216,3 +217,25 @@ def test_qa_study_distils_across_tokenizers_and_predicts(tmp_path, bert_dir, ber
     assert answer.returncode == 0, answer.stderr[-2000:]
     out = json.loads(answer.stdout)
     assert context[out["start"] : out["end"]] == out["answer"] and isinstance(out["score"], float)
+
+
+def test_kd_settings_searched_by_tpe_in_the_store_database(tmp_path, tiny_files, bert_dir):
+    import optuna
+
+    path = study_config(tmp_path, tiny_files, teachers=[{"name": "teacher", "base": str(bert_dir)}],
+                        students=[{"name": "student", "base": str(bert_dir), "kind": "truncate", "layers": 1}],
+                        grid={"batch_size": [16], "epochs": [1], "learning_rate": [1e-3]}, epochs=1)
+    config = yaml.safe_load(path.read_text())
+    config["distill"].update(search_trials=3, search_losses=["kl", "mse"], search_temperature=[1.0, 4.0])
+    path.write_text(yaml.safe_dump(config))
+    study = Study(load_config(path))
+    study.run(["finetune", "select", "distill"])
+    students = study.store.trials("distill", "tiny")
+    assert len(students) == 3 and all("alpha=" in t.name for t in students)
+    drawn = {(t.params["settings"]["loss"], t.params["settings"]["alpha"], t.params["settings"]["temperature"])
+             for t in students}
+    assert len(drawn) == 3 and all(loss in ("kl", "mse") and 1.0 <= temp <= 4.0 for loss, _, temp in drawn)
+    tpe = optuna.load_study(study_name="tiny/tiny/distill/student/kd/tpe", storage=study.store.url)
+    assert len([t for t in tpe.trials if t.state.name == "COMPLETE"]) == 3
+    best = [t for t in study.models_to_report(study.config.tasks[0]) if t.stage == "distill"]
+    assert len(best) == 1 and best[0].val_metrics["accuracy"] == max(t.val_metrics["accuracy"] for t in students)

@@ -98,6 +98,12 @@ class DistillSettings:
     weight_decay: float = 0.01
     metric: str | None = None  # validation metric for early stopping (default: the task's: accuracy, f1)
     mixed_precision: str = "no"  # no | fp16 | bf16 (on GPUs; the Trainer, and so accelerate, applies it)
+    # KD settings searched by Optuna's TPE instead of fixed: this many KD trials per student, each drawing the
+    # loss, alpha and temperature (and a batch size and learning rate of the grid); 0 = the fixed settings above
+    search_trials: int = 0
+    search_losses: list[str] = field(default_factory=lambda: ["kl", "ce", "mse"])
+    search_alpha: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [low, high]
+    search_temperature: list[float] = field(default_factory=lambda: [1.0, 8.0])  # [low, high]
 
 
 @dataclass
@@ -198,6 +204,13 @@ def validate(config: StudyConfig) -> StudyConfig:
         if not value:
             raise SpeedyError(f"distill.{axis}: the grid has an empty axis")
         setattr(config.distill, axis, value)
+    for i, loss in enumerate(config.distill.search_losses):
+        if loss not in KD_KINDS:
+            raise SpeedyError(f"distill.search_losses[{i}]: unknown KD loss '{loss}' (allowed: {', '.join(KD_KINDS)})")
+    for name in ("search_alpha", "search_temperature"):
+        bounds = getattr(config.distill, name)
+        if len(bounds) != 2 or bounds[0] > bounds[1]:
+            raise SpeedyError(f"distill.{name}: expected [low, high], got {bounds}")
     if config.distill.mixed_precision not in ("no", "fp16", "bf16"):
         raise SpeedyError(f"distill.mixed_precision: unknown '{config.distill.mixed_precision}' "
                           "(allowed: no, fp16, bf16)")

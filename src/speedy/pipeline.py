@@ -212,6 +212,8 @@ class Study:
                         name = f"{student.name} ({'KD' if mode == 'kd' else 'fine-tuned'})"
                         if len(settings.batch_size) * len(settings.learning_rate) > 1:
                             name += f" bs={point.batch_size} lr={point.learning_rate:g}"
+                        if mode == "kd" and settings.search_trials > 0:
+                            name += f" {point.loss} alpha={point.alpha:.2f} T={point.temperature:.2f}"
 
                         def work():
                             torch.manual_seed(self.config.seed)
@@ -226,20 +228,36 @@ class Study:
                                          teacher_cache=teacher_cache() if kd else None,
                                          distillation_loss=DistillationLoss(point.loss, point.alpha,
                                                                             point.temperature) if kd else None)
+                            result["info"] = {"epochs_run": result.get("epochs_run")}
                             if kd:  # the cache's cost is paid once per teacher; later students read it for free
-                                result["info"] = {"teacher_cache": cache.folder.name,
-                                                  "teacher_cache_seconds": cache_seconds}
+                                result["info"].update(teacher_cache=cache.folder.name,
+                                                      teacher_cache_seconds=cache_seconds)
                             return result
 
                         trial = self._run_trial(key, "distill", task_spec.name, name, params, work)
-                        return key, (trial.val_loss if trial else None)
+                        selection = point.metric or task.selection_metric
+                        return key, (trial.val_metrics.get(selection, -trial.val_loss) if trial else None)
+
+                    study_name = f"{self.config.name}/{task_spec.name}/distill/{student.name}/{mode}"
+                    if mode == "kd" and settings.search_trials > 0:
+                        def suggest(trial, settings=settings):
+                            low_a, high_a = settings.search_alpha
+                            low_t, high_t = settings.search_temperature
+                            return {"loss": trial.suggest_categorical("loss", list(settings.search_losses)),
+                                    "alpha": trial.suggest_float("alpha", low_a, high_a),
+                                    "temperature": trial.suggest_float("temperature", low_t, high_t),
+                                    "batch_size": trial.suggest_categorical("batch_size", list(settings.batch_size)),
+                                    "learning_rate": trial.suggest_categorical("learning_rate",
+                                                                               list(settings.learning_rate))}
+
+                        self.search.tpe(study_name + "/tpe", settings.search_trials, suggest, run)
+                        continue
 
                     def keys(point, student=student, mode=mode, task_spec=task_spec, teacher_key=teacher_trial.key):
                         point = dataclasses.replace(settings, **point)
                         return trial_key(self.distill_params(task_spec, student, mode, point, teacher_key))
 
-                    self.search.grid(f"{self.config.name}/{task_spec.name}/distill/{student.name}/{mode}", points,
-                                     run, keys)
+                    self.search.grid(study_name, points, run, keys, direction="maximize")
 
     def distill_params(self, task_spec: TaskSpec, student: ModelSpec, mode: str, point, teacher_key: str) -> dict:
         """Everything a distillation trial's result depends on (its key hashes this)."""

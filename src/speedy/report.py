@@ -146,6 +146,43 @@ def table3(globals_: list[dict], engines: list[str]) -> str:
     return _md(header, lines)
 
 
+def table2(rows: list[dict], tasks: list[str]) -> str:
+    """Table 2 of the paper: test score per task (columns) per model (rows), QA by F1, and the mean."""
+    models: dict[tuple, dict] = {}
+    for r in rows:
+        models.setdefault((r["model"], r["role"]), {})[r["task"]] = r["test_score"]
+    lines = []
+    for (model, role), scores in models.items():
+        known = [scores.get(t) for t in tasks]
+        mean = sum(known) / len(known) if all(v is not None for v in known) else None
+        lines.append([model, role] + [_fmt(v, scale=100) for v in known] + [_fmt(mean, scale=100)])
+    return _md(["Model", "Role"] + tasks + ["Average"], lines)
+
+
+def kd_against_finetuning(study, rows: list[dict]) -> str:
+    """Tables 5-8 of the paper: per task and student, the test score trained without KD, with KD, the gain, and
+    KD's training time with the teacher cache (measured) against without it (the measured teacher pass once
+    per epoch run, added: what a KD loop that calls the teacher every step pays)."""
+    lines = []
+    for task_spec in study.config.tasks:
+        trials = {(t.params["model"]["name"], t.params["mode"]): t
+                  for t in study.models_to_report(task_spec) if t.stage == "distill"}
+        for name in dict.fromkeys(n for n, _ in trials):
+            kd, ft = trials.get((name, "kd")), trials.get((name, "finetune"))
+            metric = study.task(task_spec).primary_metric
+            score = lambda t: t.test_metrics.get(metric) if t else None  # noqa: E731
+            gain = score(kd) - score(ft) if score(kd) is not None and score(ft) is not None else None
+            with_cache = kd.seconds / 60 if kd and kd.seconds else None
+            cache_seconds = (kd.info or {}).get("teacher_cache_seconds") if kd else None
+            epochs = (kd.info or {}).get("epochs_run") if kd else None
+            without = (with_cache + cache_seconds * max(0.0, epochs - 1) / 60
+                       if with_cache is not None and cache_seconds and epochs else None)
+            lines.append([task_spec.name, name, _fmt(score(ft), scale=100), _fmt(score(kd), scale=100),
+                          _fmt(gain, scale=100), _fmt(with_cache, 1), _fmt(without, 1)])
+    return _md(["Task", "Student", "Fine-tuned only", "KD", "KD gain (points)", "KD minutes (cache)",
+                "KD minutes without cache (est.)"], lines)
+
+
 def _pyplot():
     import matplotlib
 
@@ -251,7 +288,9 @@ def write_report(study) -> Path:
             note += f"\n\nData ({task_spec.name}): {info['source']}."
     text = (f"# {study.config.name}: results\n\n{main_table(rows)}\n\n{note}\n\n"
             f"## Table 1: inferences per second, per engine\n\n{table1(rows, engines)}\n\n"
+            f"## Table 2: test scores per task\n\n{table2(rows, [t.name for t in study.config.tasks])}\n\n"
             f"## Table 3: size, speed-up and global score (mean over tasks; QA by F1)\n\n{table3(globals_, engines)}\n\n"
+            f"## Tables 5-8: fine-tuning against KD, per student\n\n{kd_against_finetuning(study, rows)}\n\n"
             "Figures: `figure1_params_macs.png` (parameters against MACs), `score_vs_speed.png` (global score "
             "against speed-up, every engine, the Pareto front dashed).\n")
     (out / "report.md.tmp").write_text(text, "utf-8")

@@ -48,7 +48,7 @@ class Search:
                                    load_if_exists=True)
 
     def grid(self, name: str, space: dict[str, list], run: Callable[[dict], tuple[str, float | None]],
-             keys: Callable[[dict], str]) -> None:
+             keys: Callable[[dict], str], direction: str = "minimize") -> None:
         """Run every point of ``space`` once across all workers; return when every point's trial is done.
 
         ``run(params)`` does (or skips, if done) the point's work and returns ``(trial key, value)``;
@@ -56,7 +56,7 @@ class Search:
         """
         points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
         wanted = {keys(p) for p in points}
-        study = self._study(name, optuna.samplers.GridSampler(space, seed=0))
+        study = self._study(name, optuna.samplers.GridSampler(space, seed=0), direction)
 
         def objective(trial: optuna.Trial) -> float:
             params = {k: trial.suggest_categorical(k, v) for k, v in space.items()}
