@@ -26,7 +26,14 @@ GRACE = float(os.environ.get("SPEEDY_GRACE", 20))  # a worker silent this long i
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def distributed() -> bool:
+    """Under ``accelerate launch`` with several processes, every rank must train the same trial together."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def worker_id() -> str:
+    if distributed():  # one worker made of all the ranks of one launch
+        return f"launch-{os.environ.get('MASTER_ADDR', 'local')}:{os.environ.get('MASTER_PORT', '0')}"
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -70,6 +77,10 @@ class Search:
         for point in points:  # what is done already is only reported, never run again
             if keys(point) in finished:
                 run(point)
+        if distributed():  # the ranks of one launch go through the grid in the same order, together
+            for point in points:
+                run(point)
+            return
         while True:
             done = {t.key for t in self.store.trials(status="done") if t.key in wanted}
             if done >= wanted:
@@ -93,6 +104,11 @@ class Search:
     def tpe(self, name: str, n_trials: int, suggest: Callable[[optuna.Trial], dict],
             run: Callable[[dict], tuple[str, float | None]], direction: str = "maximize") -> optuna.Study:
         """Up to ``n_trials`` finished trials in total over all workers, sampled by TPE."""
+        if distributed():
+            from speedy.errors import SpeedyError
+
+            raise SpeedyError("distill.search_trials: the TPE search runs one trial per process; with accelerate "
+                              "launch use the KD grid, or start one 'speedy worker' per GPU")
         study = self._study(name, optuna.samplers.TPESampler(seed=0), direction)
 
         def objective(trial: optuna.Trial) -> float:
