@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 import optuna
@@ -24,6 +25,8 @@ HEARTBEAT = float(os.environ.get("SPEEDY_HEARTBEAT", 5))  # seconds between hear
 GRACE = float(os.environ.get("SPEEDY_GRACE", 20))  # a worker silent this long is dead: its trial is retried
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Optuna marks its heartbeats "experimental"; they are what lets a live worker take over a dead one's trial.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def distributed() -> bool:
