@@ -3,7 +3,7 @@ PYTHON ?= python3
 
 .PHONY: install demo test
 install:
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,onnx,serve]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,onnx,serve,postgres]'
 
 demo: install
 	speedy demo

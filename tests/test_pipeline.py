@@ -235,7 +235,10 @@ def test_kd_settings_searched_by_tpe_in_the_store_database(tmp_path, tiny_files,
     drawn = {(t.params["settings"]["loss"], t.params["settings"]["alpha"], t.params["settings"]["temperature"])
              for t in students}
     assert len(drawn) == 3 and all(loss in ("kl", "mse") and 1.0 <= temp <= 4.0 for loss, _, temp in drawn)
-    tpe = optuna.load_study(study_name="tiny/tiny/distill/student/kd/tpe", storage=study.store.url)
+    names = [x.study_name for x in optuna.get_all_study_summaries(study.store.url)
+             if x.study_name.startswith("tiny/tiny/distill/student/kd/tpe/")]
+    assert len(names) == 1
+    tpe = optuna.load_study(study_name=names[0], storage=study.store.url)
     assert len([t for t in tpe.trials if t.state.name == "COMPLETE"]) == 3
     best = [t for t in study.models_to_report(study.config.tasks[0]) if t.stage == "distill"]
     assert len(best) == 1 and best[0].val_metrics["accuracy"] == max(t.val_metrics["accuracy"] for t in students)

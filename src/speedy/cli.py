@@ -238,8 +238,10 @@ def worker(config: Path = typer.Argument(..., help="The study's YAML config."),
                                                           "default: the config's."),
            output: Optional[Path] = typer.Option(None, help="Override the config's output_dir (models are written "
                                                             "there: use a folder every worker shares)."),
-           stages: str = typer.Option("finetune,select,distill,evaluate,measure,report",
-                                      help="Comma-separated stages to work on.")):
+           stages: str = typer.Option("finetune,select,distill",
+                                      help="Comma-separated stages to work on. Evaluate, measure and report once, "
+                                           "on one machine, after the workers ('speedy run' does them; speed is "
+                                           "measured with nothing else running).")):
     """Work on a study with any number of other workers sharing its store: Optuna hands out the grid points,
     each trial runs to completion exactly once, and a dead worker's trial is taken over by a live one."""
     from speedy.pipeline import STAGES

@@ -41,6 +41,7 @@ class Study:
         self.store = Store(config.store_url)
         self._data: dict[str, TaskData] = {}
         self._search = None
+        self._fingerprints: dict[str, str] = {}
 
     # ------------------------------------------------------------------ helpers
     def data(self, spec: TaskSpec) -> TaskData:
@@ -60,8 +61,11 @@ class Study:
                 "stride": spec.stride}
 
     def data_fingerprint(self, spec: TaskSpec) -> str:
-        data = self.data(spec)
-        return fingerprint_inputs((name, split.to_dict()) for name, split in sorted(data.splits.items()))[:16]
+        if spec.name not in self._fingerprints:  # hashed once: every trial key of the task needs it
+            data = self.data(spec)
+            self._fingerprints[spec.name] = fingerprint_inputs(
+                (name, split.to_dict()) for name, split in sorted(data.splits.items()))[:16]
+        return self._fingerprints[spec.name]
 
     def trial_dir(self, key: str) -> Path:
         return self.output_dir / "trials" / key
@@ -84,6 +88,10 @@ class Study:
         if done and done.status == "done" and done.checkpoint and Path(done.checkpoint).is_dir():
             self.console.print(f"  [dim]skip {name}: done earlier (trial {key})[/dim]")
             return done
+        if done and done.status == "done":  # its model folder is gone: train it again
+            self.console.print(f"  [yellow]{name}: done earlier but {done.checkpoint} is missing: again[/yellow]")
+            self.store.update(key, status="failed", checkpoint=None)
+            done = self.store.get(key)
         lease = 0.0 if claimable_now(done, self.search.worker) else GRACE
         if not self.store.claim(key, stage, task_name, name, params, self.search.worker, lease):
             self.console.print(f"  [dim]{name}: under way in another worker (trial {key})[/dim]")
@@ -94,10 +102,12 @@ class Study:
             with self.search.held(key):
                 result = work()
         except BaseException:
-            self.store.update(key, status="failed")
+            self.store.finish(key, self.search.worker, status="failed")
             raise
-        self.store.update(key, status="done", val_loss=result["val_loss"], val_metrics=result["val_metrics"],
-                          checkpoint=result["checkpoint"], info=result.get("info", {}), seconds=time.time() - start)
+        if not self.store.finish(key, self.search.worker, status="done", val_loss=result["val_loss"],
+                                 val_metrics=result["val_metrics"], checkpoint=result["checkpoint"],
+                                 info=result.get("info", {}), seconds=time.time() - start):
+            self.console.print(f"  [yellow]{name}: another worker took this trial over; its record stands[/yellow]")
         return self.store.get(key)
 
     # ------------------------------------------------------------------ stage 1
@@ -238,6 +248,10 @@ class Study:
                         selection = point.metric or task.selection_metric
                         return key, (trial.val_metrics.get(selection, -trial.val_loss) if trial else None)
 
+                    def keys(point, student=student, mode=mode, task_spec=task_spec, teacher_key=teacher_trial.key):
+                        point = dataclasses.replace(settings, **point)
+                        return trial_key(self.distill_params(task_spec, student, mode, point, teacher_key))
+
                     study_name = f"{self.config.name}/{task_spec.name}/distill/{student.name}/{mode}"
                     if mode == "kd" and settings.search_trials > 0:
                         def suggest(trial, settings=settings):
@@ -250,12 +264,10 @@ class Study:
                                     "learning_rate": trial.suggest_categorical("learning_rate",
                                                                                list(settings.learning_rate))}
 
-                        self.search.tpe(study_name + "/tpe", settings.search_trials, suggest, run)
+                        context = keys({"batch_size": settings.batch_size[0],
+                                        "learning_rate": settings.learning_rate[0]})
+                        self.search.tpe(f"{study_name}/tpe/{context[:12]}", settings.search_trials, suggest, run)
                         continue
-
-                    def keys(point, student=student, mode=mode, task_spec=task_spec, teacher_key=teacher_trial.key):
-                        point = dataclasses.replace(settings, **point)
-                        return trial_key(self.distill_params(task_spec, student, mode, point, teacher_key))
 
                     self.search.grid(study_name, points, run, keys, direction="maximize")
 

@@ -95,10 +95,16 @@ def plan(config: StudyConfig, done_names: set[tuple[str, str]] = frozenset()) ->
         for student in config.students:
             macs = forward_macs(student, task)
             modes = [mode for mode, wanted in (("KD", student.kd), ("fine-tuned", student.finetune)) if wanted]
-            for mode, (batch_size, rate) in itertools.product(modes, points):
-                name = f"{student.name} ({mode})" + (f" bs={batch_size} lr={rate:g}" if len(points) > 1 else "")
-                trials.append(PlannedTrial("distill", task.name, student.name, name, examples, distill.epochs, macs,
-                                           (task.name, name) in done_names))
+            for mode in modes:
+                if mode == "KD" and distill.search_trials > 0:  # TPE draws the settings: only the count is known
+                    trials += [PlannedTrial("distill", task.name, student.name,
+                                            f"{student.name} (KD) TPE trial {i + 1}/{distill.search_trials}",
+                                            examples, distill.epochs, macs) for i in range(distill.search_trials)]
+                    continue
+                for batch_size, rate in points:
+                    name = f"{student.name} ({mode})" + (f" bs={batch_size} lr={rate:g}" if len(points) > 1 else "")
+                    trials.append(PlannedTrial("distill", task.name, student.name, name, examples, distill.epochs,
+                                               macs, (task.name, name) in done_names))
     return trials
 
 

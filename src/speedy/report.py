@@ -193,7 +193,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.png")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
     fig.tight_layout()
     fig.savefig(tmp, dpi=120)
     _pyplot().close(fig)
@@ -261,7 +261,7 @@ def plot_score_speed(globals_: list[dict], engines: list[str], path: Path) -> No
 
 
 def _write_csv(path: Path, rows: list[dict], columns) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
@@ -293,8 +293,9 @@ def write_report(study) -> Path:
             f"## Tables 5-8: fine-tuning against KD, per student\n\n{kd_against_finetuning(study, rows)}\n\n"
             "Figures: `figure1_params_macs.png` (parameters against MACs), `score_vs_speed.png` (global score "
             "against speed-up, every engine, the Pareto front dashed).\n")
-    (out / "report.md.tmp").write_text(text, "utf-8")
-    os.replace(out / "report.md.tmp", out / "report.md")
+    tmp = out / f"report.md.{os.getpid()}.tmp"
+    tmp.write_text(text, "utf-8")
+    os.replace(tmp, out / "report.md")
     _write_csv(out / "results.csv", rows, COLUMNS)
     flat1 = [{"task": r["task"], "model": r["model"], "role": r["role"], "engine": e, **r["engines"][e]}
              for r in rows for e in engines]

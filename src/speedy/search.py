@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import socket
@@ -35,8 +36,13 @@ def distributed() -> bool:
 
 
 def worker_id() -> str:
-    if distributed():  # one worker made of all the ranks of one launch
-        return f"launch-{os.environ.get('MASTER_ADDR', 'local')}:{os.environ.get('MASTER_PORT', '0')}"
+    if os.environ.get("SPEEDY_WORKER_ID"):
+        return os.environ["SPEEDY_WORKER_ID"]
+    if distributed():  # one worker made of all the ranks of one launch (a loopback address: this machine's)
+        address = os.environ.get("MASTER_ADDR", "localhost")
+        if address in ("127.0.0.1", "localhost", "::1"):
+            address = socket.gethostname()
+        return f"launch-{address}:{os.environ.get('MASTER_PORT', '0')}"
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -66,14 +72,18 @@ class Search:
         """
         points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
         wanted = {keys(p) for p in points}
+        # The study is named by what its trials are (their keys hash data, model, teacher, settings): a changed
+        # config is a new study, never an old, finished one that would have nothing left to hand out.
+        name = f"{name}/{hashlib.sha256(''.join(sorted(wanted)).encode()).hexdigest()[:12]}"
         study = self._study(name, optuna.samplers.GridSampler(space, seed=0), direction)
 
         def objective(trial: optuna.Trial) -> float:
             params = {k: trial.suggest_categorical(k, v) for k, v in space.items()}
             key, value = run(params)
+            while value is None:  # another worker holds it: wait until it is done, or until its holder is dead
+                time.sleep(self.poll)
+                key, value = run(params)
             trial.set_user_attr("trial_key", key)
-            if value is None:  # another live worker holds this point: Optuna need not count it twice
-                raise optuna.TrialPruned()
             return value
 
         finished = {t.key for t in self.store.trials(status="done")}
@@ -115,10 +125,12 @@ class Search:
         study = self._study(name, optuna.samplers.TPESampler(seed=0), direction)
 
         def objective(trial: optuna.Trial) -> float:
-            key, value = run(suggest(trial))
+            params = suggest(trial)
+            key, value = run(params)
+            while value is None:
+                time.sleep(self.poll)
+                key, value = run(params)
             trial.set_user_attr("trial_key", key)
-            if value is None:
-                raise optuna.TrialPruned()
             return value
 
         states = optuna.trial.TrialState

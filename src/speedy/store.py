@@ -154,11 +154,23 @@ class Store:
             except sa.exc.IntegrityError:
                 pass
             taken = conn.execute(trials.update().where(
-                (trials.c.key == key) & (trials.c.status != "done") &
+                (trials.c.key == key) & ((trials.c.status != "done") | (trials.c.checkpoint.is_(None))) &
                 ((trials.c.status == "failed") | (trials.c.worker == worker) | (trials.c.heartbeat.is_(None)) |
                  (trials.c.heartbeat < now - lease))
             ).values(attempts=sa.func.coalesce(trials.c.attempts, 0) + 1, **values))
             return taken.rowcount == 1
+
+    def finish(self, key: str, worker: str, **fields) -> bool:
+        """Record a trial's end, only if ``worker`` still holds it (a worker whose claim was taken over after
+        its heartbeat lapsed must not overwrite the new holder's record). False if it no longer holds it."""
+        for name in ("val_metrics", "test_metrics", "info"):
+            if name in fields and not isinstance(fields[name], str):
+                fields[name] = json.dumps(fields[name], default=float)
+        fields["updated"] = time.time()
+        with self.engine.begin() as conn:
+            done = conn.execute(trials.update().where((trials.c.key == key) & (trials.c.worker == worker))
+                                .values(**fields))
+        return done.rowcount == 1
 
     def beat(self, key: str, worker: str) -> None:
         with self.engine.begin() as conn:
@@ -199,10 +211,18 @@ class Store:
             return [Trial.from_row(row) for row in conn.execute(query)]
 
     # ------------------------------------------------------------------ selections
+    def _replace(self, table, match, values: dict) -> None:
+        """Delete-and-insert in one transaction; if another worker inserted the same row meanwhile, theirs stays
+        (they computed the same thing)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(table.delete().where(match))
+                conn.execute(table.insert().values(**values))
+        except sa.exc.IntegrityError:
+            pass
+
     def select(self, task: str, key: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(selections.delete().where(selections.c.task == task))
-            conn.execute(selections.insert().values(task=task, trial_key=key, updated=time.time()))
+        self._replace(selections, selections.c.task == task, dict(task=task, trial_key=key, updated=time.time()))
 
     def selection(self, task: str) -> Trial | None:
         with self.engine.connect() as conn:
@@ -211,10 +231,8 @@ class Store:
 
     # ------------------------------------------------------------------ measurements
     def measure(self, key: str, kind: str, value: dict) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(measurements.delete().where((measurements.c.trial_key == key) & (measurements.c.kind == kind)))
-            conn.execute(measurements.insert().values(trial_key=key, kind=kind, value=json.dumps(value),
-                                                      updated=time.time()))
+        self._replace(measurements, (measurements.c.trial_key == key) & (measurements.c.kind == kind),
+                      dict(trial_key=key, kind=kind, value=json.dumps(value), updated=time.time()))
 
     def measurement(self, key: str, kind: str) -> dict | None:
         with self.engine.connect() as conn:

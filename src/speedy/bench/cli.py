@@ -39,7 +39,10 @@ def load_for_measure(name: str, layers: int | None = None):
     check_name(name, "MODEL")
     path = resolve(name)
     overrides = {"num_hidden_layers": layers} if layers else {}
-    config = AutoConfig.from_pretrained(path, **overrides)
+    try:
+        config = AutoConfig.from_pretrained(path, **overrides)
+    except OSError as error:
+        raise SpeedyError(f"MODEL: cannot load '{name}': {str(error).splitlines()[0]}") from None
     if getattr(config, "speedy_task", None):
         from speedy.tasks import task_from_model
 
@@ -114,7 +117,9 @@ def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engi
                 if texts is not None:
                     from transformers import AutoTokenizer
 
-                    r = time_sentences(model, AutoTokenizer.from_pretrained(name), texts, sentence_batch,
+                    from speedy.models.registry import resolve
+
+                    r = time_sentences(model, AutoTokenizer.from_pretrained(resolve(name)), texts, sentence_batch,
                                        threads=threads)
                     results.append({"model": name, "engine": e, "workload": "sentences",
                                     "inferences_per_second": r["sentences_per_second"],

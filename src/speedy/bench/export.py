@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def export_onnx(model, folder: str | Path, opset: int = 17) -> dict[str, Path]:
              "attention_mask": torch.ones(2, 16, dtype=torch.long), "token_type_ids": torch.zeros(2, 16, dtype=torch.long)}
     axes = {name: {0: "batch", 1: "length"} for name in names}
     axes.update({name: ({0: "batch"} if task == "classification" else {0: "batch", 1: "length"}) for name in outputs})
-    raw, fused, int8 = folder / "raw.tmp.onnx", folder / "fused.tmp.onnx", folder / "int8.tmp.onnx"
+    unique = f"{os.getpid()}-{time.time_ns()}"  # two workers exporting one model never share a temporary file
+    raw, fused, int8 = (folder / f"{part}.{unique}.tmp.onnx" for part in ("raw", "fused", "int8"))
     root_logger, level = logging.getLogger(), logging.getLogger().level
     try:
         # The tracer's and quantizer's advice does not apply here (fixed-shape checks the graph never takes;

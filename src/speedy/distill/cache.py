@@ -110,7 +110,11 @@ class TeacherCache:
             for name in ("values.npy", "offsets.npy", "meta.json"):
                 with open(tmp / name, "rb") as handle:
                     os.fsync(handle.fileno())
-            os.replace(tmp, folder)
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another worker finished the same cache first: theirs is as good as ours
+                if not (folder / "meta.json").is_file():
+                    raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -138,6 +138,13 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
         detail = [{"loc": list(e.get("loc", [])), "msg": str(e.get("msg", ""))} for e in error.errors()]
         return _error(422, "invalid request", json.loads(json.dumps(detail, default=str)))
 
+    @app.exception_handler(Exception)
+    async def failed(_request, error: Exception):  # a bug or a model failure: still one JSON line, and logged
+        import logging
+
+        logging.getLogger("speedy.serve").exception("request failed")
+        return _error(500, "internal error", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, error: StarletteHTTPException):
         status = 422 if error.status_code == 400 else error.status_code  # FastAPI says 400 for undecodable bodies
