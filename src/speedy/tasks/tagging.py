@@ -89,10 +89,12 @@ class TaggingTask(Task):
             out.append(ids)
         return out
 
-    def windows(self, tokenizer, sentences: list[list[str]], max_length: int):
-        """``(sentence index, window)`` for every window of every sentence."""
+    def windows(self, tokenizer, sentences: list[list[str]], max_length: int, encoded=None):
+        """``(sentence index, window)`` for every window of every sentence (``encoded``: the sentences already
+        tokenized whole, if at hand; special tokens in it are ignored)."""
         budget = max(1, max_length - tokenizer.num_special_tokens_to_add())
-        encoded = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
+        if encoded is None:
+            encoded = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
         out = []
         for i in range(len(sentences)):
             counts = Counter(w for w in encoded.word_ids(i) if w is not None)
@@ -110,14 +112,27 @@ class TaggingTask(Task):
                        with_index: bool = False) -> dict:
         """The encoded windows as plain columns (prediction skips ``Dataset``, whose fingerprinting costs more
         than a small model's forward pass)."""
-        windows = self.windows(tokenizer, sentences, max_length)
-        pieces = [sentences[i][w.start : w.end] for i, w in windows]
-        encoded = tokenizer(pieces, is_split_into_words=True, truncation=True, max_length=max_length)
-        columns = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded}
+        # Tokenized once, whole: a sentence that fits is its own window and reuses this encoding; only the
+        # windows of longer sentences are tokenized again.
+        whole = tokenizer(sentences, is_split_into_words=True)
+        windows = self.windows(tokenizer, sentences, max_length, encoded=whole)
+        reuse = [w.start == 0 and w.end == len(sentences[i]) and len(whole["input_ids"][i]) <= max_length
+                 for i, w in windows]
+        cut = [sentences[i][w.start : w.end] for (i, w), same in zip(windows, reuse) if not same]
+        parts = tokenizer(cut, is_split_into_words=True, truncation=True, max_length=max_length) if cut else None
+        names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in whole]
+        columns = {name: [] for name in names}
+        word_ids, next_part = [], 0
+        for (i, _), same in zip(windows, reuse):
+            source, row = (whole, i) if same else (parts, next_part)
+            next_part += 0 if same else 1
+            for name in names:
+                columns[name].append(source[name][row])
+            word_ids.append(source.word_ids(row))
         labels, word_index, example_index = [], [], []
         for row, (i, window) in enumerate(windows):
-            first = first_subtokens(encoded.word_ids(row))
-            length = len(encoded["input_ids"][row])
+            first = first_subtokens(word_ids[row])
+            length = len(columns["input_ids"][row])
             row_labels, row_words = [IGNORE] * length, [-1] * length
             for word in window.owned:
                 position = first.get(word - window.start)
