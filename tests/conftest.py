@@ -126,6 +126,15 @@ def speedy_model(base_dir, task_type, folder, seed=0):
     return folder
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on, on loopback (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def wordpiece_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wordpiece")

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from conftest import speedy_model  # noqa: E402
+from conftest import free_port, speedy_model  # noqa: E402
 from speedy.serve.app import ServeSettings, create_app  # noqa: E402
 
 LIMITS = ServeSettings(engine="torch", max_chars=200, max_items=4, max_batch=8, max_wait_ms=2)
@@ -133,7 +133,7 @@ def fuzz_schema(request, models):
     """The API on a real uvicorn server on loopback (one event loop, the real HTTP stack), fuzzed by URL."""
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(models[request.param], LIMITS), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -161,11 +161,6 @@ def test_fuzzing_against_the_openapi_schema(case):
     case.call_and_validate()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _post(port, path, body, timeout=30):
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
@@ -175,7 +170,7 @@ def _post(port, path, body, timeout=30):
 
 
 def test_server_survives_disconnects_and_finishes_requests_on_sigterm(models):
-    port = _free_port()
+    port = free_port()
     # a long batching window keeps a request "under way" for about a second: time to send SIGTERM meanwhile
     server = subprocess.Popen([sys.executable, "-m", "speedy", "serve", str(models["classification"]), "--engine",
                                "torch", "--port", str(port), "--max-wait-ms", "1500"],

@@ -112,39 +112,21 @@ def predict(model: Path = typer.Option(..., help="A model folder trained with sp
 
 
 def _predict(model_dir: Path, text, text_pair, question, context, engine: str = "torch", threads=None) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoConfig, AutoTokenizer
+    from speedy.predictor import Predictor
 
-    from speedy.bench.engines import load_engine
-    from speedy.tasks import task_from_model
-
-    if not (model_dir / "config.json").is_file():
-        raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
-    task, max_length = task_from_model(AutoConfig.from_pretrained(model_dir))
-    if task.type == "qa":
+    predictor = Predictor(model_dir, engine, threads)
+    if predictor.task.type == "qa":
         if not question or not question.strip() or not context or not context.strip():
             raise SpeedyError("predict: a QA model needs a non-empty --question and --context")
-    elif not text or not text.strip():
-        raise SpeedyError("predict: --text is empty")
-    model = load_engine(model_dir, engine, threads)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if task.type == "qa":
-        answers = task.predict_answers(model, tokenizer, Dataset.from_dict({"question": [question],
-                                                                             "context": [context]}), max_length)
-        if 0 not in answers:
+        answer = predictor.run_batch([(question, context)])[0]
+        if answer["answer"] is None:
             raise SpeedyError("predict: no answer span fits in the context")
-        return {"answer": answers[0]["text"], "start": answers[0]["start"], "end": answers[0]["end"],
-                "score": answers[0]["score"]}
-    if task.type == "tagging":
-        words = text.split()
-        return {"words": words, "tags": task.predict_words(model, tokenizer, [words], max_length)[0]}
-    inputs = tokenizer(text, text_pair, truncation=True, max_length=max_length, return_tensors="pt")
-    with torch.no_grad():
-        probabilities = torch.softmax(model(**inputs).logits[0].float(), -1)
-    best = int(probabilities.argmax())
-    return {"label": task.labels[best], "score": float(probabilities[best]),
-            "scores": {label: float(p) for label, p in zip(task.labels, probabilities)}}
+        return answer
+    if not text or not text.strip():
+        raise SpeedyError("predict: --text is empty")
+    if predictor.task.type == "tagging":
+        return predictor.run_batch([text.split()])[0]
+    return predictor.run_batch([(text, text_pair)])[0]
 
 
 @app.command()
@@ -172,22 +154,14 @@ def _evaluate_file(model_dir: Path, test_file: Path, max_length: Optional[int]) 
     from rich.table import Table
     from transformers import AutoConfig, AutoTokenizer
 
-    from speedy.data.readers import read_labelled_texts, read_tagged
+    from speedy.data.load import read_task_file
     from speedy.evaluate import evaluate_model
     from speedy.tasks import task_from_model
 
     if not (model_dir / "config.json").is_file():
         raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
     task, trained_length = task_from_model(AutoConfig.from_pretrained(model_dir))
-    if task.type == "qa":
-        from speedy.data.squad import read_squad
-
-        data = read_squad(test_file, require_answers=True, bad_answers="fix",
-                          report=lambda message: console.print(f"[yellow]{message}[/yellow]"))
-    elif task.type == "tagging":
-        data = read_tagged(test_file)
-    else:
-        data = read_labelled_texts(test_file)
+    data = read_task_file(task.type, test_file, report=lambda message: console.print(f"[yellow]{message}[/yellow]"))
     model = task.model_class().from_pretrained(model_dir)
     metrics = evaluate_model(model, AutoTokenizer.from_pretrained(model_dir), task, data,
                              max_length or trained_length, source=str(test_file))

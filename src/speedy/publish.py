@@ -122,6 +122,7 @@ def export_model(model_dir: Path, out: Path, validation_file: Path | None = None
     from speedy.bench.engines import ONNX_FOLDER, OnnxModel, onnx_path
     from speedy.bench.export import check_export, check_head, compare_engines, export_onnx
     from speedy.bench.speed import random_inputs, time_model
+    from speedy.data.load import read_task_file
     from speedy.tasks import task_from_model
 
     model_dir, out = Path(model_dir), Path(out)
@@ -147,7 +148,7 @@ def export_model(model_dir: Path, out: Path, validation_file: Path | None = None
     checks = check_export(model, tmp / ONNX_FOLDER, threads)
     report(f"fp32 ONNX max abs difference {checks['fp32_max_abs_diff']:.2e}, int8 {checks['int8_max_abs_diff']:.2e}")
     if validation_file is not None:
-        data = _read_for(task, Path(validation_file))
+        data = read_task_file(task.type, Path(validation_file), report=report)
         int8 = OnnxModel(onnx_path(tmp, "onnx-int8"), config, threads)
         checks["int8"] = compare_engines(model, int8, tokenizer, task, data, max_length)
         checks["int8_on"] = str(validation_file)
@@ -169,15 +170,3 @@ def export_model(model_dir: Path, out: Path, validation_file: Path | None = None
         shutil.rmtree(out)
     os.replace(tmp, out)
     return summary
-
-
-def _read_for(task, path: Path):
-    from speedy.data.readers import read_labelled_texts, read_tagged
-
-    if task.type == "qa":
-        from speedy.data.squad import read_squad
-
-        return read_squad(path, require_answers=True, bad_answers="fix")
-    if task.type == "tagging":
-        return read_tagged(path)
-    return read_labelled_texts(path)

@@ -88,16 +88,13 @@ def time_model(model, inputs: dict, warmup: int = 10, runs: int = 100, threads: 
 
 def read_sentences(path) -> list[str]:
     """One sentence per line (blank lines skipped); an empty file is an error naming it."""
+    from speedy.data.readers import _read_lines
     from speedy.errors import SpeedyError
 
     path = Path(path)
     if not path.is_file():
         raise SpeedyError(f"{path}: no such file (one sentence per line expected)")
-    try:
-        sentences = [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[:error.start].count(b"\n") + 1
-        raise SpeedyError(f"{path}:{line}: not UTF-8 text") from None
+    sentences = [line.strip() for line in _read_lines(path) if line.strip()]  # non-UTF-8: names the line
     if not sentences:
         raise SpeedyError(f"{path}: no sentences in the file (it is empty): nothing to time")
     return sentences

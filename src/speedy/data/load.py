@@ -13,6 +13,16 @@ from speedy.tasks.base import TaskData
 SPLITS = ("train", "validation", "test")
 
 
+def read_task_file(task_type: str, path, report=print):
+    """One labelled file in the usual format of a task type: SQuAD JSON (qa; misplaced answers fixed and
+    reported), CoNLL / CoNLL-U (tagging), TSV / CSV / JSONL with ``text`` and ``label`` (classification)."""
+    if task_type == "qa":
+        return read_squad(path, require_answers=True, bad_answers="fix", report=report)
+    if task_type == "tagging":
+        return read_tagged(path)
+    return read_labelled_texts(path)
+
+
 def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
     spec = task.data
     splits, sources, info = {}, {}, {}

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from speedy.serve.batcher import DynamicBatcher
-from speedy.serve.predictor import Predictor
+from speedy.predictor import Predictor
 
 
 @dataclass

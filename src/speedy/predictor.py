@@ -1,4 +1,5 @@
-"""One model in one engine, answering a batch of inputs of its task type (what the batcher calls)."""
+"""One model in one engine, answering a batch of inputs of its task type: what ``speedy predict`` runs on one
+input and what ``speedy serve``'s batcher runs on many."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ class Predictor:
         from transformers import AutoConfig, AutoTokenizer
 
         from speedy.bench.engines import load_engine
+        from speedy.errors import SpeedyError
         from speedy.tasks import task_from_model
 
+        if not (Path(model_dir) / "config.json").is_file():
+            raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
         self.task, self.max_length = task_from_model(AutoConfig.from_pretrained(model_dir))
         self.model = load_engine(model_dir, engine, threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
