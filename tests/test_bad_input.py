@@ -44,6 +44,13 @@ def test_malformed_row_names_file_and_line(tmp_path, tiny_files):
                           "malformed row")
 
 
+def test_a_data_error_creates_no_store_and_no_output_folder(tmp_path, tiny_files):
+    bad = tmp_path / "validation.tsv"
+    bad.write_text("label\ttext\ndeporte\tuno\tdos\n", "utf-8")
+    assert_one_line_error(run_study(tmp_path, dict(tiny_files, validation=str(bad))), "validation.tsv:2")
+    assert not (tmp_path / "out").exists()
+
+
 def test_label_absent_from_the_label_set(tmp_path, tiny_files):
     rows = make_examples(6, seed=9) + [("cultura", "El museo abrió una sala nueva.")]
     bad = write_tsv(tmp_path / "test.tsv", rows)

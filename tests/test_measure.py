@@ -46,10 +46,33 @@ def test_small_bert_macs_equal_the_formula_and_the_flop_counter(batch, length):
     counted = count_macs(model, batch, length)
     assert counted["macs"] == bert_hand_macs(batch, length, h, i, layers, labels)
     assert counted["attention_macs"] == layers * 2 * batch * length * length * h
-    assert counted["linear_macs"] == counted["macs"] - counted["attention_macs"]  # THOP's figure
+    assert counted["linear_macs"] == counted["macs"] - counted["attention_macs"]
+    layer_norms = 2 * layers + 1  # embeddings, then after attention and after the FFN of every layer
+    assert counted["thop_macs"] == counted["linear_macs"] + layer_norms * 4 * batch * length * h  # THOP's rule
     with FlopCounterMode(display=False) as flops, torch.no_grad():
         model(**random_inputs(100, batch, length))
     assert flops.get_total_flops() / 2 == counted["macs"]
+
+
+# The paper's figures are for a 3-label head (XNLI's): with 2 labels both come out smaller, by the hidden size.
+def _beto():  # BETO cased: BERT-base with its 31,002-piece vocabulary
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return BertForSequenceClassification(BertConfig(vocab_size=31002, num_labels=3))
+
+
+def _albeto_tiny():  # ALBETO tiny: ALBERT, embeddings 128, hidden 312, 4 layers sharing one
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    return AlbertForSequenceClassification(AlbertConfig(
+        vocab_size=31000, embedding_size=128, hidden_size=312, num_hidden_layers=4, num_attention_heads=12,
+        intermediate_size=1248, num_labels=3))
+
+
+@pytest.mark.parametrize("build, paper", [(_beto, 43_526_457_600), (_albeto_tiny, 2_418_245_608)])
+def test_thop_count_reproduces_the_papers_figures_at_length_512(build, paper):
+    """The paper's CSV lists THOP 0.1.1's MACs at batch 1, length 512; THOP counts Linear and LayerNorm only."""
+    assert count_macs(build().eval(), 1, 512)["thop_macs"] == paper
 
 
 def test_attention_share_grows_with_length():
@@ -114,6 +137,20 @@ def test_time_sentences_runs_every_sentence_once_per_pass(wordpiece_dir):
                             batch_size=4, repeats=3)
     assert sum(seen) == 6 * (1 + 3)  # one untimed pass, three timed
     assert result["sentences"] == 6 and result["sentences_per_second"] > 0
+
+
+def test_time_sentences_names_the_filtered_mean_and_the_median_as_time_model_does(wordpiece_dir, monkeypatch):
+    """The sentence workload once printed its median rate in the column of the paper's filtered mean."""
+    from transformers import AutoTokenizer
+
+    import speedy.bench.speed as speed
+
+    # median 1.0 s, MAD 0.1 s: 5.0 and 1.2 are outliers (|z| > 0.75), so the filtered mean is (1 + 1 + 0.9) / 3
+    monkeypatch.setattr(speed, "timed_runs", lambda *args, **kwargs: [1.0, 1.0, 1.2, 0.9, 5.0])
+    result = time_sentences(torch.nn.Identity(), AutoTokenizer.from_pretrained(wordpiece_dir), ["Hola."] * 6,
+                            batch_size=4, repeats=5)
+    assert result["inferences_per_second"] == pytest.approx(6 / (2.9 / 3))
+    assert result["inferences_per_second_median"] == pytest.approx(6.0)
 
 
 def test_an_empty_sentence_file_is_a_one_line_error(tmp_path):

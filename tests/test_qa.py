@@ -12,7 +12,8 @@ from speedy.data.squad import read_squad, split_by_article
 from speedy.distill.cache import TeacherCache
 from speedy.errors import SpeedyError
 from speedy.tasks import QATask
-from speedy.tasks.qa import MASKED, context_units, window_units
+from speedy.tasks.base import PAD_LOGIT
+from speedy.tasks.qa import context_units, window_units
 from speedy.tasks.squad_metric import normalize_answer, squad_scores
 
 CONTEXT = ("El Real Madrid ganó la final en Lisboa en 2014. El entrenador, Carlo Ancelotti, celebró con el "
@@ -163,10 +164,10 @@ def test_kd_rows_match_windows_by_the_units_they_cover_not_by_order(tokenizers, 
     assert s_rows.shape == t_rows.shape and s_rows.shape[0] == 2 * windows
     for w, feature in enumerate(features):
         expected = [u for u in feature["unit_index"] if u != 3]
-        starts = t_rows[w][t_rows[w] > MASKED / 2].tolist()
-        ends = t_rows[windows + w][t_rows[windows + w] > MASKED / 2].tolist()
+        starts = t_rows[w][t_rows[w] > PAD_LOGIT / 2].tolist()
+        ends = t_rows[windows + w][t_rows[windows + w] > PAD_LOGIT / 2].tolist()
         assert starts == [float(u) for u in expected] and ends == [-float(u) for u in expected]
-        assert (s_rows[w] > MASKED / 2).sum() == len(expected)  # the student is masked at the same places
+        assert (s_rows[w] > PAD_LOGIT / 2).sum() == len(expected)  # the student is masked at the same places
     # The gold answer ("Lisboa") is a start label in every window that contains it, and only there.
     lisboa = next(i for i, (s, e) in enumerate(context_units(CONTEXT)) if CONTEXT[s:e] == "Lisboa")
     for w, feature in enumerate(features):
@@ -187,3 +188,34 @@ def test_predict_answers_gives_a_span_of_the_context(bert_unigram_dir):
         answer = answers[i]
         assert context[answer["start"] : answer["end"]] == answer["text"] and answer["text"].strip()
         assert len(tokenizer(answer["text"], add_special_tokens=False)["input_ids"]) <= task.max_answer_length + 2
+
+
+# ----------------------------------------------------------------------------------------------- selection
+
+def test_a_qa_study_keeps_and_reports_the_student_with_the_lowest_validation_loss(tmp_path):
+    """QA selects on validation loss, which must be minimised: with losses 1.0 and 3.0 the 1.0 trial is kept."""
+    import yaml
+
+    from speedy.config import load_config
+    from speedy.pipeline import Study
+    from speedy.tasks.base import selection_score
+
+    files = {split: str(squad_file(tmp_path / f"{split}.json", [qa(f"{split}1", "¿Quién ganó?",
+                                                                    ("El Real Madrid", 0))]))
+             for split in ("train", "validation", "test")}
+    config = {"name": "qa", "output_dir": str(tmp_path / "out"),
+              "tasks": [{"name": "qa", "type": "qa", "max_length": 64, "data": files}],
+              "teachers": [{"name": "t", "base": "all-MiniLM-L6-v2"}],
+              "students": [{"name": "s", "base": "all-MiniLM-L6-v2", "kind": "truncate", "layers": 2}]}
+    (tmp_path / "qa.yaml").write_text(yaml.safe_dump(config), "utf-8")
+    study = Study(load_config(tmp_path / "qa.yaml"))
+    for i, loss in enumerate((3.0, 1.0, 2.0)):
+        params = {"stage": "distill", "mode": "kd", "model": {"name": "s"}, "settings": {"metric": None}, "i": i}
+        key = f"trial{i}"
+        assert study.store.claim(key, "distill", "qa", f"s lr={i}", params, "w")
+        study.store.finish(key, "w", status="done", val_loss=loss, val_metrics={"loss": loss}, checkpoint=None,
+                           info={}, seconds=1.0)
+    kept = [t for t in study.models_to_report(study.config.tasks[0]) if t.stage == "distill"]
+    assert [t.val_loss for t in kept] == [1.0]
+    assert selection_score({"loss": 1.0}, 1.0, "loss") > selection_score({"loss": 3.0}, 3.0, "loss")
+    assert selection_score({"f1": 0.9}, 1.0, "f1") > selection_score({"f1": 0.5}, 0.1, "f1")

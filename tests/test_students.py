@@ -122,3 +122,40 @@ def test_albeto_base_n_from_the_hub():
     for n in (2, 4, 6, 8, 10):
         student = albert_base_n("dccuchile/albert-base-spanish", n, AlbertModel)
         assert student.config.num_hidden_layers == n and _count(student) == _count(full)
+
+
+def test_vocabulary_pruning_sees_train_and_validation_never_test():
+    """Pruning on the test split would let the test's words shape the student's vocabulary."""
+    from datasets import Dataset
+
+    from speedy.tasks.base import TaskData
+
+    splits = {name: Dataset.from_dict({"text": [f"{name} palabra"], "label": [0]})
+              for name in ("train", "validation", "test")}
+    texts = TaskData("t", splits, {}, ["a"]).texts()
+    assert texts == ["train palabra", "validation palabra"]
+
+
+def test_a_trial_initialises_the_same_whether_or_not_its_base_was_converted_in_the_same_process(bert_dir,
+                                                                                             monkeypatch):
+    """Converting multilingual-e5-small on first use draws random numbers; the head's initialisation must not
+    depend on it (the first run on a machine once trained a different teacher than every later one)."""
+    import torch
+
+    import speedy.models.build as build
+    from speedy.config import ModelSpec
+    from speedy.tasks import ClassificationTask
+
+    task = ClassificationTask(["a", "b", "c"])
+    spec = ModelSpec(name="t", base=str(bert_dir))
+
+    def converting(name, cache_dir=None):  # what a first-time conversion does to the global generator
+        torch.rand(1000)
+        return str(bert_dir)
+
+    torch.manual_seed(0)
+    cached, _ = build.build_model(spec, task, [], seed=7)
+    monkeypatch.setattr(build, "resolve", converting)
+    torch.manual_seed(0)
+    converted, _ = build.build_model(spec, task, [], seed=7)
+    assert torch.equal(cached.classifier.weight, converted.classifier.weight)

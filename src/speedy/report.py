@@ -50,7 +50,7 @@ def report_rows(study) -> list[dict]:
                 "params_M": size["parameters"] / 1e6 if size else None,
                 "non_embedding_params_M": size["non_embedding_parameters"] / 1e6 if size else None,
                 "gmacs": size["macs"] / 1e9 if "macs" in size else None,
-                "thop_gmacs": size["linear_macs"] / 1e9 if "linear_macs" in size else None,
+                "thop_gmacs": size["thop_macs"] / 1e9 if "thop_macs" in size else None,
                 "metric": metric, "test_score": trial.test_metrics.get(metric),
                 "test_accuracy": trial.test_metrics.get("accuracy"), "test_macro_f1": trial.test_metrics.get("macro_f1"),
                 "val_loss": trial.val_loss, "inferences_per_s": torch_speed.get("inferences_per_s"),
@@ -281,7 +281,7 @@ def write_report(study) -> Path:
     note = (f"Speed: this machine, batch {speed.batch_size}, length {speed.length}, random ids, {speed.warmup} "
             f"warm-up and {speed.runs} measured runs, outliers dropped by modified Z-score > 0.75 (the paper's "
             "protocol); speed-up is against the selected teacher in PyTorch, measured in the same run. MACs at the "
-            "same batch and length; GMACs (THOP) counts linear layers only, as THOP does.")
+            "same batch and length; GMACs (THOP) is what THOP 0.1.1 counts (linear layers and LayerNorm, no attention products).")
     for task_spec in study.config.tasks:
         info = study.data(task_spec).info
         if info.get("source"):

@@ -56,7 +56,7 @@ def macs(models: List[str] = typer.Argument(..., help="Model folders, known name
          length: List[int] = typer.Option([128, 512], help="Sequence lengths (repeat the option)."),
          batch_size: int = typer.Option(1, help="Batch size."),
          layers: Optional[int] = typer.Option(None, help="Run only the first n layers (ALBERT base-n).")):
-    """Parameters (total, without embeddings) and MACs: with attention products, and THOP's linear-only count."""
+    """Parameters (total, without embeddings) and MACs: with attention products, and THOP 0.1.1's count (linear layers and LayerNorm)."""
     _setup()
     from speedy.bench.macs import count_macs
     from speedy.bench.size import count_parameters
@@ -64,7 +64,7 @@ def macs(models: List[str] = typer.Argument(..., help="Model folders, known name
     try:
         table = Table(title=f"Size and MACs (batch {batch_size})")
         for column in ("model", "layers", "params (M)", "params w/o emb. (M)", "length", "MACs (G)",
-                       "THOP linear-only (G)", "attention share"):
+                       "THOP (G)", "attention share"):
             table.add_column(column, justify="right" if column != "model" else "left")
         for name in models:
             model = load_for_measure(name, layers)
@@ -73,7 +73,7 @@ def macs(models: List[str] = typer.Argument(..., help="Model folders, known name
                 counted = count_macs(model, batch_size, n)
                 table.add_row(name, str(size["layers"]), f"{size['parameters'] / 1e6:.2f}",
                               f"{size['non_embedding_parameters'] / 1e6:.2f}", str(n), f"{counted['macs'] / 1e9:.3f}",
-                              f"{counted['linear_macs'] / 1e9:.3f}",
+                              f"{counted['thop_macs'] / 1e9:.3f}",
                               f"{100 * counted['attention_macs'] / counted['macs']:.1f}%")
         console.print(table)
     except (SpeedyError, ValueError) as error:
@@ -121,9 +121,7 @@ def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engi
 
                     r = time_sentences(model, AutoTokenizer.from_pretrained(resolve(name)), texts, sentence_batch,
                                        threads=threads)
-                    results.append({"model": name, "engine": e, "workload": "sentences",
-                                    "inferences_per_second": r["sentences_per_second"],
-                                    "inferences_per_second_median": r["sentences_per_second"], **r})
+                    results.append({"model": name, "engine": e, "workload": "sentences", **r})
         print_speed_table(results, models[0])
         if json_out is not None:
             tmp = json_out.with_name(json_out.name + ".tmp")

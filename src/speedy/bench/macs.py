@@ -1,16 +1,19 @@
 """Multiply-accumulates (MACs) of one forward pass at a given batch size and length.
 
 Two counts, side by side:
-- ``linear_macs``: every ``nn.Linear`` call, as THOP counts a transformer (THOP has no rule for the attention
-  products, which are plain ``matmul`` calls, not modules). This is the figure the paper's table can be compared
-  with.
+- ``thop_macs``: exactly what THOP 0.1.1 (the paper's tool) counts for a transformer: every ``nn.Linear`` call
+  (``in_features`` per output element) plus every ``nn.LayerNorm`` call (``2 * numel`` of its input, doubled when
+  it has an affine weight and bias: THOP's ``count_normalization``). THOP has no rule for the attention products,
+  which are plain ``matmul`` calls, not modules. With it the paper's own figures are reproduced to the unit
+  (BETO at length 512: 43,526,457,600; ALBETO tiny: 2,418,245,608; see ``tests/test_measure.py``).
 - ``macs``: the linear MACs plus the two attention products of every attention call, ``Q K^T`` and the weighted
   sum ``softmax(.) V``, each ``batch * heads * length * length * head_size``. They grow with the square of the
-  length, so the linear-only count undercounts most at length 512.
+  length, so THOP's count undercounts most at length 512. LayerNorm, softmax and activations are not
+  multiply-accumulates and are left out of it.
 
 Both come from running the model once on random ids with forward hooks: a weight-shared ALBERT running its one
-layer n times is counted n times, and whatever head the task puts on top is counted too. Embedding lookups,
-LayerNorm, softmax and activations are not MACs and are left out, as THOP's transformer figures do.
+layer n times is counted n times, and whatever head the task puts on top is counted too. Embedding lookups are
+counted by neither.
 """
 
 from __future__ import annotations
@@ -34,12 +37,17 @@ def attention_shape(module: nn.Module) -> tuple[int, int] | None:
 def count_macs(model: nn.Module, batch_size: int = 1, length: int = 128) -> dict:
     """MACs of ``model`` on a ``batch_size x length`` batch of random ids (no padding)."""
     linear = 0
+    layer_norm = 0  # THOP's count_normalization, counted only in thop_macs
     attention = 0
     attention_calls = 0
 
     def on_linear(module, _inputs, output):
         nonlocal linear
         linear += module.in_features * output.numel()  # each output element: in_features multiply-adds
+
+    def on_layer_norm(module, inputs, _output):
+        nonlocal layer_norm
+        layer_norm += 2 * inputs[0].numel() * (2 if module.elementwise_affine else 1)
 
     def on_attention(module, _inputs, _output):
         nonlocal attention, attention_calls
@@ -51,6 +59,8 @@ def count_macs(model: nn.Module, batch_size: int = 1, length: int = 128) -> dict
     for module in model.modules():
         if isinstance(module, nn.Linear):
             hooks.append(module.register_forward_hook(on_linear))
+        elif isinstance(module, nn.LayerNorm):
+            hooks.append(module.register_forward_hook(on_layer_norm))
         elif attention_shape(module) is not None:
             hooks.append(module.register_forward_hook(on_attention))
     if not any(attention_shape(m) for m in model.modules()):
@@ -66,7 +76,8 @@ def count_macs(model: nn.Module, batch_size: int = 1, length: int = 128) -> dict
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    return {"macs": linear + attention, "linear_macs": linear, "attention_macs": attention,
+    return {"macs": linear + attention, "thop_macs": linear + layer_norm, "linear_macs": linear,
+            "attention_macs": attention,
             "attention_calls": attention_calls, "batch_size": batch_size, "length": length}
 
 

@@ -42,7 +42,7 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
     elif spec.builtin == "rv1909-genre":
         from speedy.data.bible import build_bible_dataset
 
-        paths = build_bible_dataset(cache_dir, Path(data_dir) / task.name, *spec.per_class, seed=spec.seed)
+        paths = build_bible_dataset(Path(data_dir) / task.name, *spec.per_class, seed=spec.seed)
         for name in SPLITS:
             splits[name] = read_labelled_texts(paths[name])
             sources[name] = str(paths[name])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 from datasets import Dataset
@@ -17,15 +18,60 @@ from speedy.errors import SpeedyError, where
 FORMATS = ("tsv", "csv", "jsonl")
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_text(path: Path) -> str:
+    """A file's text: UTF-8 (a bad byte names its line), a leading BOM dropped (utf-8-sig: any file may have one,
+    and kept it would stick to the first header, word or JSON value)."""
+    path = Path(path)
     if not path.is_file():
         raise SpeedyError(f"{path}: file not found")
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8").splitlines()
+        return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise SpeedyError(f"{where(path, line)}: not valid UTF-8 (byte {error.start})") from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    # Only \n (or \r\n) ends a line: str.splitlines would also split on U+2028, U+0085, \x0b, \x0c, \x1c-\x1e...
+    # inside a field, cutting a row in two.
+    text = read_text(path)
+    return [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")] if text else []
+
+
+# The file is already in memory, so the csv module's 128 KiB field guard protects nothing; a field above this
+# (16 Mi characters, far beyond any text a model reads) is still refused, with its line.
+CSV_FIELD_LIMIT = 1 << 24
+
+
+def _csv_rows(path: Path, lines: list[str], fmt: str):
+    """Yield ``(line where the row begins, row)``; a malformed row is an error naming that line."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    delimiter = "\t" if fmt == "tsv" else ","
+    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+    # Lines keep their \n, so a quoted field may span lines as CSV allows. strict: a quote never closed is an
+    # error (at the end of the file, or at the next quote), not a silent merge of the lines after it into one row.
+    rows = csv.reader((line + "\n" for line in lines), delimiter=delimiter, quoting=quoting, strict=True)
+    while True:
+        first = rows.line_num + 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            message = str(error)
+            if "field limit" in message:
+                reason = f"a field longer than {CSV_FIELD_LIMIT} characters"
+            elif "new-line" in message:
+                reason = "a carriage return (\\r) inside an unquoted field"
+            elif "end of data" in message or rows.line_num > first:
+                reason = "a quote opened in the row that starts here is never closed"
+            elif "expected after" in message:
+                reason = 'text after a closing quote (a quote inside a quoted field is written "")'
+            else:
+                reason = f"malformed row ({message})"
+            raise SpeedyError(f"{where(path, first)}: {reason}") from None
+        yield first, row
 
 
 def _records(path: Path, fmt: str, columns: list[str] | None):
@@ -43,15 +89,15 @@ def _records(path: Path, fmt: str, columns: list[str] | None):
                 raise SpeedyError(f"{where(path, number)}: a JSON object was expected")
             yield number, record
         return
-    delimiter = "\t" if fmt == "tsv" else ","
-    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-    rows = csv.reader(lines, delimiter=delimiter, quoting=quoting)
     header = columns
-    for number, row in enumerate(rows, start=1):
+    for number, row in _csv_rows(path, lines, fmt):
         if not row or all(not cell.strip() for cell in row):
             continue
         if header is None:
             header = [cell.strip() for cell in row]
+            twice = sorted({name for name in header if header.count(name) > 1})
+            if twice:  # dict(zip(...)) would keep only the last of them
+                raise SpeedyError(f"{where(path, number)}: column '{twice[0]}' appears twice in the header")
             continue
         if len(row) != len(header):
             raise SpeedyError(f"{where(path, number)}: malformed row: {len(row)} fields, expected "
@@ -128,6 +174,9 @@ def _tagged_dataset(sentences: list[tuple[list[str], list[str], list[int]]], pat
                               "line": [sentence_lines[0] for sentence_lines in lines]})
 
 
+COLUMN_SEPARATOR = re.compile(r"[ \t]+")
+
+
 def read_conll(path: str | Path, tag_column: int = -1) -> Dataset:
     """A CoNLL file (``word [extra columns] tag``, blank line between sentences, ``-DOCSTART-`` lines skipped)
     into columns ``tokens``, ``tags``, ``lines`` (each token's line) and ``line`` (the sentence's first line)."""
@@ -140,16 +189,17 @@ def read_conll(path: str | Path, tag_column: int = -1) -> Dataset:
         words.clear(), tags.clear(), lines.clear()
 
     for number, line in enumerate(_read_lines(path), start=1):
-        stripped = line.strip()
-        if not stripped:
+        # Columns are separated by spaces or tabs only: str.split() would also split a word at a no-break space
+        # (U+00A0, as in "10 000") or U+2028 and silently drop the rest of it.
+        fields = COLUMN_SEPARATOR.split(line.strip(" \t"))
+        if fields == [""]:
             close()
             continue
-        if stripped.startswith("-DOCSTART-"):
+        if fields[0] == "-DOCSTART-":
             close()
             continue
-        fields = stripped.split()
-        if len(fields) < 2 or line[:1].isspace():
-            raise SpeedyError(f"{where(path, number)}: a tag with no word ('{stripped}')")
+        if len(fields) < 2 or line[:1] in (" ", "\t"):
+            raise SpeedyError(f"{where(path, number)}: a tag with no word ('{' '.join(fields)}')")
         words.append(fields[0])
         tags.append(fields[tag_column])
         lines.append(number)
@@ -166,7 +216,7 @@ def read_conllu(path: str | Path, column: int = 3) -> Dataset:
     sentences, words, tags, lines = [], [], [], []
     first_line = None
     for number, line in enumerate(_read_lines(path) + [""], start=1):
-        if not line.strip():
+        if not line.strip(" \t"):  # a line of other (Unicode) spaces is no sentence break: its column count fails
             if words:
                 sentences.append((list(words), list(tags), list(lines)))
             elif first_line is not None:
@@ -178,7 +228,7 @@ def read_conllu(path: str | Path, column: int = 3) -> Dataset:
             first_line = number
         if line.startswith("#"):
             continue
-        fields = line.rstrip("\n").split("\t")
+        fields = line.split("\t")
         if len(fields) != 10:
             raise SpeedyError(f"{where(path, number)}: {len(fields)} tab-separated columns, CoNLL-U has 10")
         token_id = fields[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from speedy.data.readers import read_text
 from speedy.errors import SpeedyError
 
 BAD_ANSWER_POLICIES = ("keep", "drop", "fix")
@@ -25,31 +26,36 @@ def read_squad(path: str | Path, require_answers: bool = True, bad_answers: str 
     path = Path(path)
     if bad_answers not in BAD_ANSWER_POLICIES:
         raise SpeedyError(f"data.bad_answers: unknown policy '{bad_answers}' (allowed: {', '.join(BAD_ANSWER_POLICIES)})")
-    if not path.is_file():
-        raise SpeedyError(f"{path}: file not found")
     try:
-        document = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SpeedyError(f"{path}: not valid UTF-8") from None
+        document = json.loads(read_text(path))  # a leading BOM dropped; a bad byte names its line
     except json.JSONDecodeError as error:
         raise SpeedyError(f"{path}:{error.lineno}: malformed JSON ({error.msg})") from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise SpeedyError(f"{path}: not SQuAD-shaped JSON (no top-level 'data' list)")
     rows = {"id": [], "title": [], "context": [], "question": [], "answers": []}
     mismatched, empty = [], []
-    for article in document["data"]:
+    seen = {}  # question id -> where it was first seen: predictions and gold answers are keyed by id
+    for a, article in enumerate(document["data"]):
         paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
         if not isinstance(paragraphs, list):
             raise SpeedyError(f"{path}: not SQuAD-shaped JSON (an article without a 'paragraphs' list)")
-        for paragraph in paragraphs:
+        for p, paragraph in enumerate(paragraphs):
             qas = paragraph.get("qas") if isinstance(paragraph, dict) else None
             if not isinstance(qas, list):
                 raise SpeedyError(f"{path}: not SQuAD-shaped JSON (a paragraph without a 'qas' list)")
             context = paragraph.get("context")
-            for qa in qas:
-                qid = qa.get("id", "?") if isinstance(qa, dict) else "?"
-                if not isinstance(qa, dict) or not isinstance(qa.get("question"), str) or \
-                        not isinstance(qa.get("answers", []), list):
+            for q, qa in enumerate(qas):
+                place = f"data[{a}].paragraphs[{p}].qas[{q}]"  # json gives no line numbers for values
+                if not isinstance(qa, dict):
+                    raise SpeedyError(f"{path}: {place}: not SQuAD-shaped (a question that is not a JSON object)")
+                qid = qa.get("id")
+                if not isinstance(qid, (str, int)) or isinstance(qid, bool) or not str(qid).strip():
+                    raise SpeedyError(f"{path}: {place}: a question with no 'id'")
+                if str(qid) in seen:
+                    raise SpeedyError(f"{path}: question id {qid} occurs twice ({seen[str(qid)]} and {place}); "
+                                      f"ids must be unique, F1 is scored by id")
+                seen[str(qid)] = place
+                if not isinstance(qa.get("question"), str) or not isinstance(qa.get("answers", []), list):
                     raise SpeedyError(f"{path}: question id {qid}: not SQuAD-shaped (question and answers list)")
                 if not isinstance(context, str) or not context.strip():
                     raise SpeedyError(f"{path}: question id {qid}: the question has no context")
@@ -60,8 +66,9 @@ def read_squad(path: str | Path, require_answers: bool = True, bad_answers: str 
                     raise SpeedyError(f"{path}: question id {qid}: empty answer list")
                 texts, starts = [], []
                 for answer in answers:
-                    text, start = answer.get("text"), answer.get("answer_start")
-                    if not isinstance(text, str) or not isinstance(start, int):
+                    text, start = (answer.get("text"), answer.get("answer_start")) if isinstance(answer, dict) \
+                        else (None, None)
+                    if not isinstance(text, str) or not isinstance(start, int) or isinstance(start, bool):
                         raise SpeedyError(f"{path}: question id {qid}: an answer needs 'text' and 'answer_start'")
                     if not text.strip() or start < 0:
                         empty.append(qid)  # e.g. SQuAD-es: a translation that lost its answer ('' at -1)
@@ -119,6 +126,11 @@ def load_hub_squad(name: str, config: str | None, split: str) -> Dataset:
     missing = {"id", "context", "question", "answers"} - set(dataset.column_names)
     if missing:
         raise SpeedyError(f"data.hub: '{name}' is not SQuAD-shaped (no column {sorted(missing)[0]})")
+    first = {}
+    for row, qid in enumerate(dataset["id"], start=1):
+        if first.setdefault(str(qid), row) != row:  # F1 is scored by id: a repeated id would pair wrong answers
+            raise SpeedyError(f"data.hub: '{name}' split '{split}': question id {qid} occurs twice (rows "
+                              f"{first[str(qid)]} and {row})")
     if "title" not in dataset.column_names:
         dataset = dataset.add_column("title", [""] * len(dataset))
     return dataset.select_columns(["id", "title", "context", "question", "answers"])

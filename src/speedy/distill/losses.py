@@ -2,7 +2,9 @@
 
 Every function takes rows of logits, one row per distilled unit (an example for classification, a word for
 tagging, a start or end distribution for QA), shaped ``[rows, classes]``; the caller has already gathered and
-aligned the rows, so the losses know nothing of tokenizers.
+aligned the rows, so the losses know nothing of tokenizers. Rows of different widths (QA's windows cover
+different numbers of units) are padded with ``PAD_LOGIT`` in both student and teacher: its probability is exactly
+0, so KL and CE ignore it, and MSE leaves the entries where the teacher holds it out of its mean.
 
 References: Hinton, Vinyals and Dean (2015), "Distilling the Knowledge in a Neural Network" (softened
 softmax, the ``T**2`` factor that keeps gradient sizes comparable across temperatures); Cañete and
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speedy.errors import SpeedyError
+from speedy.tasks.base import PAD_LOGIT
 
 KD_KINDS = ("kl", "ce", "mse")
 
@@ -44,8 +47,15 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 
 def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Mean squared error between the softened logits ``s/T`` and ``t/T``, averaged over all entries."""
-    return F.mse_loss(student_logits / temperature, teacher_logits / temperature)
+    """Mean squared error between the raw logits, averaged over the entries that are not padding.
+
+    ``temperature`` is accepted for a uniform signature and ignored: the paper's MSE compares raw logits (dividing
+    both by T would only scale the term by ``1/T**2``, and a search over T would drift toward tiny KD terms)."""
+    real = teacher_logits != PAD_LOGIT
+    if bool(real.all()):
+        return F.mse_loss(student_logits, teacher_logits)
+    squared = (student_logits - teacher_logits).pow(2)
+    return (squared * real).sum() / real.sum().clamp(min=1)
 
 
 KD_FUNCTIONS = {"kl": kl_divergence, "ce": soft_cross_entropy, "mse": logit_mse}
@@ -80,5 +90,8 @@ class DistillationLoss(nn.Module):
             return kd
         if labels is None:
             raise SpeedyError("distill.alpha > 0 needs gold labels, and the batch has none")
-        ce = F.cross_entropy(student_logits, labels, ignore_index=-100)
+        if bool((labels != -100).any()):
+            ce = F.cross_entropy(student_logits, labels, ignore_index=-100)
+        else:  # no gold row in this batch (QA windows without the answer): CE would be 0/0 = NaN
+            ce = student_logits.sum() * 0.0  # keeps the graph, adds nothing
         return self.alpha * ce + (1.0 - self.alpha) * kd

@@ -27,10 +27,12 @@ class TaskData:
     labels: list[str]
     info: dict = field(default_factory=dict)
 
-    def texts(self) -> list[str]:
-        """Every text of every split (for vocabulary pruning); a tagged sentence is its words joined by spaces."""
+    def texts(self, splits: tuple[str, ...] = ("train", "validation")) -> list[str]:
+        """The texts of ``splits`` (for vocabulary pruning); a tagged sentence is its words joined by spaces.
+
+        Only what training may see, by default: pruning on the test split would let its words shape the model."""
         out = []
-        for split in self.splits.values():
+        for split in (self.splits[name] for name in splits if name in self.splits):
             for column in ("text", "text_pair"):
                 if column in split.column_names:
                     out += list(split[column])
@@ -42,10 +44,28 @@ class TaskData:
         return out
 
 
+def lower_is_better(metric: str) -> bool:
+    """Losses fall as a model improves; every other metric speedy selects on (accuracy, F1, exact match) rises."""
+    return metric == "loss" or metric.endswith("_loss")
+
+
+def selection_score(val_metrics: dict, val_loss: float | None, metric: str) -> float:
+    """A trial's validation ``metric``, signed so that higher is always better: a loss is negated. Grids, the
+    TPE search and the report all keep the trial with the highest score, so none can keep the worst one."""
+    if metric == "loss":
+        return -float(val_loss if val_loss is not None else val_metrics["loss"])
+    value = float(val_metrics[metric])
+    return -value if lower_is_better(metric) else value
+
+
 def device_of(model) -> torch.device:
     """Where a model's inputs must go (a PyTorch model's device; an ONNX Runtime engine says CPU)."""
     return getattr(model, "device", None) or torch.device("cpu")
 
+
+# Pads KD rows of different widths: a logit whose probability underflows to exactly 0 in float32, and which the
+# MSE loss recognises as padding (see speedy.distill.losses).
+PAD_LOGIT = -1e4
 
 # KD bookkeeping in batches (tagging: words; QA: context units), never passed to the model.
 EXTRA_KEYS = ("example_index", "word_index", "unit_index", "unit_first", "unit_last", "unit_owned")

@@ -25,11 +25,10 @@ from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
 from speedy.errors import SpeedyError
-from speedy.tasks.base import Task, device_of
+from speedy.tasks.base import PAD_LOGIT, Task, device_of
 from speedy.tasks.squad_metric import squad_scores
 
 UNIT = re.compile(r"\w+|[^\w\s]")
-MASKED = -1e4  # a logit whose probability underflows to exactly 0 in float32
 UNIT_KEYS = ("unit_index", "unit_first", "unit_last", "unit_owned")
 
 
@@ -90,9 +89,11 @@ class QATask(Task):
     def selection_metric(self) -> str:
         return "loss"  # SQuAD F1 needs the span post-processing; validation loss is what each epoch has
 
-    def __init__(self, labels=None, normalization: str = "en", stride: int = 64, max_answer_length: int = 30):
+    def __init__(self, labels=None, normalization: str = "en", stride: int = 64, max_answer_length: int = 30,
+                 max_windows: int = 64):
         super().__init__(["start", "end"])
         self.normalization, self.stride, self.max_answer_length = normalization, stride, max_answer_length
+        self.max_windows = max_windows  # what one example may cost: a 10 MB context would be ~100k windows
 
     @property
     def row_dim(self) -> int:
@@ -111,22 +112,44 @@ class QATask(Task):
         return [len(context_units(c)) for c in dataset["context"]]
 
     # ------------------------------------------------------------------ encoding
-    def _tokenize(self, dataset, tokenizer, max_length: int):
+    def _tokenize(self, dataset, tokenizer, max_length: int, source: str = ""):
         # The stride must leave room for new context in every window, whatever the longest question takes.
-        longest = max(len(ids) for ids in tokenizer(list(dataset["question"]), add_special_tokens=False)["input_ids"])
+        questions = [len(ids) for ids in tokenizer(list(dataset["question"]), add_special_tokens=False)["input_ids"]]
+        longest = max(questions)
         room = max_length - longest - tokenizer.num_special_tokens_to_add(pair=True)
         if room < 8:
             raise SpeedyError(f"tasks.max_length: {max_length} leaves {room} tokens of context beside the longest "
                               f"question ({longest} tokens); raise it")
         stride = min(self.stride, room // 2)
+        self._check_windows(dataset, tokenizer, questions, max_length, stride, source)
         return tokenizer(list(dataset["question"]), list(dataset["context"]), truncation="only_second",
                          max_length=max_length, stride=stride, return_overflowing_tokens=True,
                          return_offsets_mapping=True)
 
+    def _check_windows(self, dataset, tokenizer, questions, max_length: int, stride: int, source: str) -> None:
+        """At most ``max_windows`` windows per example, checked before the windows are made (all of an example's
+        windows, with their offsets, are held at once: a 10 MB context took more than 11 GB)."""
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        ids = list(dataset["id"]) if "id" in dataset.column_names else None
+        for i, (context, question) in enumerate(zip(dataset["context"], questions)):
+            room = max_length - question - specials
+            budget = room + (self.max_windows - 1) * (room - stride)  # context tokens that fit in max_windows
+            if len(context.encode("utf-8")) < budget:
+                continue  # no tokenizer makes more tokens than UTF-8 bytes (+1 word mark): it fits, no need to count
+            # Counted a slice at a time, stopping past the budget: a huge context is never tokenized whole.
+            count, size = 0, 4 * budget
+            for start in range(0, len(context), size):
+                count += len(tokenizer(context[start : start + size], add_special_tokens=False)["input_ids"])
+                if count > budget:
+                    name = f"question id {ids[i]}" if ids else f"example {i + 1}"
+                    raise SpeedyError(f"{source or 'qa'}: {name}: the context needs more than {self.max_windows} "
+                                      f"windows of {max_length} tokens (more than {budget} tokens); raise "
+                                      f"tasks.max_windows or shorten the context")
+
     def encode(self, dataset, tokenizer, max_length: int, with_index: bool = False, source: str = "") -> Dataset:
         if tokenizer.padding_side != "right":
             raise SpeedyError("qa: the tokenizer must pad on the right")
-        encoded = self._tokenize(dataset, tokenizer, max_length)
+        encoded = self._tokenize(dataset, tokenizer, max_length, source)
         contexts = list(dataset["context"])
         answers = list(dataset["answers"]) if "answers" in dataset.column_names else None
         columns = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded}
@@ -191,10 +214,11 @@ class QATask(Task):
                 "window_span_accuracy": float((start & end).mean())}
 
     @torch.no_grad()
-    def predict_answers(self, model, tokenizer, dataset, max_length: int, batch_size: int = 32) -> dict[int, dict]:
+    def predict_answers(self, model, tokenizer, dataset, max_length: int, batch_size: int = 32,
+                        source: str = "") -> dict[int, dict]:
         """The best answer per example: ``{index: {"text", "start", "end", "score"}}``."""
         model.eval()
-        encoded = self._tokenize(dataset, tokenizer, max_length)
+        encoded = self._tokenize(dataset, tokenizer, max_length, source)
         contexts = list(dataset["context"])
         collate = DataCollatorWithPadding(tokenizer)
         names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in encoded]
@@ -235,7 +259,7 @@ class QATask(Task):
                                      "end": int(char_end), "score": score}
 
     def evaluate(self, model, tokenizer, dataset, max_length: int, source: str = "") -> dict:
-        answers = self.predict_answers(model, tokenizer, dataset, max_length)
+        answers = self.predict_answers(model, tokenizer, dataset, max_length, source=source)
         ids = list(dataset["id"])
         predictions = {ids[i]: answer["text"] for i, answer in answers.items()}
         golds = {qid: list(a["text"]) for qid, a in zip(ids, dataset["answers"])}
@@ -281,7 +305,7 @@ class QATask(Task):
 
 
 def _pad(row: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.cat([row, row.new_full((width - len(row),), MASKED)])
+    return torch.cat([row, row.new_full((width - len(row),), PAD_LOGIT)])
 
 
 def _index_of(positions: torch.Tensor, gold: torch.Tensor) -> int:
