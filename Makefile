@@ -13,6 +13,7 @@ BIN := $(VENV)/bin
 install: $(VENV)/.installed
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "make: speedy needs Python 3.11 and '$(PYTHON)' is $$($(PYTHON) -V 2>&1): run make PYTHON=/path/to/python3.11"; exit 2; }
 	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "make: '$(PYTHON) -m venv' failed: install the venv module (Debian/Ubuntu: apt-get install python3-venv), or run make PYTHON=/path/to/python3.11"; exit 2; }
 	@# A system Python's venv may carry an old pip (Debian 12: 23.0) that cannot build sdists like seqeval's.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=24'

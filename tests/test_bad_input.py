@@ -84,8 +84,8 @@ def test_unknown_model_name(tmp_path, tiny_files):
 
 def test_unknown_setting_and_empty_grid_axis(tmp_path, tiny_files, bert_dir):
     teachers = [{"name": "b", "base": str(bert_dir)}]
-    assert_one_line_error(run_study(tmp_path, tiny_files, teachers, grid={"batch": [8]}), "config.grid.batch",
-                          "batch_size")
+    assert_one_line_error(run_study(tmp_path, tiny_files, teachers, grid={"batch": [8]}),
+                          "study.yaml: grid.batch: unknown setting", "batch_size")
     assert_one_line_error(run_study(tmp_path, tiny_files, teachers, grid={"learning_rate": []}),
                           "grid.learning_rate", "empty axis")
     assert_one_line_error(run_study(tmp_path, tiny_files, teachers, distill={"loss": "cosine"}), "distill.loss",

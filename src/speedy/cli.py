@@ -112,9 +112,12 @@ def predict(model: Path = typer.Option(..., help="A model folder trained with sp
 
 
 def _predict(model_dir: Path, text, text_pair, question, context, engine: str = "torch", threads=None) -> dict:
+    from speedy.models.folder import check_model_folder, loading
     from speedy.predictor import Predictor
 
-    predictor = Predictor(model_dir, engine, threads)
+    check_model_folder(model_dir, need_weights=engine == "torch")
+    with loading(model_dir):
+        predictor = Predictor(model_dir, engine, threads)
     if predictor.task.type == "qa":
         if not question or not question.strip() or not context or not context.strip():
             raise SpeedyError("predict: a QA model needs a non-empty --question and --context")
@@ -140,8 +143,10 @@ def export(model: Path = typer.Argument(..., help="A model folder trained with s
     """Write a Hugging Face folder with a model card, its ONNX model and the int8 version, checked against PyTorch."""
     _quiet_libraries()
     try:
+        from speedy.models.folder import check_model_folder
         from speedy.publish import export_model
 
+        check_model_folder(model)
         summary = export_model(model, out, validation_file, store, threads,
                                report=lambda message: console.print(f"  {message}"))
         speed = ", ".join(f"{k} {v:.1f}/s" for k, v in summary["speed"]["engines"].items())
@@ -152,19 +157,18 @@ def export(model: Path = typer.Argument(..., help="A model folder trained with s
 
 def _evaluate_file(model_dir: Path, test_file: Path, max_length: Optional[int]) -> None:
     from rich.table import Table
-    from transformers import AutoConfig, AutoTokenizer
 
+    from speedy.bench.engines import load_engine
     from speedy.data.load import read_task_file
     from speedy.evaluate import evaluate_model
-    from speedy.tasks import task_from_model
+    from speedy.models.folder import check_model_folder
 
-    if not (model_dir / "config.json").is_file():
-        raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
-    task, trained_length = task_from_model(AutoConfig.from_pretrained(model_dir))
+    folder = check_model_folder(model_dir)
+    task = folder.task
     data = read_task_file(task.type, test_file, report=lambda message: console.print(f"[yellow]{message}[/yellow]"))
-    model = task.model_class().from_pretrained(model_dir)
-    metrics = evaluate_model(model, AutoTokenizer.from_pretrained(model_dir), task, data,
-                             max_length or trained_length, source=str(test_file))
+    model = load_engine(model_dir, "torch")
+    metrics = evaluate_model(model, folder.tokenizer, task, data, max_length or folder.max_length,
+                             source=str(test_file))
     table = Table(title=f"{model_dir} on {test_file} ({len(data)} examples)")
     table.add_column("metric")
     table.add_column("value", justify="right")

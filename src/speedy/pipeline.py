@@ -24,7 +24,7 @@ from speedy.models.offline import default_cache_dir
 from speedy.models.registry import check_name
 from speedy.store import Store, Trial, trial_key
 from speedy.tasks import make_task
-from speedy.tasks.base import Task, TaskData
+from speedy.tasks.base import Task, TaskData, selection_score
 
 STAGES = ("finetune", "select", "distill", "evaluate", "measure", "report")
 
@@ -38,19 +38,29 @@ class Study:
         for section in ("teachers", "students"):
             for i, spec in enumerate(getattr(config, section)):
                 check_name(spec.base or spec.name, f"{section}[{i}].base")
-        self.store = Store(config.store_url)
+        self._store: Store | None = None
+        if "://" in config.store_url and not config.store_url.startswith("sqlite"):
+            self.store  # a database server that cannot be reached is a config error: say so before any work
         self._data: dict[str, TaskData] = {}
         self._search = None
         self._fingerprints: dict[str, str] = {}
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def store(self) -> Store:
+        """The experiment store, opened (and for SQLite, created) on first use: after the data is checked."""
+        if self._store is None:
+            self._store = Store(self.config.store_url)
+        return self._store
+
     def data(self, spec: TaskSpec) -> TaskData:
         if spec.name not in self._data:
             self._data[spec.name] = load_task_data(spec, self.cache_dir, self.output_dir / "data")
         return self._data[spec.name]
 
     def task(self, spec: TaskSpec) -> Task:
-        task = make_task(spec.type, self.data(spec).labels, spec.scheme, spec.normalization, spec.stride)
+        task = make_task(spec.type, self.data(spec).labels, spec.scheme, spec.normalization, spec.stride,
+                         spec.max_windows)
         task.prepare(self.data(spec).splits["train"])
         return task
 
@@ -137,8 +147,8 @@ class Study:
                             f"lr={point['learning_rate']:g}")
 
                     def work():
-                        torch.manual_seed(self.config.seed)
-                        model, tokenizer = build_model(teacher, task, data.texts(), self.cache_dir)
+                        model, tokenizer = build_model(teacher, task, data.texts(), self.cache_dir,
+                                                       seed=self.config.seed)
                         return fit(model, tokenizer, task, data, self.trial_dir(key), epochs=point["epochs"],
                                    batch_size=point["batch_size"], learning_rate=point["learning_rate"],
                                    seed=self.config.seed, max_length=task_spec.max_length, metric="loss",
@@ -195,19 +205,19 @@ class Study:
             data, task = self.data(task_spec), self.task(task_spec)
             teacher_trial = self.selected_teacher(task_spec)
             self.console.rule(f"Stage 3: distilling '{teacher_trial.name}' on '{task_spec.name}'")
-            cache, cache_seconds = None, 0.0
+            cache, load_seconds = None, 0.0
 
             def teacher_cache():
-                nonlocal cache, cache_seconds
+                nonlocal cache, load_seconds
                 if cache is None:
                     start = time.time()
                     teacher = task.model_class().from_pretrained(teacher_trial.checkpoint)
                     tokenizer = AutoTokenizer.from_pretrained(teacher_trial.checkpoint)
                     cache = teacher_cache_for(teacher, tokenizer, task, data.splits["train"], task_spec.max_length,
                                               self.output_dir / "teacher-cache", source=data.sources["train"])
-                    cache_seconds = time.time() - start
-                    self.console.print(f"  teacher cache {cache.folder.name}: {len(cache)} examples "
-                                       f"({cache_seconds:.1f} s)")
+                    load_seconds = time.time() - start  # this run's: a build, or only reading one from disk
+                    self.console.print(f"  teacher cache {cache.folder.name}: {len(cache)} examples (teacher pass "
+                                       f"{cache.build_seconds or 0:.1f} s when built; {load_seconds:.1f} s now)")
                 return cache
 
             points = {"batch_size": list(settings.batch_size), "learning_rate": list(settings.learning_rate)}
@@ -226,8 +236,8 @@ class Study:
                             name += f" {point.loss} alpha={point.alpha:.2f} T={point.temperature:.2f}"
 
                         def work():
-                            torch.manual_seed(self.config.seed)
-                            model, tokenizer = build_model(student, task, data.texts(), self.cache_dir)
+                            model, tokenizer = build_model(student, task, data.texts(), self.cache_dir,
+                                                           seed=self.config.seed)
                             kd = mode == "kd"
                             result = fit(model, tokenizer, task, data, self.trial_dir(key), epochs=point.epochs,
                                          batch_size=point.batch_size, learning_rate=point.learning_rate,
@@ -239,14 +249,17 @@ class Study:
                                          distillation_loss=DistillationLoss(point.loss, point.alpha,
                                                                             point.temperature) if kd else None)
                             result["info"] = {"epochs_run": result.get("epochs_run")}
-                            if kd:  # the cache's cost is paid once per teacher; later students read it for free
+                            if kd:  # the cache's cost is paid once per teacher; later students read it for free.
+                                # Tables 5-8 need the teacher pass's time, which a rerun that finds the cache on
+                                # disk did not pay: it is kept in the cache; this run's load time apart.
                                 result["info"].update(teacher_cache=cache.folder.name,
-                                                      teacher_cache_seconds=cache_seconds)
+                                                      teacher_cache_seconds=cache.build_seconds,
+                                                      teacher_cache_load_seconds=load_seconds)
                             return result
 
                         trial = self._run_trial(key, "distill", task_spec.name, name, params, work)
                         selection = point.metric or task.selection_metric
-                        return key, (trial.val_metrics.get(selection, -trial.val_loss) if trial else None)
+                        return key, (selection_score(trial.val_metrics, trial.val_loss, selection) if trial else None)
 
                     def keys(point, student=student, mode=mode, task_spec=task_spec, teacher_key=teacher_trial.key):
                         point = dataclasses.replace(settings, **point)
@@ -269,7 +282,7 @@ class Study:
                         self.search.tpe(f"{study_name}/tpe/{context[:12]}", settings.search_trials, suggest, run)
                         continue
 
-                    self.search.grid(study_name, points, run, keys, direction="maximize")
+                    self.search.grid(study_name, points, run, keys, direction="maximize")  # scores: higher is better
 
     def distill_params(self, task_spec: TaskSpec, student: ModelSpec, mode: str, point, teacher_key: str) -> dict:
         """Everything a distillation trial's result depends on (its key hashes this)."""
@@ -281,7 +294,7 @@ class Study:
     # ------------------------------------------------------------------ evaluate, measure
     def models_to_report(self, task_spec: TaskSpec) -> list[Trial]:
         """Per teacher candidate its best grid point (lowest validation loss); per student and mode (KD or not)
-        its best grid point (highest validation metric, the one early stopping followed)."""
+        its best grid point by the validation metric early stopping followed (highest, or lowest for a loss)."""
         best_per_teacher = {}
         for trial in self.store.trials("finetune", task_spec.name):
             name = trial.params["model"]["name"]
@@ -293,7 +306,7 @@ class Study:
         for trial in distilled:
             group = (trial.params["model"]["name"], trial.params["mode"])
             metric = trial.params["settings"].get("metric") or selection
-            score = trial.val_metrics.get(metric, -trial.val_loss)
+            score = selection_score(trial.val_metrics, trial.val_loss, metric)
             if group not in best_per_student or score > best_per_student[group][0]:
                 best_per_student[group] = (score, trial)
         return list(best_per_teacher.values()) + [trial for _, trial in best_per_student.values()]
@@ -340,7 +353,7 @@ class Study:
                     size = count_parameters(model)
                     macs = count_macs(model, speed.batch_size, speed.length)
                     self.store.measure(trial.key, "size", {**size, "macs": macs["macs"],
-                                                           "linear_macs": macs["linear_macs"],
+                                                           "thop_macs": macs["thop_macs"],
                                                            "macs_batch_size": speed.batch_size,
                                                            "macs_length": speed.length})
                 for engine in speed.engines:
@@ -374,6 +387,8 @@ class Study:
 
     # ------------------------------------------------------------------ all
     def run(self, stages=STAGES) -> None:
+        for task_spec in self.config.tasks:  # bad data stops the run before anything is created
+            self.data(task_spec)
         for stage in stages:
             if stage == "report":
                 from speedy.report import write_report

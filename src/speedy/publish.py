@@ -117,27 +117,23 @@ def export_model(model_dir: Path, out: Path, validation_file: Path | None = None
                  threads: int | None = None, speed_length: int = 128, speed_runs: int = 30, report=print) -> dict:
     """Write ``out``: the model, its tokenizer, ``onnx/`` (fp32 and int8), ``README.md`` and ``export.json``."""
     import transformers
-    from transformers import AutoConfig, AutoTokenizer
 
     from speedy.bench.engines import ONNX_FOLDER, OnnxModel, onnx_path
     from speedy.bench.export import check_export, check_head, compare_engines, export_onnx
     from speedy.bench.speed import random_inputs, time_model
     from speedy.data.load import read_task_file
-    from speedy.tasks import task_from_model
+    from speedy.models.folder import check_model_folder, load_torch_model
 
     model_dir, out = Path(model_dir), Path(out)
-    if not (model_dir / "config.json").is_file():
-        raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
-    config = AutoConfig.from_pretrained(model_dir)
+    folder = check_model_folder(model_dir)  # one line naming the file, for any broken folder
+    config, task, max_length, tokenizer = folder.config, folder.task, folder.max_length, folder.tokenizer
     architecture = (config.architectures or ["none"])[0]
     model_class = getattr(transformers, architecture, None)
-    if model_class is None or not getattr(config, "speedy_task", None):
+    if model_class is None:
         raise SpeedyError(f"export: unknown task head '{architecture}' in {model_dir}/config.json (known: models "
                           "trained by speedy for classification, tagging or qa)")
-    task, max_length = task_from_model(config)
-    model = model_class.from_pretrained(model_dir).eval()  # the class it was saved as: never a fresh head
+    model = load_torch_model(model_dir, model_class).eval()  # the class it was saved as: never a fresh head
     check_head(model)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -38,6 +38,10 @@ def load_for_measure(name: str, layers: int | None = None):
 
     check_name(name, "MODEL")
     path = resolve(name)
+    if Path(path).is_dir():  # a user's folder: a broken one is one line naming the file
+        from speedy.models.folder import check_model_folder
+
+        check_model_folder(path, need_tokenizer=False, need_task=False)  # a bare encoder is measured too
     overrides = {"num_hidden_layers": layers} if layers else {}
     try:
         config = AutoConfig.from_pretrained(path, **overrides)
@@ -115,12 +119,10 @@ def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engi
                     r = time_model(model, random_inputs(model.config.vocab_size, batch_size, n), warmup, runs, threads)
                     results.append({"model": name, "engine": e, "workload": f"fixed {n}", **r})
                 if texts is not None:
-                    from transformers import AutoTokenizer
-
+                    from speedy.models.build import load_tokenizer
                     from speedy.models.registry import resolve
 
-                    r = time_sentences(model, AutoTokenizer.from_pretrained(resolve(name)), texts, sentence_batch,
-                                       threads=threads)
+                    r = time_sentences(model, load_tokenizer(resolve(name)), texts, sentence_batch, threads=threads)
                     results.append({"model": name, "engine": e, "workload": "sentences", **r})
         print_speed_table(results, models[0])
         if json_out is not None:

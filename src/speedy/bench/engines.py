@@ -110,27 +110,24 @@ def onnx_path(model_dir: str | Path, engine: str) -> Path:
 
 
 def load_engine(model_dir: str | Path, engine: str = "torch", threads: int | None = None,
-                export_missing: bool = False):
-    """The model of a speedy folder in ``engine``; the ONNX files are written first if ``export_missing``."""
-    from transformers import AutoConfig
-
-    from speedy.tasks import task_from_model
+                export_missing: bool = False, need_tokenizer: bool = True):
+    """The model of a speedy folder in ``engine``; the ONNX files are written first if ``export_missing``.
+    The folder is checked first (``speedy.models.folder``): a broken one is one line naming the file at fault."""
+    from speedy.models.folder import check_model_folder, load_torch_model
 
     check_engine(engine)
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
-    config = AutoConfig.from_pretrained(model_dir)
-    task, _ = task_from_model(config)
+    path = onnx_path(model_dir, engine) if engine != "torch" else None
+    folder = check_model_folder(model_dir, need_tokenizer=need_tokenizer,
+                                need_weights=path is None or (export_missing and not path.is_file()))
     if engine == "torch":
-        return task.model_class().from_pretrained(model_dir).eval()
+        return load_torch_model(model_dir)
     require_onnxruntime()
-    path = onnx_path(model_dir, engine)
     if not path.is_file():
         if not export_missing:
             raise SpeedyError(f"{path}: no such file: run 'speedy export {model_dir} OUT' and use OUT, "
                               f"or --engine torch")
         from speedy.bench.export import export_onnx
 
-        export_onnx(task.model_class().from_pretrained(model_dir), model_dir / ONNX_FOLDER)
-    return OnnxModel(path, config, threads)
+        export_onnx(load_torch_model(model_dir), model_dir / ONNX_FOLDER)
+    return OnnxModel(path, folder.config, threads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, set_seed
 
 from speedy.config import ModelSpec
 from speedy.errors import SpeedyError
@@ -19,10 +19,20 @@ def _first_line(error: Exception) -> str:
 
 
 def load_tokenizer(source: str):
-    try:
-        return AutoTokenizer.from_pretrained(source)
-    except Exception as error:  # noqa: BLE001 - not found locally and no Hub: one clear line
-        raise SpeedyError(f"model '{source}': cannot load its tokenizer ({_first_line(error)})") from None
+    """The tokenizer of a folder or Hub id. A folder without tokenizer files is an error: AutoTokenizer would
+    make an empty one from ``config.json``'s model type and turn every word into the unknown token."""
+    if Path(source).is_dir():
+        from speedy.models.folder import load_tokenizer_folder
+
+        tokenizer = load_tokenizer_folder(source)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except Exception as error:  # noqa: BLE001 - not found locally and no Hub: one clear line
+            raise SpeedyError(f"model '{source}': cannot load its tokenizer ({_first_line(error)})") from None
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise SpeedyError(f"model '{source}': its tokenizer has no vocabulary besides its special tokens")
+    return tokenizer
 
 
 def check_layers(spec: ModelSpec, cache_dir: Path | None = None, setting: str = "students") -> None:
@@ -45,9 +55,17 @@ def check_layers(spec: ModelSpec, cache_dir: Path | None = None, setting: str = 
         raise SpeedyError(f"{setting}.layers: {spec.layers} does not fit '{spec.name}', whose base has {depth} layers")
 
 
-def build_model(spec: ModelSpec, task: Task, corpus: list[str], cache_dir: Path | None = None):
+def build_model(spec: ModelSpec, task: Task, corpus: list[str], cache_dir: Path | None = None,
+                seed: int | None = None):
+    """The model with a freshly initialised task head, and its tokenizer.
+
+    With ``seed``, every random generator is seeded right before the model is built, after the base is resolved:
+    resolving may convert an offline base on first use, which draws random numbers, and a trial's result must
+    not depend on whether that happened in the same process."""
     source = resolve(spec.base or spec.name, cache_dir)
     tokenizer = load_tokenizer(source)
+    if seed is not None:
+        set_seed(seed)
     try:
         if spec.kind == "albert-base-n":
             model = albert_base_n(source, int(spec.layers), task.model_class(), num_labels=len(task.labels),

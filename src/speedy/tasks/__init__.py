@@ -9,11 +9,11 @@ TASK_CLASSES = {ClassificationTask.type: ClassificationTask, TaggingTask.type: T
 
 
 def make_task(task_type: str, labels: list[str], scheme: str = "bio", normalization: str = "en",
-              stride: int = 64) -> Task:
+              stride: int = 64, max_windows: int = 64) -> Task:
     if task_type == TaggingTask.type:
         return TaggingTask(labels, scheme)
     if task_type == QATask.type:
-        return QATask(normalization=normalization, stride=stride)
+        return QATask(normalization=normalization, stride=stride, max_windows=max_windows)
     return TASK_CLASSES[task_type](labels)
 
 
@@ -26,7 +26,7 @@ def task_from_model(config) -> tuple[Task, int]:
         raise SpeedyError("--model: this folder has no speedy task in its config.json (train it with speedy)")
     labels = [config.id2label[i] for i in sorted(int(k) for k in config.id2label)]
     task = make_task(info["type"], labels, info.get("scheme") or "bio", info.get("normalization") or "en",
-                     int(info.get("stride") or 64))
+                     int(info.get("stride") or 64), int(info.get("max_windows") or 64))
     if info.get("fallback") in task.label2id:
         task.fallback = info["fallback"]
     return task, int(info.get("max_length") or 128)

@@ -106,7 +106,8 @@ class QATask(Task):
         return AutoModelForQuestionAnswering.from_pretrained(name_or_path, **kwargs)
 
     def describe(self, max_length: int) -> dict:
-        return super().describe(max_length) | {"normalization": self.normalization, "stride": self.stride}
+        return super().describe(max_length) | {"normalization": self.normalization, "stride": self.stride,
+                                               "max_windows": self.max_windows}
 
     def rows_per_example(self, dataset) -> list[int]:
         return [len(context_units(c)) for c in dataset["context"]]
