@@ -26,7 +26,7 @@ from schemathesis.config import SchemathesisConfig  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from conftest import free_port, speedy_model  # noqa: E402
-from speedy.serve.app import ServeSettings, create_app  # noqa: E402
+from speedy.serve.app import ServeSettings, create_app, server_options  # noqa: E402
 
 LIMITS = ServeSettings(engine="torch", max_chars=200, max_items=4, max_batch=8, max_wait_ms=2)
 
@@ -130,12 +130,13 @@ fuzzed = schemathesis.pytest.from_fixture("fuzz_schema")
 
 @pytest.fixture(params=["classification", "tagging", "qa"])
 def fuzz_schema(request, models):
-    """The API on a real uvicorn server on loopback (one event loop, the real HTTP stack), fuzzed by URL."""
+    """The API on a real uvicorn server on loopback (one event loop, the real HTTP stack, the connection settings
+    of ``speedy serve``), fuzzed by URL."""
     import uvicorn
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(models[request.param], LIMITS), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+                                           log_level="warning", **server_options(LIMITS)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):

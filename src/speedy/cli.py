@@ -273,14 +273,22 @@ def serve(model: Path = typer.Argument(..., help="A model folder trained with sp
           max_batch: int = typer.Option(32, help="Most inputs in one model call (dynamic batching)."),
           max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more inputs (milliseconds)."),
           threads: Optional[int] = typer.Option(None, help="CPU threads of the model (default: all)."),
-          graceful_seconds: int = typer.Option(30, help="On SIGTERM, how long requests under way may take.")):
+          graceful_seconds: int = typer.Option(30, help="On SIGTERM, how long requests under way may take."),
+          max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body; larger ones get 413 "
+                                                                  "before they are read (default: what max-items "
+                                                                  "inputs of max-chars need)."),
+          max_header_bytes: int = typer.Option(16384, help="Largest request head; larger ones get 431."),
+          idle_seconds: float = typer.Option(5.0, help="Idle keep-alive connections are closed after this."),
+          read_seconds: float = typer.Option(30.0, help="A request whose head or body has not arrived by then "
+                                                        "is answered 408 and closed.")):
     """Serve a model over HTTP (JSON): /classify, /tag or /answer by its task, /health, /docs (OpenAPI)."""
     _quiet_libraries()
     try:
         from speedy.serve import run_server
 
         run_server(model, host, port, graceful_seconds, engine=engine, max_chars=max_chars, max_items=max_items,
-                   max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads)
+                   max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, max_body_bytes=max_body_bytes,
+                   max_header_bytes=max_header_bytes, idle_seconds=idle_seconds, read_seconds=read_seconds)
     except SpeedyError as error:
         _fail(error)
 

@@ -7,24 +7,42 @@ from pathlib import Path
 
 import torch
 
+from speedy.errors import SpeedyError
+
+MIN_CONTEXT = 8  # QATask refuses a window with fewer tokens of context beside its question
+
+
+class InputError(SpeedyError):
+    """An input the model cannot take; the message starts with the field at fault (``question: ...``)."""
+
 
 class Predictor:
     def __init__(self, model_dir: str | Path, engine: str = "onnx-int8", threads: int | None = None):
-        from transformers import AutoConfig, AutoTokenizer
-
         from speedy.bench.engines import load_engine
-        from speedy.errors import SpeedyError
-        from speedy.tasks import task_from_model
+        from speedy.models.folder import check_model_folder
 
-        if not (Path(model_dir) / "config.json").is_file():
-            raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
-        self.task, self.max_length = task_from_model(AutoConfig.from_pretrained(model_dir))
+        folder = check_model_folder(model_dir, need_weights=engine == "torch")  # a broken folder: one line
+        self.task, self.max_length, self.tokenizer = folder.task, folder.max_length, folder.tokenizer
         self.model = load_engine(model_dir, engine, threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def _room(self, question: str) -> tuple[int, int]:
+        """The question's tokens, and the tokens of context that fit beside it in one window."""
+        tokens = len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
+        return tokens, self.max_length - tokens - self.tokenizer.num_special_tokens_to_add(pair=True)
+
+    def run_batch(self, items: list) -> list:
+        """Classification: ``(text, pair)`` items; tagging: word lists; QA: ``(question, context)`` items. Raises
+        the ``InputError`` of the first input the model cannot take."""
+        results = self.run_each(items)
+        for result in results:
+            if isinstance(result, InputError):
+                raise result
+        return results
 
     @torch.inference_mode()
-    def run_batch(self, items: list) -> list:
-        """Classification: ``(text, pair)`` items; tagging: word lists; QA: ``(question, context)`` items."""
+    def run_each(self, items: list) -> list:
+        """``run_batch``'s results, with an ``InputError`` in place of each input the model cannot take: one
+        such input never fails the others (the server batches inputs of different requests together)."""
         if self.task.type == "tagging":
             sentences = [words for words in items if words]  # a text of only (Unicode) spaces has no word
             tags = iter(self.task.predict_words(self.model, self.tokenizer, sentences, self.max_length)
@@ -33,18 +51,32 @@ class Predictor:
         if self.task.type == "qa":
             from datasets import Dataset
 
-            data = Dataset.from_dict({"question": [q for q, _ in items], "context": [c for _, c in items]})
-            answers = self.task.predict_answers(self.model, self.tokenizer, data, self.max_length)
+            # QATask overlaps a context's windows by an amount set by the longest question of the call: one call
+            # per amount, so that an answer never depends on the other questions of its batch.
             empty = {"answer": None, "start": None, "end": None, "score": None}
-            return [{"answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"]}
-                    if (a := answers.get(i)) else empty for i in range(len(items))]
+            out, calls = [empty] * len(items), {}
+            for i, (question, _) in enumerate(items):
+                tokens, room = self._room(question)
+                if room < MIN_CONTEXT:
+                    out[i] = InputError(f"question: longer than the model's window ({self.max_length} tokens) "
+                                        f"allows: {tokens} tokens, at most {tokens - (MIN_CONTEXT - room)}")
+                else:
+                    calls.setdefault(min(self.task.stride, room // 2), []).append(i)
+            for rows in calls.values():
+                data = Dataset.from_dict({"question": [items[i][0] for i in rows],
+                                          "context": [items[i][1] for i in rows]})
+                answers = self.task.predict_answers(self.model, self.tokenizer, data, self.max_length)
+                for k, i in enumerate(rows):
+                    if a := answers.get(k):
+                        out[i] = {"answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"]}
+            return out
         texts = [text for text, _ in items]
         pairs = [pair for _, pair in items]
         if any(p is None for p in pairs) and any(p is not None for p in pairs):  # mixed: one call per kind
             out = [None] * len(items)
             for want_pair in (False, True):
                 chosen = [i for i, p in enumerate(pairs) if (p is not None) == want_pair]
-                for i, result in zip(chosen, self.run_batch([items[i] for i in chosen])):
+                for i, result in zip(chosen, self.run_each([items[i] for i in chosen])):
                     out[i] = result
             return out
         inputs = self.tokenizer(texts, pairs if pairs[0] is not None else None, truncation=True,

@@ -21,13 +21,17 @@ def run_server(model_dir: Path, host: str, port: int, graceful_seconds: int = 30
     """Serve until SIGINT/SIGTERM; on either, stop taking requests and finish those under way."""
     uvicorn = require_serving()
     from speedy.bench.engines import check_engine
-    from speedy.serve.app import ServeSettings, create_app
+    from speedy.serve.app import ServeSettings, create_app, server_options
 
     check_engine(settings.get("engine", "onnx-int8"))
-    if not (Path(model_dir) / "config.json").is_file():
-        raise SpeedyError(f"{model_dir}: not a model folder (no config.json)")
-    for name in ("max_chars", "max_items", "max_batch"):
-        if settings.get(name, 1) < 1:
-            raise SpeedyError(f"--{name.replace('_', '-')}: must be at least 1")
-    app = create_app(model_dir, ServeSettings(**settings))
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds)
+    from speedy.models.folder import check_model_folder
+
+    check_model_folder(model_dir, need_weights=settings.get("engine", "onnx-int8") == "torch")
+    for name in ("max_chars", "max_items", "max_batch", "max_body_bytes", "max_header_bytes", "idle_seconds",
+                 "read_seconds"):
+        if settings.get(name) is not None and settings[name] <= 0:
+            raise SpeedyError(f"--{name.replace('_', '-')}: must be positive")
+    serve_settings = ServeSettings(**settings)
+    app = create_app(model_dir, serve_settings)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds,
+                **server_options(serve_settings))

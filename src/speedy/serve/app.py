@@ -1,25 +1,32 @@
 """The HTTP JSON API of one model: a route for its task type, a health route, and an OpenAPI schema.
 
 Every request carries a list of ``inputs`` (one or more), answered in order; requests that arrive together are
-batched (see ``batcher.py``). Limits are settings: a text longer than ``max_chars`` or more than ``max_items``
-inputs is answered 413; a malformed body, a wrong type, an empty string or a body that is not UTF-8 is answered
-422; every error is a JSON object ``{"error": ..., "detail": ...}``, never a crash.
+batched (see ``batcher.py``); each request succeeds or fails on its own, whatever else shares its batch. Limits
+are settings: a text longer than ``max_chars``, more than ``max_items`` inputs or a body over ``max_body_bytes``
+is answered 413; a malformed body, a wrong type, an empty string, a body that is not UTF-8 or an input the model
+cannot take (a question that fills its window) is answered 422; every error is a JSON object
+``{"error": ..., "detail": ...}``, never a crash. ``server_options`` are uvicorn's settings for the connections:
+bounded headers, and a deadline for each request's headers and body.
 """
 
+import asyncio
 import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import h11
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from speedy.serve.batcher import DynamicBatcher
-from speedy.predictor import Predictor
+from speedy.errors import SpeedyError
+from speedy.serve.batcher import DynamicBatcher, InputFailed
+from speedy.predictor import InputError, Predictor
 
 
 @dataclass
@@ -30,6 +37,16 @@ class ServeSettings:
     max_batch: int = 32  # inputs per model call
     max_wait_ms: float = 5.0  # how long the first input of a batch waits for company
     threads: int | None = None
+    max_body_bytes: int | None = None  # None: room for max_items inputs at their longest (see below)
+    max_header_bytes: int = 16384  # the request line and headers (431 past it)
+    idle_seconds: float = 5.0  # a kept-alive connection with no new request is closed after this
+    read_seconds: float = 30.0  # a request's headers, then its body, must arrive within this, else it is closed
+
+    def __post_init__(self):
+        if self.max_body_bytes is None:
+            # max_items inputs of two texts (a pair; a question and its context) of max_chars characters, each
+            # character at most 12 bytes of JSON (an escaped surrogate pair), and room for keys and white space
+            self.max_body_bytes = self.max_items * (2 * 12 * self.max_chars + 256) + 4096
 
 
 class Error(BaseModel):
@@ -108,18 +125,128 @@ class Health(BaseModel):
     largest_batch: int
 
 
-ERRORS = {413: {"model": Error, "description": "A text longer than max_chars, or more than max_items inputs"},
-          422: {"model": Error, "description": "A malformed body, a wrong type, an empty string, invalid UTF-8"}}
+ERRORS = {413: {"model": Error, "description": "A text longer than max_chars, more than max_items inputs, or a "
+                                              "body over max_body_bytes"},
+          422: {"model": Error, "description": "A malformed body, a wrong type, an empty string, invalid UTF-8, or "
+                                              "an input the model cannot take"}}
 
 
 def _error(status: int, error: str, detail=None, headers=None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
+class RequestLimits:
+    """Checks each request's headers (431 past ``header_bytes``: h11 bounds only a head still incomplete, so one
+    that arrives whole in one read gets past it), then reads its body before the app does: at most ``body_bytes``
+    (413 as soon as the Content-Length or the bytes received pass it, without reading on), within ``seconds``
+    (408: a client that stops half-way does not hold a connection). These answers close the connection, so the
+    rest of the body is never read. The app gets the body from memory: it reads it whole anyway, to parse the
+    JSON. (FastAPI's ``max_body_size`` answers 413 in plain text and keeps the connection, so uvicorn goes on
+    reading the rest; and it has no deadline.)"""
+
+    def __init__(self, app, header_bytes: int, body_bytes: int, seconds: float):
+        self.app, self.header_bytes, self.max_bytes, self.seconds = app, header_bytes, body_bytes, seconds
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        head = len(scope.get("raw_path") or b"") + len(scope["query_string"]) + sum(
+            len(name) + len(value) + 4 for name, value in scope["headers"])  # ": " and CRLF
+        if head > self.header_bytes:
+            return await _error(431, "request headers too large", f"more than {self.header_bytes} bytes",
+                                {"connection": "close"})(scope, receive, send)
+        too_large = _error(413, "body too large", f"more than {self.max_bytes} bytes", {"connection": "close"})
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await too_large(scope, receive, send)
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return  # the client is gone: nobody to answer
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > self.max_bytes or not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            late = f"the body did not arrive within {self.seconds:g} s"
+            return await _error(408, "request timeout", late, {"connection": "close"})(scope, receive, send)
+        if size > self.max_bytes:
+            return await too_large(scope, receive, send)
+        body = b"".join(chunks)
+
+        async def replay():
+            nonlocal body
+            if body is None:
+                return await receive()  # after the body: a disconnect, when it comes
+            message, body = {"type": "http.request", "body": body, "more_body": False}, None
+            return message
+
+        await self.app(scope, replay, send)
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's line and headers (``head_seconds``, from when
+    the connection waits for them). uvicorn closes a kept-alive connection that stays silent, but not a new
+    connection that sends nothing, nor one that sends its headers a byte at a time: those it holds forever. It
+    also answers a malformed request with a plain-text 400; here it is the API's JSON error (431 for headers
+    over ``h11_max_incomplete_event_size``). It uses uvicorn's internals: uvicorn is pinned."""
+
+    head_seconds = 30.0
+    head_timer = None
+
+    def _watch_head(self) -> None:
+        waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        if waiting and self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.head_seconds, self.timeout_keep_alive_handler)
+        elif not waiting and self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self._watch_head()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch_head()
+
+    def connection_lost(self, exc) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+        super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        limit = self.config.h11_max_incomplete_event_size or 16384  # h11's default
+        if len(self.conn.trailing_data[0]) > limit:
+            status, error, msg = 431, "request headers too large", f"more than {limit} bytes"
+        else:
+            status, error = 400, "invalid HTTP request"
+        body = json.dumps({"error": error, "detail": msg}).encode()
+        headers = [("content-type", "application/json"), ("content-length", str(len(body))),
+                   ("connection", "close")]
+        for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+
+def server_options(settings: ServeSettings) -> dict:
+    """uvicorn's settings (``uvicorn.run``, ``uvicorn.Config``) that bound what one connection may hold."""
+    protocol = type("H11Protocol", (DeadlineH11Protocol,), {"head_seconds": settings.read_seconds})
+    return {"http": protocol, "h11_max_incomplete_event_size": settings.max_header_bytes,
+            "timeout_keep_alive": settings.idle_seconds}
+
+
 def create_app(model_dir: str | Path, settings: ServeSettings | None = None, predictor: Predictor | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     predictor = predictor or Predictor(model_dir, settings.engine, settings.threads)
-    batcher = DynamicBatcher(predictor.run_batch, settings.max_batch, settings.max_wait_ms / 1000)
+    batcher = DynamicBatcher(predictor.run_each, settings.max_batch, settings.max_wait_ms / 1000)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -131,6 +258,8 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
                   description=f"A {predictor.task.type} model served by speedy ({settings.engine}).",
                   lifespan=lifespan)
     app.state.batcher, app.state.predictor, app.state.settings = batcher, predictor, settings
+    app.add_middleware(RequestLimits, header_bytes=settings.max_header_bytes, body_bytes=settings.max_body_bytes,
+                       seconds=settings.read_seconds)
     TextRequest, SentenceRequest, QARequest = request_models(settings)
 
     @app.exception_handler(RequestValidationError)
@@ -158,10 +287,22 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
             return _error(413, "text too long", f"{longest} characters; at most {settings.max_chars}")
         return None
 
+    async def answers(items: list) -> JSONResponse:
+        """The results of a request's inputs: 422 for an input the model cannot take (an ``InputError`` names
+        its field), any other failure is a 500 for this request only (see ``batcher.py``)."""
+        try:
+            return JSONResponse({"results": await batcher.submit(items)})
+        except InputFailed as refused:
+            if not isinstance(refused.error, SpeedyError):  # a bug or a model failure
+                raise refused.error from None
+            where = f"inputs[{refused.index}]" + ("." if isinstance(refused.error, InputError) else ": ")
+            return _error(422, "input the model cannot take", f"{where}{refused.error}")
+
     @app.get("/health", response_model=Health)
     async def health():
         stats = batcher.stats
-        return Health(status="ok", task=predictor.task.type, engine=settings.engine, model=str(model_dir),
+        return Health(status="ok", task=predictor.task.type, engine=settings.engine,
+                      model=Path(model_dir).resolve().name,  # its name only: a path tells about the server's disk
                       labels=predictor.task.labels, batches=stats.batches, items=stats.items,
                       largest_batch=stats.largest)
 
@@ -175,7 +316,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
             refused = too_large(texts, len(request.inputs))
             if refused:
                 return refused
-            return JSONResponse({"results": await batcher.submit([(i.text, i.text_pair) for i in request.inputs])})
+            return await answers([(i.text, i.text_pair) for i in request.inputs])
 
     elif predictor.task.type == "tagging":
         @app.post("/tag", response_model=TagResponse, responses=ERRORS)
@@ -184,7 +325,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
             refused = too_large([i.text for i in request.inputs], len(request.inputs))
             if refused:
                 return refused
-            return JSONResponse({"results": await batcher.submit([i.text.split() for i in request.inputs])})
+            return await answers([i.text.split() for i in request.inputs])
 
     else:
         @app.post("/answer", response_model=AnswerResponse, responses=ERRORS)
@@ -193,6 +334,6 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
             refused = too_large([t for i in request.inputs for t in (i.question, i.context)], len(request.inputs))
             if refused:
                 return refused
-            return JSONResponse({"results": await batcher.submit([(i.question, i.context) for i in request.inputs])})
+            return await answers([(i.question, i.context) for i in request.inputs])
 
     return app

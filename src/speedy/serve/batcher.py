@@ -3,8 +3,9 @@
 Each request puts its items on a queue and awaits a future. One worker task takes the first waiting item, then
 keeps taking items until ``max_batch`` are gathered or ``max_wait`` seconds have passed since the first, runs the
 batch in a worker thread (the model call releases the GIL, the event loop keeps accepting requests), and sets
-each future. A future whose client has gone away is simply skipped; an error in a batch fails that batch's
-requests only, never the worker.
+each future (with an exception for an input that ``run_batch`` returns one for). A future whose client has gone
+away is simply skipped. A batch that fails is run again one input at a time, so that an input the model cannot
+take fails its own request only, never its neighbours nor the worker.
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+
+class InputFailed(Exception):
+    """The input at ``index`` of a request could not be answered: ``error`` says why."""
+
+    def __init__(self, index: int, error: Exception):
+        super().__init__(f"inputs[{index}]: {error}")
+        self.index, self.error = index, error
 
 
 @dataclass
@@ -60,7 +69,8 @@ class DynamicBatcher:
         self.worker = None
 
     async def submit(self, items: list) -> list:
-        """The results of ``items``, in order (they may be answered in different batches)."""
+        """The results of ``items``, in order (they may be answered in different batches); ``InputFailed`` names
+        the first input that could not be answered."""
         await self.start()
         loop = asyncio.get_running_loop()
         futures = []
@@ -68,7 +78,11 @@ class DynamicBatcher:
             future = loop.create_future()
             futures.append(future)
             await self.queue.put((item, future))
-        return list(await asyncio.gather(*futures))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for index, result in enumerate(results):
+            if isinstance(result, Exception):
+                raise InputFailed(index, result) from result
+        return results
 
     async def _gather(self) -> list:
         batch = [await self.queue.get()]
@@ -89,16 +103,27 @@ class DynamicBatcher:
             live = [(item, future) for item, future in batch if not future.done()]  # cancelled: client gone
             try:
                 if live:
-                    start = time.perf_counter()
-                    results = await asyncio.to_thread(self.run_batch, [item for item, _ in live])
-                    self.stats.add(len(live), time.perf_counter() - start)
-                    for (_, future), result in zip(live, results):
-                        if not future.done():
-                            future.set_result(result)
-            except Exception as error:  # noqa: BLE001 - the batch's requests get the error, the worker lives on
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(error)
+                    await self._answer(live)
             finally:
                 for _ in batch:
                     self.queue.task_done()
+
+    async def _answer(self, live: list) -> None:
+        try:
+            start = time.perf_counter()
+            results = await asyncio.to_thread(self.run_batch, [item for item, _ in live])
+            self.stats.add(len(live), time.perf_counter() - start)
+        except Exception as error:  # noqa: BLE001 - the requests get the error, the worker lives on
+            if len(live) > 1:  # one input may fail a whole batch: only a failure of its own is its request's
+                for one in live:
+                    if not one[1].done():
+                        await self._answer([one])
+            elif not live[0][1].done():
+                live[0][1].set_exception(error)
+            return
+        for (_, future), result in zip(live, results):
+            if not future.done():
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
