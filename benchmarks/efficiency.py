@@ -56,7 +56,7 @@ def main() -> int:
     from rich.table import Table
     from transformers import AutoConfig
 
-    from speedy.bench.engines import load_engine
+    from speedy.bench.engines import ENGINES, load_engine
     from speedy.bench.export import compare_engines
     from speedy.bench.macs import count_macs
     from speedy.bench.size import count_parameters
@@ -84,7 +84,7 @@ def main() -> int:
     validation = validation.select(range(min(args.score_examples, len(validation))))
     sentences = read_sentences(Path(args.data_dir), args.sentences)
     threads = pin_threads(args.threads)
-    engines = ("torch", "onnx", "onnx-int8")
+    engines = tuple(ENGINES)
     started = time.time()
 
     peak = matmul_peak_gflops(threads)
@@ -100,8 +100,7 @@ def main() -> int:
         for length in args.lengths:
             entry["macs"][length] = count_macs(torch_model, 1, length)["macs"]
         for engine in engines:
-            model = torch_model if engine == "torch" else load_engine(trial.checkpoint, engine, threads,
-                                                                      export_missing=True)
+            model = load_engine(trial.checkpoint, engine, threads, export_missing=True, model=torch_model)
             for length in args.lengths:
                 r = time_model(model, random_inputs(model.config.vocab_size, 1, length), args.warmup, args.runs,
                                threads)

@@ -115,7 +115,7 @@ def main() -> int:
     from rich.table import Table
     from transformers import AutoConfig
 
-    from speedy.bench.engines import load_engine
+    from speedy.bench.engines import get_engine
     from speedy.cli import _quiet_libraries
     from speedy.config import load_config
     from speedy.data.readers import read_conll
@@ -132,13 +132,12 @@ def main() -> int:
     route = ROUTES[study.task(task_spec).type]
     data = read_conll(Path(args.data_dir) / "conll2002-es" / "esp.testa")
     sentences = [" ".join(tokens) for tokens in data["tokens"]]
-    for trial in (teacher, student):  # the ONNX files, once (the servers only read them)
-        load_engine(trial.checkpoint, "onnx-int8", export_missing=True)
-
     configurations = [("teacher " + teacher.params["model"]["name"], teacher, "torch"),
                       ("teacher " + teacher.params["model"]["name"], teacher, "onnx-int8"),
                       ("student " + student.params["model"]["name"], student, "torch"),
                       ("student " + student.params["model"]["name"], student, "onnx-int8")]
+    for _, trial, engine in configurations:  # each engine's files, once (the servers only read them)
+        get_engine(engine).prepare(trial.checkpoint)
     console.print(f"loopback, concurrency {args.concurrency}, one CoNLL-2002 sentence per request "
                   f"({np.mean([len(s.split()) for s in sentences]):.1f} words on average), server threads "
                   f"{args.threads}, dynamic batching max {args.max_batch} / {args.max_wait_ms} ms")

@@ -137,3 +137,38 @@ def test_a_process_killed_while_writing_leaves_no_valid_cache(tmp_path):
     assert not TeacherCache.exists(tmp_path, "k")
     cache = TeacherCache.load_or_build(tmp_path, "k", lambda: (np.full((1, 4), i, np.float32) for i in range(5)))
     assert len(cache) == 5 and float(cache.rows([4])[0][0, 0]) == 4.0
+
+
+def test_a_training_batch_without_example_index_is_an_error_not_a_silent_gold_loss(bert_dir, task_data):
+    """Falling back to the gold loss would train the 'KD' student without its teacher and say nothing."""
+    from types import SimpleNamespace
+
+    from speedy.errors import SpeedyError
+
+    task = ClassificationTask(task_data.labels)
+    model = _teacher(bert_dir, task.labels)
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    encoded = task.encode(task_data.splits["train"].select(range(4)), tokenizer, 32)
+    batch = task.collator(tokenizer)([encoded[i] for i in range(4)])
+    trainer = SimpleNamespace()  # compute_loss must fail before it needs the cache or the loss
+    with pytest.raises(SpeedyError, match="example_index"):
+        DistillationTrainer.compute_loss(trainer, model.train(), dict(batch))
+    loss = DistillationTrainer.compute_loss(trainer, model.eval(), dict(batch))  # evaluation: the gold loss
+    assert loss.item() > 0
+
+
+def test_the_cache_keeps_the_time_of_the_run_that_built_it(tmp_path):
+    """Tables 5-8 compare KD time with and without the cache: a rerun that only loads the cache must report the
+    teacher pass of the run that built it, not its own load time."""
+    import time
+
+    def slow():
+        time.sleep(0.3)
+        return [np.ones((1, 2))]
+
+    def must_not_run():
+        raise AssertionError("the cache exists: the teacher must not run again")
+
+    built = TeacherCache.load_or_build(tmp_path, "k", slow)
+    loaded = TeacherCache.load_or_build(tmp_path, "k", must_not_run)
+    assert built.build_seconds >= 0.3 and loaded.build_seconds == built.build_seconds

@@ -11,8 +11,8 @@ from datasets import Dataset
 from typer.testing import CliRunner
 
 from conftest import TASKS, make_examples, speedy_model, write_tsv
-from speedy.bench.engines import OnnxModel, load_engine, onnx_path
-from speedy.bench.export import check_export, compare_engines, export_onnx, predictions
+from speedy.bench.engines import get_engine, load_engine
+from speedy.bench.export import OnnxModel, check_export, compare_engines, export_onnx, predictions
 from speedy.cli import app
 from speedy.errors import SpeedyError
 from speedy.tasks import make_task
@@ -125,7 +125,7 @@ def test_an_onnx_file_that_does_not_match_its_config_is_refused(bert_dir, tmp_pa
     config = AutoConfig.from_pretrained(folder)
     config.num_labels = 3
     with pytest.raises(SpeedyError, match=r"model\.onnx: does not match its config\.json \(num_labels: 2 in the ONNX"):
-        OnnxModel(onnx_path(folder, "onnx"), config)
+        OnnxModel(get_engine("onnx").path(folder), config)
     tagging = speedy_model(bert_dir, "tagging", tmp_path / "tagger")
     (tagging / "onnx").mkdir()
     (tagging / "onnx" / "model.onnx").write_bytes((folder / "onnx" / "model.onnx").read_bytes())

@@ -1,5 +1,6 @@
 """Two `speedy worker` processes share one study in a real PostgreSQL server: no trial runs twice, and the trial
-of a worker killed mid-trial is finished by the other.
+of a worker killed mid-trial (or killed before its trial's first heartbeat) is finished by the other; heartbeats
+are judged by the server's clock.
 
 The set-up starts Debian's PostgreSQL (``postgresql`` package: ``initdb``/``pg_ctl``) on a free local port in a
 temporary folder, as the ``postgres`` user when the tests run as root. Without PostgreSQL the test is skipped,
@@ -22,6 +23,8 @@ import pytest
 import yaml
 
 from conftest import free_port, make_examples, write_tsv
+from test_resume import check_a_trial_killed_before_its_first_heartbeat_is_taken_over, \
+    check_heartbeats_ignore_the_workers_clocks
 
 
 def _pg_bin(name: str) -> str | None:
@@ -65,6 +68,23 @@ def postgres():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _database(postgres: str, name: str) -> str:
+    """A new, empty database on the test's server (each test gets its own)."""
+    import psycopg
+
+    with psycopg.connect(postgres.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_heartbeats_are_judged_by_the_servers_clock(postgres, monkeypatch):
+    check_heartbeats_ignore_the_workers_clocks(_database(postgres, "clocks"), monkeypatch)
+
+
+def test_a_workers_trial_killed_before_its_first_heartbeat_is_finished_by_the_other(postgres):
+    check_a_trial_killed_before_its_first_heartbeat_is_taken_over(_database(postgres, "silent"), together=True)
+
+
 def test_two_workers_share_a_study_and_a_killed_workers_trial_is_finished_once(postgres, tmp_path, bert_dir):
     from speedy.store import Store
 
@@ -76,18 +96,20 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_finished_once(p
               "teachers": [{"name": "bert", "base": str(bert_dir)}],
               "grid": {"batch_size": [8, 16], "epochs": [2], "learning_rate": [1e-3, 2e-3, 3e-3]}}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(config), "utf-8")
-    env = {**os.environ, "SPEEDY_HEARTBEAT": "1", "SPEEDY_GRACE": "4", "PYTHONUNBUFFERED": "1"}
+    # both workers carry the same label: they must still be told apart (by host and process)
+    env = {**os.environ, "SPEEDY_HEARTBEAT": "1", "SPEEDY_GRACE": "4", "PYTHONUNBUFFERED": "1",
+           "SPEEDY_WORKER_ID": "gpu0"}
     command = [sys.executable, "-m", "speedy", "worker", str(tmp_path / "study.yaml"), "--store", postgres,
                "--stages", "finetune"]
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    store = Store(postgres)
+    store = Store(postgres, root=tmp_path / "out")
     killed_key = None
     deadline = time.time() + 300
     try:
         while killed_key is None and time.time() < deadline:  # kill the first worker in the middle of a trial
             for trial in store.trials(status="running"):
-                if trial.worker and trial.worker.endswith(f":{first.pid}"):
+                if trial.pid == first.pid:
                     first.send_signal(signal.SIGKILL)
                     killed_key = trial.key
                     break
@@ -105,7 +127,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_finished_once(p
     assert len(trials) == 6 and all(t.status == "done" for t in trials)  # none lost
     by_key = {t.key: t for t in trials}
     assert by_key[killed_key].attempts == 2  # started by the killed worker, finished by the other
-    assert by_key[killed_key].worker.endswith(f":{second.pid}")
+    assert by_key[killed_key].pid == second.pid and by_key[killed_key].worker.startswith("gpu0@")
     assert all(t.attempts == 1 for k, t in by_key.items() if k != killed_key)  # nothing else ran twice
     assert sorted((t.params["batch_size"], t.params["learning_rate"]) for t in trials) == \
         sorted((b, r) for b in (8, 16) for r in (1e-3, 2e-3, 3e-3))

@@ -112,10 +112,11 @@ def predict(model: Path = typer.Option(..., help="A model folder trained with sp
 
 
 def _predict(model_dir: Path, text, text_pair, question, context, engine: str = "torch", threads=None) -> dict:
+    from speedy.bench.engines import get_engine
     from speedy.models.folder import check_model_folder, loading
     from speedy.predictor import Predictor
 
-    check_model_folder(model_dir, need_weights=engine == "torch")
+    check_model_folder(model_dir, need_weights=get_engine(engine).needs_weights)
     with loading(model_dir):
         predictor = Predictor(model_dir, engine, threads)
     if predictor.task.type == "qa":

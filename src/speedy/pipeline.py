@@ -50,7 +50,7 @@ class Study:
     def store(self) -> Store:
         """The experiment store, opened (and for SQLite, created) on first use: after the data is checked."""
         if self._store is None:
-            self._store = Store(self.config.store_url)
+            self._store = Store(self.config.store_url, root=self.output_dir)
         return self._store
 
     def data(self, spec: TaskSpec) -> TaskData:

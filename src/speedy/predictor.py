@@ -18,10 +18,11 @@ class InputError(SpeedyError):
 
 class Predictor:
     def __init__(self, model_dir: str | Path, engine: str = "onnx-int8", threads: int | None = None):
-        from speedy.bench.engines import load_engine
+        from speedy.bench.engines import get_engine, load_engine
         from speedy.models.folder import check_model_folder
 
-        folder = check_model_folder(model_dir, need_weights=engine == "torch")  # a broken folder: one line
+        needs_weights = get_engine(engine).needs_weights
+        folder = check_model_folder(model_dir, need_weights=needs_weights)  # a broken folder: one line
         self.task, self.max_length, self.tokenizer = folder.task, folder.max_length, folder.tokenizer
         self.model = load_engine(model_dir, engine, threads)
 

@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+from speedy.bench.engines import ENGINES, get_engine
 from speedy.errors import SpeedyError
 
 
@@ -87,10 +88,9 @@ def model_card(config, task, origin: dict, checks: dict, speed: dict) -> str:
             rows += [(split, k, f"{100 * v:.2f}") for k, v in sorted(origin.get(split, {}).items())
                      if isinstance(v, float) and k != "loss"]
         lines.append(_table(rows))
-    lines += ["", "## Files", "", "- Hugging Face model and tokenizer (this folder)",
-              "- `onnx/model.onnx`: ONNX Runtime fp32, attention, LayerNorm and GELU fused",
-              "- `onnx/model-int8.onnx`: the fused graph with int8 weights (dynamic quantization)", "",
-              "## Engines checked against PyTorch", "",
+    engines = [engine() for engine in ENGINES.values()]
+    lines += ["", "## Files", ""] + [f"- `{e.file}`: {e.card}" if e.file else f"- {e.card}" for e in engines]
+    lines += ["", "## Engines checked against PyTorch", "",
               f"- fp32 ONNX: max abs difference of the outputs {checks['fp32_max_abs_diff']:.2e} "
               f"(tolerance {checks['tolerance']:g}); int8: {checks['int8_max_abs_diff']:.2e}"]
     if "int8" in checks:
@@ -118,8 +118,7 @@ def export_model(model_dir: Path, out: Path, validation_file: Path | None = None
     """Write ``out``: the model, its tokenizer, ``onnx/`` (fp32 and int8), ``README.md`` and ``export.json``."""
     import transformers
 
-    from speedy.bench.engines import ONNX_FOLDER, OnnxModel, onnx_path
-    from speedy.bench.export import check_export, check_head, compare_engines, export_onnx
+    from speedy.bench.export import ONNX_FOLDER, check_export, check_head, compare_engines, export_onnx
     from speedy.bench.speed import random_inputs, time_model
     from speedy.data.load import read_task_file
     from speedy.models.folder import check_model_folder, load_torch_model
@@ -141,19 +140,21 @@ def export_model(model_dir: Path, out: Path, validation_file: Path | None = None
     tokenizer.save_pretrained(tmp)
     report("exporting to ONNX, fusing, quantizing to int8")
     fused = export_onnx(model, tmp / ONNX_FOLDER)
+    for engine in ENGINES.values():  # what any other engine runs (the ONNX ones are written above)
+        engine().prepare(tmp, model)
     checks = check_export(model, tmp / ONNX_FOLDER, threads)
     report(f"fp32 ONNX max abs difference {checks['fp32_max_abs_diff']:.2e}, int8 {checks['int8_max_abs_diff']:.2e}")
     if validation_file is not None:
         data = read_task_file(task.type, Path(validation_file), report=report)
-        int8 = OnnxModel(onnx_path(tmp, "onnx-int8"), config, threads)
+        int8 = get_engine("onnx-int8").load(tmp, config, threads)
         checks["int8"] = compare_engines(model, int8, tokenizer, task, data, max_length)
         checks["int8_on"] = str(validation_file)
         c = checks["int8"]
         report(f"int8 agrees with PyTorch on {100 * c['agreement']:.2f}% of {c['compared']} predictions; "
                f"{c['metric']} drop {100 * c['score_drop']:.2f} points")
     speed = {"length": speed_length, "threads": None, "engines": {}}
-    for engine in ("torch", "onnx", "onnx-int8"):
-        runner = model if engine == "torch" else OnnxModel(onnx_path(tmp, engine), config, threads)
+    for engine, chosen in ENGINES.items():
+        runner = chosen().load(tmp, config, threads, model=model)
         result = time_model(runner, random_inputs(config.vocab_size, 1, speed_length), 5, speed_runs, threads)
         speed["engines"][engine] = result["inferences_per_second"]
         speed["threads"] = result["threads"]

@@ -17,9 +17,11 @@ import csv
 import os
 from pathlib import Path
 
+from speedy.bench.engines import ENGINES
+
 COLUMNS = ("task", "model", "role", "layers", "params_M", "non_embedding_params_M", "gmacs", "thop_gmacs", "metric",
            "test_score", "test_accuracy", "test_macro_f1", "val_loss", "inferences_per_s", "speedup", "train_minutes")
-ENGINE_NAMES = {"torch": "PyTorch fp32", "onnx": "ONNX Runtime fp32", "onnx-int8": "ONNX Runtime int8"}
+ENGINE_NAMES = {name: engine.title for name, engine in ENGINES.items()}
 
 
 def report_rows(study) -> list[dict]:

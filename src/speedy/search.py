@@ -6,7 +6,10 @@
 - The KD settings (loss, alpha, temperature) can be searched with ``TPESampler`` (``distill.search``).
 - Each point's work is claimed in the store's ``trials`` table (one atomic transaction) before it runs and is
   skipped when it is done, so however workers race, a trial runs to completion exactly once; a claim whose
-  heartbeat went stale (a killed worker) can be taken over.
+  heartbeat went stale (a killed worker) can be taken over. Heartbeats are judged by the database's clock.
+- A worker killed after Optuna marked its trial RUNNING but before the trial's first heartbeat leaves a trial
+  Optuna never finds stale; a live worker that sees it stay without a heartbeat for the grace period fails and
+  re-queues it (``Search._fail_silent_trials``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import warnings
 from collections.abc import Callable
 
 import optuna
+import sqlalchemy as sa
 
 HEARTBEAT = float(os.environ.get("SPEEDY_HEARTBEAT", 5))  # seconds between heartbeats (Optuna's and the store's)
 GRACE = float(os.environ.get("SPEEDY_GRACE", 20))  # a worker silent this long is dead: its trial is retried
@@ -36,14 +40,21 @@ def distributed() -> bool:
 
 
 def worker_id() -> str:
-    if os.environ.get("SPEEDY_WORKER_ID"):
-        return os.environ["SPEEDY_WORKER_ID"]
+    """Who holds a trial in the store: ``host:pid``, or for ``accelerate launch`` ``launch-ADDRESS:PORT`` (all the
+    ranks of one launch are one worker).
+
+    ``SPEEDY_WORKER_ID`` (optional, any text, e.g. ``gpu0``) is a label put in front (``gpu0@host:pid``) to tell
+    workers apart in the store; it never replaces the machine and process, so two workers given the same label
+    are still two workers, and the store records every claim's host and pid in their own columns besides.
+    """
+    label = os.environ.get("SPEEDY_WORKER_ID", "").strip()
+    prefix = f"{label}@" if label else ""
     if distributed():  # one worker made of all the ranks of one launch (a loopback address: this machine's)
         address = os.environ.get("MASTER_ADDR", "localhost")
         if address in ("127.0.0.1", "localhost", "::1"):
             address = socket.gethostname()
-        return f"launch-{address}:{os.environ.get('MASTER_PORT', '0')}"
-    return f"{socket.gethostname()}:{os.getpid()}"
+        return f"{prefix}launch-{address}:{os.environ.get('MASTER_PORT', '0')}"
+    return f"{prefix}{socket.gethostname()}:{os.getpid()}"
 
 
 class Search:
@@ -53,6 +64,7 @@ class Search:
         self.store = store
         self.worker = worker_id()
         self.heartbeat, self.grace, self.poll = heartbeat, grace, poll
+        self._silent: dict[int, float] = {}  # RUNNING Optuna trials seen without a heartbeat: since when (ours)
         with store.schema_lock():  # Optuna creates its tables on first use: one worker at a time
             self.storage = RDBStorage(store.url, heartbeat_interval=int(max(1, heartbeat)),
                                       grace_period=int(grace),
@@ -98,11 +110,42 @@ class Search:
             done = {t.key for t in self.store.trials(status="done") if t.key in wanted}
             if done >= wanted:
                 return
+            self._fail_silent_trials(study)
             if self._has_work(study, space):
                 study.optimize(objective, n_trials=1, catch=())
             else:  # the rest runs elsewhere: wait, and let Optuna fail and re-queue the trials of dead workers
                 optuna.storages.fail_stale_trials(study)
                 time.sleep(self.poll)
+
+    def _fail_silent_trials(self, study: optuna.Study) -> None:
+        """Fail and re-queue the RUNNING trials that have had no heartbeat at all for ``grace`` seconds.
+
+        Optuna judges a trial stale by its last heartbeat, so a worker killed between marking a trial RUNNING
+        and its first heartbeat leaves a trial that is never failed: its grid point would be waited for forever.
+        Time is this process's own clock, from when it first saw the trial without a heartbeat (no clocks of two
+        machines are compared); a live worker's first heartbeat follows its RUNNING mark within milliseconds.
+        """
+        running = [t._trial_id for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+        silent = set()
+        if running:
+            with self.store.engine.connect() as conn:  # Optuna's own table of heartbeats, in the same database
+                beating = {row[0] for row in conn.execute(
+                    sa.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids")
+                    .bindparams(sa.bindparam("ids", expanding=True)), {"ids": running})}
+            silent = set(running) - beating
+        now = time.monotonic()
+        self._silent = {trial_id: self._silent.get(trial_id, now) for trial_id in silent}
+        callback = self.storage.get_heartbeat_stale_trial_callback()
+        for trial_id, since in list(self._silent.items()):
+            if now - since < self.grace:
+                continue
+            del self._silent[trial_id]
+            try:
+                failed = self.storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:  # finished, or failed by another worker first
+                continue
+            if failed and callback is not None:  # re-queued exactly as Optuna re-queues a stale trial
+                callback(study, self.storage.get_trial(trial_id))
 
     @staticmethod
     def _has_work(study: optuna.Study, space: dict[str, list]) -> bool:
@@ -135,6 +178,7 @@ class Search:
 
         states = optuna.trial.TrialState
         while len([t for t in study.get_trials(deepcopy=False) if t.state == states.COMPLETE]) < n_trials:
+            self._fail_silent_trials(study)
             study.optimize(objective, n_trials=1, catch=())
         return study
 
@@ -167,17 +211,23 @@ class _Heartbeat:
 
 def claimable_now(trial, worker: str) -> bool:
     """A running trial whose worker was a process of this machine that no longer exists can be taken at once
-    (no need to wait for its heartbeat to go stale): a run killed here and started again resumes immediately."""
+    (no need to wait for its heartbeat to go stale): a run killed here and started again resumes immediately.
+
+    The holder's machine and process are the store's ``host`` and ``pid`` columns, never parsed from its worker
+    id (which may be any label); a claim that names no process is not taken early: its heartbeat decides."""
     if trial is None or trial.status != "running":
         return False
     holder = getattr(trial, "worker", None)
-    if not holder or ":" not in holder:
+    if not holder:
         return True  # written by a speedy without workers
-    host, _, pid = holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
     if holder == worker:
         return True
+    host, pid = getattr(trial, "host", None), getattr(trial, "pid", None)
+    if host is None or pid is None:  # claimed by a speedy that kept them only in its worker id, "host:pid"
+        host, _, digits = holder.rpartition(":")
+        pid = int(digits) if digits.isdigit() else None
+    if host != socket.gethostname() or pid is None:
+        return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

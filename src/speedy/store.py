@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,12 +34,14 @@ trials = sa.Table(
     sa.Column("val_loss", sa.Float),
     sa.Column("val_metrics", sa.Text),
     sa.Column("test_metrics", sa.Text),
-    sa.Column("checkpoint", sa.Text),
+    sa.Column("checkpoint", sa.Text),  # relative to the study's output_dir (see Store.root); absolute if elsewhere
     sa.Column("info", sa.Text),  # JSON: sizes, timings, anything else worth keeping
     sa.Column("seconds", sa.Float),
     sa.Column("updated", sa.Float),
-    sa.Column("worker", sa.String(128)),  # who runs it (host:pid), while it runs
-    sa.Column("heartbeat", sa.Float),  # refreshed while it runs: a stale one means its worker died
+    sa.Column("worker", sa.String(128)),  # who runs it (speedy.search.worker_id), while it runs
+    sa.Column("host", sa.String(255)),  # the machine and process of the worker that claimed it, whatever its id
+    sa.Column("pid", sa.Integer),
+    sa.Column("heartbeat", sa.Float),  # by the database's clock, refreshed while it runs: stale = its worker died
     sa.Column("attempts", sa.Integer),  # how many times it was started
 )
 
@@ -77,17 +81,26 @@ class Trial:
     seconds: float | None = None
     worker: str | None = None
     attempts: int | None = None
+    host: str | None = None
+    pid: int | None = None
 
     @classmethod
-    def from_row(cls, row) -> "Trial":
+    def from_row(cls, row, root: Path | None = None) -> "Trial":
         load = lambda text: json.loads(text) if text else {}  # noqa: E731
+        checkpoint = row.checkpoint
+        if checkpoint and root is not None and not Path(checkpoint).is_absolute():
+            checkpoint = str(Path(root) / checkpoint)
         return cls(row.key, row.stage, row.task, row.name, load(row.params), row.status, row.val_loss,
-                   load(row.val_metrics), load(row.test_metrics), row.checkpoint, load(row.info), row.seconds,
-                   row.worker, row.attempts)
+                   load(row.val_metrics), load(row.test_metrics), checkpoint, load(row.info), row.seconds,
+                   row.worker, row.attempts, row.host, row.pid)
 
 
 class Store:
-    def __init__(self, url: str | Path):
+    """``root`` is the study's ``output_dir``: checkpoints under it are stored relative to it and read back under
+    the reader's ``root``, so machines that mount the shared output folder at different paths all find them.
+    Without ``root``, a SQLite file's own folder is used (the default layout is ``<output_dir>/store.sqlite``)."""
+
+    def __init__(self, url: str | Path, root: str | Path | None = None):
         url = str(url)
         if "://" not in url:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +108,10 @@ class Store:
         self.url = url
         try:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
+            database = self.engine.url.database
+            if root is None and self.engine.dialect.name == "sqlite" and database and database != ":memory:":
+                root = Path(database).parent
+            self.root = Path(root) if root is not None else None
             with self.schema_lock():
                 self._rename_old_tables()
                 metadata.create_all(self.engine)
@@ -138,14 +155,40 @@ class Store:
                     kind = column.type.compile(dialect=self.engine.dialect)
                     conn.execute(sa.text(f"ALTER TABLE speedy_trials ADD COLUMN {column.name} {kind}"))
 
+    def now(self):
+        """The database server's clock (seconds since the epoch), as an SQL expression. Every heartbeat is written
+        and judged by this one clock: machines whose clocks disagree cannot make a live trial look stale, nor a
+        dead one look live."""
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            return sa.cast(sa.extract("epoch", sa.func.now()), sa.Float)
+        if dialect == "sqlite":  # the database is a local file: "its" clock is this machine's
+            return (sa.func.julianday("now") - 2440587.5) * 86400.0
+        if dialect in ("mysql", "mariadb"):
+            return sa.cast(sa.func.unix_timestamp(sa.func.now(6)), sa.Float)
+        return sa.cast(sa.extract("epoch", sa.func.current_timestamp()), sa.Float)
+
+    def _stored_checkpoint(self, path):
+        """A checkpoint under ``root`` is stored relative to it (see the class)."""
+        if not path or self.root is None:
+            return path
+        try:
+            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:  # elsewhere: kept as given
+            return str(path)
+
     # ------------------------------------------------------------------ trials
     def claim(self, key: str, stage: str, task: str, name: str, params: dict, worker: str,
               lease: float = 120.0) -> bool:
         """Take trial ``key`` for ``worker``, atomically: True if it is new, failed, or running under a worker
-        whose heartbeat is older than ``lease`` seconds (dead); False if done or running elsewhere."""
-        now = time.time()
+        whose heartbeat is older than ``lease`` seconds (dead); False if done or running elsewhere.
+
+        The claiming process's host and pid are recorded beside ``worker`` (whatever form its id takes), so a
+        later run on the same machine can tell whether that process still exists."""
+        now = self.now()
         values = dict(stage=stage, task=task, name=name, params=json.dumps(params, sort_keys=True, default=str),
-                      status="running", updated=now, worker=worker, heartbeat=now)
+                      status="running", updated=time.time(), worker=worker, heartbeat=now,
+                      host=socket.gethostname(), pid=os.getpid())
         with self.engine.begin() as conn:
             try:
                 with conn.begin_nested():  # a savepoint: PostgreSQL aborts the transaction on a failed insert
@@ -166,6 +209,8 @@ class Store:
         for name in ("val_metrics", "test_metrics", "info"):
             if name in fields and not isinstance(fields[name], str):
                 fields[name] = json.dumps(fields[name], default=float)
+        if "checkpoint" in fields:
+            fields["checkpoint"] = self._stored_checkpoint(fields["checkpoint"])
         fields["updated"] = time.time()
         with self.engine.begin() as conn:
             done = conn.execute(trials.update().where((trials.c.key == key) & (trials.c.worker == worker))
@@ -175,12 +220,12 @@ class Store:
     def beat(self, key: str, worker: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(trials.update().where((trials.c.key == key) & (trials.c.worker == worker))
-                         .values(heartbeat=time.time()))
+                         .values(heartbeat=self.now()))
 
     def get(self, key: str) -> Trial | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(trials).where(trials.c.key == key)).first()
-        return Trial.from_row(row) if row else None
+        return Trial.from_row(row, self.root) if row else None
 
     def start(self, key: str, stage: str, task: str, name: str, params: dict) -> None:
         values = dict(stage=stage, task=task, name=name, params=json.dumps(params, sort_keys=True, default=str),
@@ -195,6 +240,8 @@ class Store:
         for name in ("val_metrics", "test_metrics", "info"):
             if name in fields and not isinstance(fields[name], str):
                 fields[name] = json.dumps(fields[name], default=float)
+        if "checkpoint" in fields:
+            fields["checkpoint"] = self._stored_checkpoint(fields["checkpoint"])
         fields["updated"] = time.time()
         with self.engine.begin() as conn:
             conn.execute(trials.update().where(trials.c.key == key).values(**fields))
@@ -208,7 +255,7 @@ class Store:
         if status:
             query = query.where(trials.c.status == status)
         with self.engine.connect() as conn:
-            return [Trial.from_row(row) for row in conn.execute(query)]
+            return [Trial.from_row(row, self.root) for row in conn.execute(query)]
 
     # ------------------------------------------------------------------ selections
     def _replace(self, table, match, values: dict) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+
+from speedy.tasks.base import lower_is_better
 
 
 def training_args(output_dir: Path, *, epochs: int, batch_size: int, learning_rate: float, seed: int,
@@ -30,11 +33,67 @@ def training_args(output_dir: Path, *, epochs: int, batch_size: int, learning_ra
         disable_tqdm=False, use_cpu=not torch.cuda.is_available(), **extra)
 
 
+# What the Trainer needs to resume (weights in one of these forms; optimizer and scheduler unless
+# save_only_model). It writes the weights first, then the optimizer, scheduler and random states, and
+# trainer_state.json last: a run killed in between leaves a folder it cannot resume from.
+WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+OPTIMIZER = ("optimizer.pt", "scheduler.pt")
+
+
+def checkpoint_complete(folder: Path, optimizer: bool = True) -> bool:
+    try:
+        json.loads((Path(folder) / "trainer_state.json").read_text())
+    except (OSError, ValueError):  # missing, or cut short by the kill
+        return False
+    if not any((Path(folder) / name).is_file() for name in WEIGHTS):
+        return False
+    return not optimizer or all((Path(folder) / name).is_file() for name in OPTIMIZER)
+
+
+def last_complete_checkpoint(output_dir: Path, optimizer: bool = True, remove: bool = True) -> Path | None:
+    """The newest checkpoint a killed run left complete in ``output_dir``; with ``remove``, incomplete ones
+    (half-written, or half-deleted by the Trainer's rotation) are deleted so nothing later picks them up."""
+    output_dir = Path(output_dir)
+    numbered = []
+    for folder in output_dir.glob("checkpoint-*") if output_dir.is_dir() else []:
+        match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
+        if match and folder.is_dir():
+            numbered.append((int(match.group(1)), folder))
+    last = None
+    for _, folder in sorted(numbered, reverse=True):
+        if checkpoint_complete(folder, optimizer):
+            last = last or folder
+        elif remove:
+            shutil.rmtree(folder, ignore_errors=True)
+    return last
+
+
 def train_resumably(trainer) -> None:
-    """Train, continuing from the last checkpoint a killed run left in the output folder."""
-    output_dir = trainer.args.output_dir
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    trainer.train(resume_from_checkpoint=last)
+    """Train, continuing from the last complete checkpoint a killed run left in the output folder (or from the
+    start when there is none)."""
+    output_dir = Path(trainer.args.output_dir)
+    # every rank picks the same checkpoint; only the main process deletes the incomplete ones
+    last = last_complete_checkpoint(output_dir, optimizer=not trainer.args.save_only_model,
+                                    remove=trainer.is_world_process_zero())
+    if last is not None and trainer.is_world_process_zero():
+        _repoint_best(last, output_dir)
+    trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
+
+
+def _repoint_best(checkpoint: Path, output_dir: Path) -> None:
+    """The state names the best checkpoint by the path of the process that wrote it; a worker that mounts the
+    shared folder elsewhere (or runs from another folder) would not find it, and the Trainer would then drop
+    it and end with the last model instead of the best. Point it at the same checkpoint in ``output_dir``."""
+    path = checkpoint / "trainer_state.json"
+    state = json.loads(path.read_text())
+    best = state.get("best_model_checkpoint")
+    here = output_dir / Path(best).name if best else None
+    if here is None or not here.is_dir() or best == str(here):
+        return
+    state["best_model_checkpoint"] = str(here)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)  # never a half-written state: that would make the checkpoint incomplete
 
 
 def save_atomically(model, tokenizer, target: Path) -> Path:
@@ -73,7 +132,7 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
                         source=data.sources["train"])
     validation = task.encode(data.splits["validation"], tokenizer, max_length, source=data.sources["validation"])
     args = training_args(output_dir, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                         metric=metric, greater_is_better=metric != "loss", warmup_ratio=warmup_ratio,
+                         metric=metric, greater_is_better=not lower_is_better(metric), warmup_ratio=warmup_ratio,
                          weight_decay=weight_decay, fp16=mixed_precision == "fp16", bf16=mixed_precision == "bf16")
     kwargs = dict(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=task.collator(tokenizer), processing_class=tokenizer,

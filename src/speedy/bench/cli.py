@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from speedy.bench.engines import ENGINES, get_engine, load_engine
 from speedy.errors import SpeedyError
 
 bench_app = typer.Typer(no_args_is_help=True, help="Measure parameters, MACs and speed of models.")
@@ -87,7 +88,7 @@ def macs(models: List[str] = typer.Argument(..., help="Model folders, known name
 @bench_app.command()
 def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engines: folders trained with speedy); "
                                                        "the first is the reference of the speed-ups."),
-          engine: List[str] = typer.Option(["torch"], help="torch | onnx | onnx-int8 (repeat the option)."),
+          engine: List[str] = typer.Option(["torch"], help=f"{' | '.join(ENGINES)} (repeat the option)."),
           length: List[int] = typer.Option([512, 128], help="Fixed lengths of random ids (repeat the option)."),
           batch_size: int = typer.Option(1, help="Batch size of the fixed-length workload."),
           sentences: Optional[Path] = typer.Option(None, help="A file of real sentences, one per line: timed with "
@@ -101,12 +102,10 @@ def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engi
     _setup()
     import torch
 
-    from speedy.bench.engines import check_engine, load_engine
     from speedy.bench.speed import pin_threads, random_inputs, read_sentences, time_model, time_sentences
 
     try:
-        for e in engine:
-            check_engine(e)
+        chosen = {e: get_engine(e) for e in engine}
         texts = read_sentences(sentences) if sentences is not None else None
         threads = pin_threads(threads)
         console.print(f"threads: {threads} (torch intra-op and ONNX Runtime intra-op; inter-op 1); "
@@ -114,7 +113,10 @@ def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engi
         results = []
         for name in models:
             for e in engine:
-                model = load_engine(name, e, threads, export_missing=True) if e != "torch" else load_for_measure(name)
+                if chosen[e].file is None:  # it runs the PyTorch model: any encoder, by folder, known name or Hub id
+                    model = chosen[e].load(name, None, threads, model=load_for_measure(name))
+                else:
+                    model = load_engine(name, e, threads, export_missing=True)
                 for n in length:
                     r = time_model(model, random_inputs(model.config.vocab_size, batch_size, n), warmup, runs, threads)
                     results.append({"model": name, "engine": e, "workload": f"fixed {n}", **r})

@@ -1,133 +1,152 @@
-"""Inference engines behind one call shape: PyTorch eager fp32, ONNX Runtime fp32 and ONNX Runtime int8.
+"""Inference engines, one class each, in the one registry that the benchmarks, ``speedy predict`` and ``speedy
+serve`` all read: PyTorch eager fp32, ONNX Runtime fp32 and ONNX Runtime int8.
 
-An ONNX Runtime engine is wrapped as a module that takes the tokenizer's tensors and returns the same output
-object as the Hugging Face model (``logits``, or ``start_logits``/``end_logits``), so every task's prediction,
-evaluation and timing code runs any engine unchanged.
+Every engine answers like the Hugging Face model (``logits``, or ``start_logits``/``end_logits``), so every task's
+prediction, evaluation and timing code runs any engine unchanged. Adding one (OpenVINO, fp16 ONNX, ...) is one
+subclass of :class:`Engine` and one entry in ``ENGINES``; nothing else names engines.
+
+This module imports neither torch nor ``speedy.bench.export`` at its top (the CLI and the config check read the
+registry's names only); the ONNX engines import the export code when they run, and the export code never
+imports this module.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import numpy as np
-import torch
-from torch import nn
-from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
+from typing import ClassVar
 
 from speedy.errors import SpeedyError
 
-ENGINES = ("torch", "onnx", "onnx-int8")
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
-ONNX_FOLDER = "onnx"
+
+class Engine:
+    """One way to run the model of a speedy folder. The base class runs the PyTorch model itself.
+
+    An engine that runs a file of its own sets ``file`` (its path in the model folder) and overrides ``write``
+    (make the file from the PyTorch model), ``load`` and, when it needs extra libraries, ``require``."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # how tables and plots name it
+    card: ClassVar[str] = ""  # what the model card of ``speedy export`` says of the engine's file
+    file: str | None = None  # the engine's file in the model folder; None: it runs the PyTorch weights
+
+    @property
+    def needs_weights(self) -> bool:
+        """Whether running (not only writing its file) needs the folder's PyTorch weights."""
+        return self.file is None
+
+    def path(self, folder: str | Path) -> Path | None:
+        return Path(folder) / self.file if self.file is not None else None
+
+    def ready(self, folder: str | Path) -> bool:
+        """Whether ``folder`` holds what the engine runs."""
+        return self.file is None or self.path(folder).is_file()
+
+    def require(self) -> None:
+        """A one-line error naming what to install, when a library the engine needs is missing."""
+
+    def prepare(self, folder: str | Path, model=None) -> None:
+        """Write what the engine runs into ``folder`` when it is missing, from ``model`` (default: the folder's
+        PyTorch model, loaded)."""
+        if self.ready(folder):
+            return
+        self.require()
+        if model is None:
+            from speedy.models.folder import load_torch_model
+
+            model = load_torch_model(folder)
+        self.write(model, Path(folder))
+
+    def write(self, model, folder: Path) -> None:
+        raise NotImplementedError(f"engine '{self.name}' does not say how to write {self.file}")
+
+    def load(self, folder: str | Path, config, threads: int | None = None, model=None):
+        """The folder's model in this engine, what it runs being there (``ready``). ``config``: the folder's
+        checked ``config.json``; ``model``: the folder's PyTorch model when the caller has it loaded already."""
+        if model is None:
+            from speedy.models.folder import load_torch_model
+
+            model = load_torch_model(folder)
+        return model
 
 
-def require_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise SpeedyError("the ONNX engines need onnxruntime, which is not installed: "
-                          "pip install 'speedy[onnx]'") from None
-    return onnxruntime
+class TorchEngine(Engine):
+    """PyTorch eager fp32: the Hugging Face model as trained (on the GPU when the caller moves it there)."""
+
+    name = "torch"
+    title = "PyTorch fp32"
+    card = "Hugging Face model and tokenizer (this folder)"
+
+
+class OnnxEngine(Engine):
+    """ONNX Runtime fp32: the graph of torch's exporter, fused by onnxruntime's transformer optimizer (the recipe
+    and its measured reasons: ``speedy.bench.export``), which writes this engine's file and the int8 one at once."""
+
+    name = "onnx"
+    title = "ONNX Runtime fp32"
+    card = "ONNX Runtime fp32, attention, LayerNorm and GELU fused"
+
+    @property
+    def file(self) -> str:  # the name the export writes (``export.ONNX_FILES``), kept in one place
+        from speedy.bench.export import ONNX_FILES, ONNX_FOLDER
+
+        return f"{ONNX_FOLDER}/{ONNX_FILES[self.name]}"
+
+    def require(self) -> None:
+        from speedy.bench.export import require_onnxruntime
+
+        require_onnxruntime()
+
+    def write(self, model, folder: Path) -> None:
+        from speedy.bench.export import ONNX_FOLDER, export_onnx
+
+        export_onnx(model, folder / ONNX_FOLDER)
+
+    def load(self, folder: str | Path, config, threads: int | None = None, model=None):
+        from speedy.bench.export import OnnxModel
+
+        return OnnxModel(self.path(folder), config, threads)
+
+
+class OnnxInt8Engine(OnnxEngine):
+    """ONNX Runtime int8: the fused fp32 graph with int8 weights (dynamic quantization), written with it."""
+
+    name = "onnx-int8"
+    title = "ONNX Runtime int8"
+    card = "the fused graph with int8 weights (dynamic quantization)"
+
+
+# The registry: name -> engine class, in the order the tables and the model card list them.
+ENGINES: dict[str, type[Engine]] = {engine.name: engine for engine in (TorchEngine, OnnxEngine, OnnxInt8Engine)}
+
+
+def get_engine(name: str, setting: str = "--engine") -> Engine:
+    """The engine called ``name``; a one-line error naming ``setting`` for an unknown one."""
+    if name not in ENGINES:
+        raise SpeedyError(f"{setting}: unknown engine '{name}' (allowed: {', '.join(ENGINES)})")
+    return ENGINES[name]()
 
 
 def check_engine(engine: str, setting: str = "--engine") -> str:
-    if engine not in ENGINES:
-        raise SpeedyError(f"{setting}: unknown engine '{engine}' (allowed: {', '.join(ENGINES)})")
+    get_engine(engine, setting)
     return engine
 
 
-def config_signature(config) -> dict:
-    """What an exported graph must agree with its ``config.json`` on (kept in the ONNX file's metadata)."""
-    return {"model_type": config.model_type, "vocab_size": config.vocab_size,
-            "hidden_size": getattr(config, "hidden_size", getattr(config, "dim", None)),
-            "num_hidden_layers": getattr(config, "num_hidden_layers", getattr(config, "n_layers", None)),
-            "num_labels": config.num_labels, "task": (getattr(config, "speedy_task", None) or {}).get("type")}
-
-
-class OnnxModel(nn.Module):
-    """An ONNX Runtime session that answers like the Hugging Face model it was exported from."""
-
-    def __init__(self, path: str | Path, config, threads: int | None = None):
-        super().__init__()
-        ort = require_onnxruntime()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise SpeedyError(f"{self.path}: no such ONNX model (write it with 'speedy export')")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.inter_op_num_threads = 1
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise SpeedyError(f"{self.path}: not a loadable ONNX model: {str(error).splitlines()[0]}") from None
-        self.config = config
-        self.threads = threads or torch.get_num_threads()
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self._check_matches_config()
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def _check_matches_config(self) -> None:
-        stored = self.session.get_modelmeta().custom_metadata_map.get("speedy_config")
-        expected = config_signature(self.config)
-        if stored is not None:
-            stored = json.loads(stored)
-            differ = {k: (stored.get(k), v) for k, v in expected.items() if stored.get(k) != v}
-            if differ:
-                shown = "; ".join(f"{k}: {a} in the ONNX file, {b} in config.json" for k, (a, b) in differ.items())
-                raise SpeedyError(f"{self.path}: does not match its config.json ({shown}): export it again")
-        wanted = ["start_logits", "end_logits"] if expected["task"] == "qa" else ["logits"]
-        if self.output_names != wanted:
-            raise SpeedyError(f"{self.path}: outputs {self.output_names}, but config.json describes a "
-                              f"{expected['task']} model with outputs {wanted}: export it again")
-        if wanted == ["logits"]:
-            width = self.session.get_outputs()[0].shape[-1]
-            if isinstance(width, int) and width != self.config.num_labels:
-                raise SpeedyError(f"{self.path}: gives {width} labels, config.json has {self.config.num_labels}: "
-                                  "export it again")
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_ignored):
-        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        if given["attention_mask"] is None:
-            given["attention_mask"] = torch.ones_like(input_ids)
-        if given["token_type_ids"] is None:
-            given["token_type_ids"] = torch.zeros_like(input_ids)
-        feed = {name: np.ascontiguousarray(given[name].cpu().numpy().astype(np.int64)) for name in self.input_names}
-        outputs = [torch.from_numpy(o) for o in self.session.run(self.output_names, feed)]
-        if self.output_names == ["start_logits", "end_logits"]:
-            return QuestionAnsweringModelOutput(start_logits=outputs[0], end_logits=outputs[1])
-        return SequenceClassifierOutput(logits=outputs[0])
-
-
-def onnx_path(model_dir: str | Path, engine: str) -> Path:
-    return Path(model_dir) / ONNX_FOLDER / ONNX_FILES[engine]
-
-
 def load_engine(model_dir: str | Path, engine: str = "torch", threads: int | None = None,
-                export_missing: bool = False, need_tokenizer: bool = True):
-    """The model of a speedy folder in ``engine``; the ONNX files are written first if ``export_missing``.
-    The folder is checked first (``speedy.models.folder``): a broken one is one line naming the file at fault."""
-    from speedy.models.folder import check_model_folder, load_torch_model
+                export_missing: bool = False, need_tokenizer: bool = True, model=None):
+    """The model of a speedy folder in ``engine``; the engine's file is written first if ``export_missing``.
+    The folder is checked first (``speedy.models.folder``): a broken one is one line naming the file at fault.
+    ``model``: the folder's PyTorch model, when the caller has it loaded already."""
+    from speedy.models.folder import check_model_folder
 
-    check_engine(engine)
+    chosen = get_engine(engine)
     model_dir = Path(model_dir)
-    path = onnx_path(model_dir, engine) if engine != "torch" else None
+    missing = not chosen.ready(model_dir)
     folder = check_model_folder(model_dir, need_tokenizer=need_tokenizer,
-                                need_weights=path is None or (export_missing and not path.is_file()))
-    if engine == "torch":
-        return load_torch_model(model_dir)
-    require_onnxruntime()
-    if not path.is_file():
+                                need_weights=chosen.needs_weights or (export_missing and missing))
+    chosen.require()
+    if missing:
         if not export_missing:
-            raise SpeedyError(f"{path}: no such file: run 'speedy export {model_dir} OUT' and use OUT, "
-                              f"or --engine torch")
-        from speedy.bench.export import export_onnx
-
-        export_onnx(load_torch_model(model_dir), model_dir / ONNX_FOLDER)
-    return OnnxModel(path, folder.config, threads)
+            raise SpeedyError(f"{chosen.path(model_dir)}: no such file: run 'speedy export {model_dir} OUT' and "
+                              f"use OUT, or --engine torch")
+        chosen.prepare(model_dir)
+    return chosen.load(model_dir, folder.config, threads, model=model)

@@ -1,4 +1,5 @@
-"""Export to ONNX, fuse for ONNX Runtime, quantize to int8, and check the result against PyTorch.
+"""Export to ONNX, fuse for ONNX Runtime, quantize to int8, run the files (``OnnxModel``, what the ONNX engines
+of ``speedy.bench.engines`` load), and check the result against PyTorch. This module never imports the engines.
 
 Measured facts behind the recipe (torch 2.13, onnxruntime 1.31, transformers 5.23):
 - torch's TorchScript exporter (``dynamo=False``) is used: the graphs of the newer exporter are not fused by
@@ -22,9 +23,94 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
 
-from speedy.bench.engines import ONNX_FILES, OnnxModel, config_signature, require_onnxruntime
+from speedy.distill.cache import is_leftover, owner_tag
 from speedy.errors import SpeedyError
+
+ONNX_FOLDER = "onnx"
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}  # in ONNX_FOLDER, by engine name
+
+
+def require_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise SpeedyError("the ONNX engines need onnxruntime, which is not installed: "
+                          "pip install 'speedy[onnx]'") from None
+    return onnxruntime
+
+
+def config_signature(config) -> dict:
+    """What an exported graph must agree with its ``config.json`` on (kept in the ONNX file's metadata)."""
+    return {"model_type": config.model_type, "vocab_size": config.vocab_size,
+            "hidden_size": getattr(config, "hidden_size", getattr(config, "dim", None)),
+            "num_hidden_layers": getattr(config, "num_hidden_layers", getattr(config, "n_layers", None)),
+            "num_labels": config.num_labels, "task": (getattr(config, "speedy_task", None) or {}).get("type")}
+
+
+class OnnxModel(nn.Module):
+    """An ONNX Runtime session that answers like the Hugging Face model it was exported from: it takes the
+    tokenizer's tensors and returns the same output object (``logits``, or ``start_logits``/``end_logits``), so
+    every task's prediction, evaluation and timing code runs it unchanged."""
+
+    def __init__(self, path: str | Path, config, threads: int | None = None):
+        super().__init__()
+        ort = require_onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SpeedyError(f"{self.path}: no such ONNX model (write it with 'speedy export')")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise SpeedyError(f"{self.path}: not a loadable ONNX model: {str(error).splitlines()[0]}") from None
+        self.config = config
+        self.threads = threads or torch.get_num_threads()
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._check_matches_config()
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _check_matches_config(self) -> None:
+        stored = self.session.get_modelmeta().custom_metadata_map.get("speedy_config")
+        expected = config_signature(self.config)
+        if stored is not None:
+            stored = json.loads(stored)
+            differ = {k: (stored.get(k), v) for k, v in expected.items() if stored.get(k) != v}
+            if differ:
+                shown = "; ".join(f"{k}: {a} in the ONNX file, {b} in config.json" for k, (a, b) in differ.items())
+                raise SpeedyError(f"{self.path}: does not match its config.json ({shown}): export it again")
+        wanted = ["start_logits", "end_logits"] if expected["task"] == "qa" else ["logits"]
+        if self.output_names != wanted:
+            raise SpeedyError(f"{self.path}: outputs {self.output_names}, but config.json describes a "
+                              f"{expected['task']} model with outputs {wanted}: export it again")
+        if wanted == ["logits"]:
+            width = self.session.get_outputs()[0].shape[-1]
+            if isinstance(width, int) and width != self.config.num_labels:
+                raise SpeedyError(f"{self.path}: gives {width} labels, config.json has {self.config.num_labels}: "
+                                  "export it again")
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_ignored):
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        if given["attention_mask"] is None:
+            given["attention_mask"] = torch.ones_like(input_ids)
+        if given["token_type_ids"] is None:
+            given["token_type_ids"] = torch.zeros_like(input_ids)
+        feed = {name: np.ascontiguousarray(given[name].cpu().numpy().astype(np.int64)) for name in self.input_names}
+        outputs = [torch.from_numpy(o) for o in self.session.run(self.output_names, feed)]
+        if self.output_names == ["start_logits", "end_logits"]:
+            return QuestionAnsweringModelOutput(start_logits=outputs[0], end_logits=outputs[1])
+        return SequenceClassifierOutput(logits=outputs[0])
+
 
 HEADS = {"classification": "ForSequenceClassification", "tagging": "ForTokenClassification",
          "qa": "ForQuestionAnswering"}
@@ -71,8 +157,14 @@ def export_onnx(model, folder: str | Path, opset: int = 17) -> dict[str, Path]:
              "attention_mask": torch.ones(2, 16, dtype=torch.long), "token_type_ids": torch.zeros(2, 16, dtype=torch.long)}
     axes = {name: {0: "batch", 1: "length"} for name in names}
     axes.update({name: ({0: "batch"} if task == "classification" else {0: "batch", 1: "length"}) for name in outputs})
-    unique = f"{os.getpid()}-{time.time_ns()}"  # two workers exporting one model never share a temporary file
-    raw, fused, int8 = (folder / f"{part}.{unique}.tmp.onnx" for part in ("raw", "fused", "int8"))
+    # Files of an earlier export that was killed (its process ended, or they are an hour old: an export takes
+    # minutes), never those another live exporter is writing.
+    for leftover in folder.glob("*.tmp.onnx*"):
+        if is_leftover(leftover, max_age=3600):
+            leftover.unlink(missing_ok=True)
+    # unique: two workers exporting one model never share a temporary file; the tag names this process
+    unique = f"{owner_tag()}{time.time_ns()}"
+    raw, fused, int8 = (folder / f"{part}{unique}.tmp.onnx" for part in ("raw", "fused", "int8"))
     root_logger, level = logging.getLogger(), logging.getLogger().level
     try:
         # The tracer's and quantizer's advice does not apply here (fixed-shape checks the graph never takes;

@@ -1,10 +1,16 @@
-"""Knowledge-distillation losses: ``alpha * CE(gold) + (1 - alpha) * KD(student, teacher)``.
+"""Knowledge-distillation losses: ``alpha * CE(gold) + (1 - alpha) * sum_i weight_i * KD_i(student, teachers)``.
 
-Every function takes rows of logits, one row per distilled unit (an example for classification, a word for
-tagging, a start or end distribution for QA), shaped ``[rows, classes]``; the caller has already gathered and
-aligned the rows, so the losses know nothing of tokenizers. Rows of different widths (QA's windows cover
-different numbers of units) are padded with ``PAD_LOGIT`` in both student and teacher: its probability is exactly
-0, so KL and CE ignore it, and MSE leaves the entries where the teacher holds it out of its mean.
+Every function takes rows, one row per distilled unit (an example for classification, a word for tagging, a
+start or end distribution for QA), shaped ``[rows, width]``; the caller has already gathered and aligned the
+rows, so the losses know nothing of tokenizers. Rows of different widths (QA's windows cover different numbers
+of units) are padded with ``PAD_LOGIT`` in both student and teacher: its probability is exactly 0, so KL and CE
+ignore it, and MSE leaves the entries where the teacher holds it out of its mean.
+
+The objective (:class:`DistillationObjective`) is a list of :class:`KDTerm`, each a loss ``kind`` on one named
+*signal* (what the teacher cache stores: ``logits`` today), from every teacher given: a term's value is the
+mean of its value against each teacher (for KL and CE that has the gradient of distilling toward the mean of the
+teachers' distributions; for MSE, toward their mean logits), so teachers whose rows differ (another tokenizer
+skips other words) still combine. :class:`DistillationLoss` is the one-term case on rows (the paper's).
 
 References: Hinton, Vinyals and Dean (2015), "Distilling the Knowledge in a Neural Network" (softened
 softmax, the ``T**2`` factor that keeps gradient sizes comparable across temperatures); Cañete and
@@ -20,6 +26,8 @@ Example::
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +69,52 @@ def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 KD_FUNCTIONS = {"kl": kl_divergence, "ce": soft_cross_entropy, "mse": logit_mse}
 
 
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise SpeedyError(f"distill.alpha: {alpha} is outside [0, 1]")
+
+
+def mix_gold(kd: torch.Tensor, student_logits: torch.Tensor, labels, alpha: float) -> torch.Tensor:
+    """``alpha * CE(student_logits, labels) + (1 - alpha) * kd``; just ``kd`` when ``alpha`` is 0. Rows labelled
+    -100 are left out of the CE term; a batch with no gold row adds nothing (CE would be 0/0 = NaN)."""
+    if alpha == 0.0:
+        return kd
+    if labels is None:
+        raise SpeedyError("distill.alpha > 0 needs gold labels, and the batch has none")
+    if bool((labels != -100).any()):
+        ce = F.cross_entropy(student_logits, labels, ignore_index=-100)
+    else:  # no gold row in this batch (QA windows without the answer): CE would be 0/0 = NaN
+        ce = student_logits.sum() * 0.0  # keeps the graph, adds nothing
+    return alpha * ce + (1.0 - alpha) * kd
+
+
+@dataclass(frozen=True)
+class KDTerm:
+    """One KD term: the loss ``kind`` between the student's and a teacher's rows of ``signal``, times ``weight``.
+
+    ``signal`` names what the teacher cache stores and the task pairs (``logits``; later ``hidden.<layer>``...);
+    ``kind`` is a key of ``KD_FUNCTIONS`` (``kl``, ``ce``, ``mse``); ``temperature`` softens kl and ce."""
+
+    signal: str = "logits"
+    kind: str = "kl"
+    weight: float = 1.0
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in KD_FUNCTIONS:
+            raise SpeedyError(f"distill.loss: unknown KD loss '{self.kind}' (allowed: {', '.join(KD_FUNCTIONS)})")
+        if not self.temperature > 0:
+            raise SpeedyError(f"distill.temperature: {self.temperature} must be above 0")
+        if not 0.0 <= self.weight < float("inf"):
+            raise SpeedyError(f"distill.weight: {self.weight} of the '{self.signal}' term must be a finite number >= 0")
+
+    def __call__(self, student_rows: torch.Tensor, teacher_rows: torch.Tensor) -> torch.Tensor:
+        teacher_rows = teacher_rows.to(student_rows.dtype)
+        return KD_FUNCTIONS[self.kind](student_rows, teacher_rows, self.temperature)
+
+
 class DistillationLoss(nn.Module):
-    """``alpha * CE(student, gold) + (1 - alpha) * KD(student, teacher)``.
+    """``alpha * CE(student, gold) + (1 - alpha) * KD(student, teacher)`` on rows of logits: one :class:`KDTerm`.
 
     Args:
         kind: ``kl`` (KL divergence), ``ce`` (soft cross-entropy) or ``mse`` (on logits).
@@ -77,21 +129,64 @@ class DistillationLoss(nn.Module):
         super().__init__()
         if kind not in KD_FUNCTIONS:
             raise SpeedyError(f"distill.loss: unknown KD loss '{kind}' (allowed: {', '.join(KD_KINDS)})")
-        if not 0.0 <= alpha <= 1.0:
-            raise SpeedyError(f"distill.alpha: {alpha} is outside [0, 1]")
-        if temperature <= 0:
-            raise SpeedyError(f"distill.temperature: {temperature} must be above 0")
+        _check_alpha(alpha)
+        self.term = KDTerm("logits", kind, 1.0, temperature)
         self.kind, self.alpha, self.temperature = kind, alpha, temperature
 
     def forward(self, student_logits, teacher_logits, labels=None) -> torch.Tensor:
-        teacher_logits = teacher_logits.to(student_logits.dtype)
-        kd = KD_FUNCTIONS[self.kind](student_logits, teacher_logits, self.temperature)
+        return mix_gold(self.term(student_logits, teacher_logits), student_logits, labels, self.alpha)
+
+    def objective(self) -> "DistillationObjective":
+        """The same loss as a :class:`DistillationObjective` (what the trainer takes)."""
+        return DistillationObjective([self.term], self.alpha)
+
+
+class DistillationObjective(nn.Module):
+    """``alpha * CE(gold) + (1 - alpha) * sum_i weight_i * mean_teachers term_i``, on a batch.
+
+    Each term asks the task for the student's and each teacher's rows of its signal
+    (``task.kd_rows(outputs, inputs, extras, cache, signal)``); the gold CE is taken on the ``logits`` rows of the
+    first teacher (the words or units that teacher saw, as with one teacher). With one term of weight 1 and one
+    teacher this computes exactly what :class:`DistillationLoss` computes, operation for operation.
+    """
+
+    def __init__(self, terms, alpha: float = 0.0):
+        super().__init__()
+        self.terms = tuple(terms)
+        if not self.terms:
+            raise SpeedyError("distill: the KD objective needs at least one term")
+        _check_alpha(alpha)
+        self.alpha = alpha
+
+    @classmethod
+    def single(cls, kind: str = "kl", alpha: float = 0.0, temperature: float = 1.0) -> "DistillationObjective":
+        """The paper's objective: one ``kind`` term on the logits (``distill.loss``, ``alpha``, ``temperature``)."""
+        return DistillationLoss(kind, alpha, temperature).objective()
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """The signals the teacher pass must store for this objective, in the order of the terms."""
+        wanted = [term.signal for term in self.terms] + (["logits"] if self.alpha > 0 else [])
+        return tuple(dict.fromkeys(wanted))
+
+    def forward(self, task, outputs, inputs, extras, caches) -> torch.Tensor:
+        caches = list(caches)
+        if not caches:
+            raise SpeedyError("distill: the KD objective needs at least one teacher cache")
+        rows = {}  # (signal, teacher) -> (student rows, teacher rows, labels): each pairing is done once per batch
+
+        def paired(signal: str, teacher: int):
+            if (signal, teacher) not in rows:
+                rows[(signal, teacher)] = task.kd_rows(outputs, inputs, extras, caches[teacher], signal)
+            return rows[(signal, teacher)]
+
+        kd = None
+        for term in self.terms:
+            values = [term(*paired(term.signal, t)[:2]) for t in range(len(caches))]
+            value = values[0] if len(values) == 1 else torch.stack(values).mean()
+            value = value if term.weight == 1.0 else term.weight * value
+            kd = value if kd is None else kd + value
         if self.alpha == 0.0:
             return kd
-        if labels is None:
-            raise SpeedyError("distill.alpha > 0 needs gold labels, and the batch has none")
-        if bool((labels != -100).any()):
-            ce = F.cross_entropy(student_logits, labels, ignore_index=-100)
-        else:  # no gold row in this batch (QA windows without the answer): CE would be 0/0 = NaN
-            ce = student_logits.sum() * 0.0  # keeps the graph, adds nothing
-        return self.alpha * ce + (1.0 - self.alpha) * kd
+        student, _, labels = paired("logits", 0)
+        return mix_gold(kd, student, labels, self.alpha)

@@ -8,24 +8,30 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from speedy.distill.cache import TeacherCache, cache_key, fingerprint_inputs, fingerprint_model
+from speedy.distill.cache import TeacherCache, cache_key, check_signal_name, fingerprint_inputs, fingerprint_model
 from speedy.tasks.base import EXTRA_KEYS, Task
 
 
 def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_length: int, root: Path,
-                      batch_size: int = 64, source: str = "") -> TeacherCache:
-    """The teacher's rows for every example of ``dataset``, from the cache or computed now (one pass)."""
+                      batch_size: int = 64, source: str = "", signals=("logits",),
+                      teacher_name: str | None = None) -> TeacherCache:
+    """The teacher's rows of each of ``signals`` for every example of ``dataset``, from the cache or computed now
+    (one pass). ``teacher_name`` (default: the model's ``name_or_path``) is kept in the cache's metadata."""
+    signals = tuple(dict.fromkeys(check_signal_name(signal) for signal in signals))
+    dims = {signal: task.row_dim(signal, teacher) for signal in signals}  # a signal the task cannot give fails here
     encoded = task.encode(dataset, teacher_tokenizer, max_length, with_index=True, source=source)
     inputs_fingerprint = fingerprint_inputs(
         zip(*(encoded[name] for name in encoded.column_names)), extra=f"{task.type}:{task.labels}")
-    key = cache_key(fingerprint_model(teacher), inputs_fingerprint)
+    teacher_fingerprint = fingerprint_model(teacher)
+    key = cache_key(teacher_fingerprint, inputs_fingerprint)
 
     @torch.no_grad()
     def compute():
         teacher.eval()
         device = next(teacher.parameters()).device
         # Rows a teacher never produced (a word it saw no piece of) stay NaN and are left out of the KD loss.
-        rows = [np.full((n, task.row_dim), np.nan, dtype=np.float32) for n in task.rows_per_example(dataset)]
+        rows = {signal: [np.full((n, dims[signal]), np.nan, dtype=np.float32)
+                         for n in task.rows_per_example(dataset, signal)] for signal in signals}
         # Sequences in order of length, so batches carry little padding; rows land by example index anyway.
         lengths = [len(ids) for ids in encoded["input_ids"]]
         by_length = sorted(range(len(encoded)), key=lengths.__getitem__)
@@ -34,8 +40,14 @@ def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_lengt
         for batch in loader:
             inputs = {name: value.to(device) for name, value in batch.items()
                       if name not in EXTRA_KEYS and name not in ("labels", "start_positions", "end_positions")}
-            for example, positions, values in task.teacher_rows(teacher(**inputs), batch):
-                rows[example][positions] = values
+            outputs = teacher(**inputs)
+            for signal in signals:
+                for example, positions, values in task.teacher_rows(outputs, batch, signal):
+                    rows[signal][example][positions] = values
         return rows
 
-    return TeacherCache.load_or_build(root, key, compute, meta={"task": task.type, "examples": len(dataset)})
+    identity = {"fingerprint": teacher_fingerprint,
+                "name": teacher_name if teacher_name is not None else str(getattr(teacher, "name_or_path", "") or "")}
+    return TeacherCache.load_or_build(root, key, compute, meta={"task": task.type, "examples": len(dataset),
+                                                                "inputs": inputs_fingerprint},
+                                      signals=signals, teacher=identity)

@@ -1,10 +1,10 @@
-"""Stage 3's trainer: the ``transformers`` Trainer with a KD loss read from the teacher cache.
+"""Stage 3's trainer: the ``transformers`` Trainer with a KD objective read from teacher caches.
 
-Only ``compute_loss`` changes. Training batches carry ``example_index``; the trainer looks up the teacher's rows
-for those examples in the cache (so the teacher never runs during training and the data can be shuffled every
-epoch) and asks the task for the student's matching rows. Evaluation batches carry no index and get the task's
-ordinary loss against gold labels, so validation losses of students and teachers compare. A *training* batch
-without ``example_index`` is an error: falling back to the gold loss would silently train without KD.
+Only ``compute_loss`` changes. Training batches carry ``example_index``; the objective asks the task for the
+student's rows of each signal and the matching teacher rows in each cache (so no teacher runs during training
+and the data can be shuffled every epoch). Evaluation batches carry no index and get the task's ordinary loss
+against gold labels, so validation losses of students and teachers compare. A *training* batch without
+``example_index`` is an error: falling back to the gold loss would silently train without KD.
 """
 
 from __future__ import annotations
@@ -12,17 +12,31 @@ from __future__ import annotations
 from transformers import Trainer
 
 from speedy.distill.cache import TeacherCache
-from speedy.distill.losses import DistillationLoss
+from speedy.distill.losses import DistillationLoss, DistillationObjective
 from speedy.errors import SpeedyError
 from speedy.tasks.base import EXTRA_KEYS, Task
 
 
 class DistillationTrainer(Trainer):
-    def __init__(self, *args, teacher_cache: TeacherCache, distillation_loss: DistillationLoss, task: Task, **kwargs):
+    """``teacher_caches``: one cache per teacher, over the same training examples; ``objective``: the KD terms.
+
+    ``teacher_cache=`` and ``distillation_loss=`` (one teacher, one logits term) are still accepted."""
+
+    def __init__(self, *args, task: Task, teacher_caches: list[TeacherCache] | None = None,
+                 objective: DistillationObjective | None = None, teacher_cache: TeacherCache | None = None,
+                 distillation_loss: DistillationLoss | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.teacher_cache = teacher_cache
-        self.distillation_loss = distillation_loss
-        self.task = task
+        if teacher_cache is not None:
+            teacher_caches = [teacher_cache, *(teacher_caches or [])]
+        if objective is None and distillation_loss is not None:
+            objective = distillation_loss.objective()
+        if not teacher_caches or objective is None:
+            raise SpeedyError("distill: the KD trainer needs teacher caches and an objective")
+        sizes = {len(cache) for cache in teacher_caches}
+        if len(sizes) > 1:
+            raise SpeedyError(f"distill: the teacher caches cover different numbers of examples ({sorted(sizes)}): "
+                              f"every teacher must run over the same training split")
+        self.teacher_caches, self.objective, self.task = list(teacher_caches), objective, task
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         extras = {name: inputs.pop(name) for name in EXTRA_KEYS if name in inputs}
@@ -33,6 +47,5 @@ class DistillationTrainer(Trainer):
                                   "found: encode the training split with with_index=True")
             loss = outputs.loss
         else:
-            student, teacher, labels = self.task.kd_rows(outputs, inputs, extras, self.teacher_cache)
-            loss = self.distillation_loss(student, teacher, labels)
+            loss = self.objective(self.task, outputs, inputs, extras, self.teacher_caches)
         return (loss, outputs) if return_outputs else loss

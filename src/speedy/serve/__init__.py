@@ -20,13 +20,13 @@ def require_serving():
 def run_server(model_dir: Path, host: str, port: int, graceful_seconds: int = 30, **settings) -> None:
     """Serve until SIGINT/SIGTERM; on either, stop taking requests and finish those under way."""
     uvicorn = require_serving()
-    from speedy.bench.engines import check_engine
+    from speedy.bench.engines import get_engine
     from speedy.serve.app import ServeSettings, create_app, server_options
 
-    check_engine(settings.get("engine", "onnx-int8"))
+    engine = get_engine(settings.get("engine", "onnx-int8"))
     from speedy.models.folder import check_model_folder
 
-    check_model_folder(model_dir, need_weights=settings.get("engine", "onnx-int8") == "torch")
+    check_model_folder(model_dir, need_weights=engine.needs_weights)
     for name in ("max_chars", "max_items", "max_batch", "max_body_bytes", "max_header_bytes", "idle_seconds",
                  "read_seconds"):
         if settings.get(name) is not None and settings[name] <= 0:

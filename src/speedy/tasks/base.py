@@ -88,9 +88,14 @@ class Task(ABC):
         """The validation metric that early stopping and the best checkpoint follow."""
         return self.primary_metric
 
-    @property
-    def row_dim(self) -> int:
-        """Width of one KD row (classes)."""
+    def row_dim(self, signal: str = "logits", teacher=None) -> int:
+        """Width of one KD row of ``signal`` (``logits``: one per class) from ``teacher`` (a later signal's width,
+        a hidden state's, may be the teacher's). A signal this task's ``teacher_rows``/``kd_rows`` cannot give
+        is an error."""
+        if signal != "logits":
+            from speedy.errors import SpeedyError
+
+            raise SpeedyError(f"distill: a {self.type} task has no KD signal '{signal}' (it has: logits)")
         return len(self.labels)
 
     @abstractmethod
@@ -105,8 +110,8 @@ class Task(ABC):
     def prepare(self, train_split) -> None:
         """Learn what the task needs from its training split before use (a no-op for most tasks)."""
 
-    def rows_per_example(self, dataset) -> list[int]:
-        """How many KD rows each example has (what the teacher cache stores per example)."""
+    def rows_per_example(self, dataset, signal: str = "logits") -> list[int]:
+        """How many KD rows of ``signal`` each example has (what the teacher cache stores per example)."""
         return [1] * len(dataset)
 
     @abstractmethod
@@ -130,9 +135,12 @@ class Task(ABC):
         return self.compute_metrics(logits, labels)
 
     @abstractmethod
-    def teacher_rows(self, outputs, batch) -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
-        """For each sequence of a teacher batch: ``(example index, row indices within the example, rows)``."""
+    def teacher_rows(self, outputs, batch, signal: str = "logits") -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
+        """For each sequence of a teacher batch: ``(example index, row indices within the example, rows)`` of
+        ``signal``."""
 
     @abstractmethod
-    def kd_rows(self, outputs, inputs, extras, cache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The student's rows, the teacher's matching rows from ``cache``, and the rows' gold labels."""
+    def kd_rows(self, outputs, inputs, extras, cache,
+                signal: str = "logits") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The student's rows of ``signal``, the teacher's matching rows from ``cache``, and the rows' gold labels
+        (``None`` where the signal has no labels)."""

@@ -49,11 +49,13 @@ class ClassificationTask(Task):
                 "macro_f1": float(f1_score(label_ids, predicted, average="macro", labels=list(range(len(self.labels))),
                                            zero_division=0))}
 
-    def teacher_rows(self, outputs, batch):
+    def teacher_rows(self, outputs, batch, signal: str = "logits"):
+        self.row_dim(signal)  # fails for a signal this task cannot give
         logits = outputs.logits.detach().float().cpu().numpy()
         for example, row in zip(batch["example_index"].tolist(), logits):
             yield example, np.zeros(1, dtype=np.int64), row[None, :]
 
-    def kd_rows(self, outputs, inputs, extras, cache):
-        teacher, _ = cache.rows(extras["example_index"].tolist())
+    def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits"):
+        self.row_dim(signal)
+        teacher, _ = cache.rows(extras["example_index"].tolist(), signal)
         return outputs.logits, teacher.to(outputs.logits.device), inputs.get("labels")

@@ -95,8 +95,8 @@ class QATask(Task):
         self.normalization, self.stride, self.max_answer_length = normalization, stride, max_answer_length
         self.max_windows = max_windows  # what one example may cost: a 10 MB context would be ~100k windows
 
-    @property
-    def row_dim(self) -> int:
+    def row_dim(self, signal: str = "logits", teacher=None) -> int:
+        super().row_dim(signal, teacher)  # fails for a signal this task cannot give
         return 2  # (start logit, end logit) per unit
 
     def model_class(self):
@@ -109,8 +109,8 @@ class QATask(Task):
         return super().describe(max_length) | {"normalization": self.normalization, "stride": self.stride,
                                                "max_windows": self.max_windows}
 
-    def rows_per_example(self, dataset) -> list[int]:
-        return [len(context_units(c)) for c in dataset["context"]]
+    def rows_per_example(self, dataset, signal: str = "logits") -> list[int]:
+        return [len(context_units(c)) for c in dataset["context"]]  # one row per unit, whatever the signal
 
     # ------------------------------------------------------------------ encoding
     def _tokenize(self, dataset, tokenizer, max_length: int, source: str = ""):
@@ -268,7 +268,8 @@ class QATask(Task):
         return {"f1": scores["f1"] / 100, "exact_match": scores["exact_match"] / 100}
 
     # ------------------------------------------------------------------ distillation
-    def teacher_rows(self, outputs, batch):
+    def teacher_rows(self, outputs, batch, signal: str = "logits"):
+        self.row_dim(signal)
         start = outputs.start_logits.detach().float().cpu().numpy()
         end = outputs.end_logits.detach().float().cpu().numpy()
         for row, example in enumerate(batch["example_index"].tolist()):
@@ -278,15 +279,16 @@ class QATask(Task):
             last = batch["unit_last"][row].numpy()[keep]
             yield example, units[keep], np.stack([start[row][first], end[row][last]], axis=1)
 
-    def kd_rows(self, outputs, inputs, extras, cache):
+    def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits"):
         """Rows: one start and one end distribution per window, over the window's covered units (padded with a
         logit whose probability is exactly 0 in both, so padding never contributes)."""
+        self.row_dim(signal)
         starts_s, ends_s, starts_t, ends_t, gold_s, gold_e = [], [], [], [], [], []
         for row, example in enumerate(extras["example_index"].tolist()):
             units = extras["unit_index"][row]
             valid = units >= 0
             units = units[valid].cpu()
-            teacher = torch.from_numpy(cache.example(example))[units]  # [k, 2]
+            teacher = torch.from_numpy(cache.example(example, signal))[units]  # [k, 2]
             usable = ~torch.isnan(teacher).any(-1)
             first = extras["unit_first"][row][valid][usable.to(valid.device)]
             last = extras["unit_last"][row][valid][usable.to(valid.device)]

@@ -68,8 +68,8 @@ class TaggingTask(Task):
     def describe(self, max_length: int) -> dict:
         return super().describe(max_length) | {"fallback": self.fallback}
 
-    def rows_per_example(self, dataset) -> list[int]:
-        return [len(tokens) for tokens in dataset["tokens"]]
+    def rows_per_example(self, dataset, signal: str = "logits") -> list[int]:
+        return [len(tokens) for tokens in dataset["tokens"]]  # one row per word, whatever the signal
 
     def prepare(self, train_split) -> None:
         """The fallback tag (for words no piece survives of): ``O``, else the most frequent training tag."""
@@ -212,20 +212,22 @@ class TaggingTask(Task):
         return self.score([list(tags) for tags in dataset["tags"]], predicted)
 
     # ------------------------------------------------------------------ distillation
-    def teacher_rows(self, outputs, batch):
+    def teacher_rows(self, outputs, batch, signal: str = "logits"):
+        self.row_dim(signal)  # fails for a signal this task cannot give
         logits = outputs.logits.detach().float().cpu().numpy()
         word_index = batch["word_index"].cpu().numpy()
         for row, example in enumerate(batch["example_index"].tolist()):
             keep = word_index[row] >= 0
             yield example, word_index[row][keep], logits[row][keep]
 
-    def kd_rows(self, outputs, inputs, extras, cache):
+    def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits"):
+        self.row_dim(signal)
         logits, word_index = outputs.logits, extras["word_index"]
         students, teachers, labels = [], [], []
         for row, example in enumerate(extras["example_index"].tolist()):
             positions = (word_index[row] >= 0).nonzero().squeeze(-1)
             words = word_index[row, positions].cpu()
-            teacher = torch.from_numpy(cache.example(example))
+            teacher = torch.from_numpy(cache.example(example, signal))
             if len(words) and int(words.max()) >= teacher.shape[0]:
                 raise SpeedyError(f"teacher cache {cache.folder}: example {example} has {teacher.shape[0]} words, "
                                   f"the student's batch refers to word {int(words.max())}")

@@ -1,0 +1,119 @@
+"""What a study runs, as data: one frozen :class:`TrialSpec` per trial, from the config alone.
+
+The runner (``speedy.stages``), ``speedy run --plan`` and the search all derive their trials from here, so the plan
+counts exactly what a run records. A spec's ``name`` needs only the config; its store ``key`` also hashes the
+data's fingerprint and, for KD, the selected teacher's key, so a changed dataset or teacher is a new trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+
+from speedy.config import DistillSettings, ModelSpec, StudyConfig, TaskSpec
+from speedy.store import trial_key
+
+FINETUNE, DISTILL = "finetune", "distill"  # stages that train
+KD, GOLD = "kd", "finetune"  # how a student learns: from its teacher, or from the gold labels only
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One training run: a teacher candidate at one grid point, or a student in one mode at one KD point."""
+
+    stage: str  # FINETUNE | DISTILL
+    task: TaskSpec
+    model: ModelSpec
+    batch_size: int
+    epochs: int
+    learning_rate: float
+    seed: int
+    mode: str = GOLD  # DISTILL: KD or GOLD; a teacher candidate always learns from the gold labels
+    settings: DistillSettings | None = None  # DISTILL: the KD settings of this point (scalars, not axes)
+    show_point: bool = False  # DISTILL: name the grid point (the grid has more than one)
+
+    @property
+    def name(self) -> str:
+        """A readable label, unique within its task and stage."""
+        if self.stage == FINETUNE:
+            return f"{self.model.name} bs={self.batch_size} ep={self.epochs} lr={self.learning_rate:g}"
+        name = f"{self.model.name} ({'KD' if self.mode == KD else 'fine-tuned'})"
+        if self.show_point:
+            name += f" bs={self.batch_size} lr={self.learning_rate:g}"
+        if self.mode == KD and self.settings.search_trials > 0:
+            s = self.settings
+            name += f" {s.loss} alpha={s.alpha:.2f} T={s.temperature:.2f}"
+        return name
+
+    def params(self, data_fingerprint: str, teacher_key: str | None = None) -> dict:
+        """Everything the trial's result depends on: its store key is a hash of this."""
+        task = {"name": self.task.name, "type": self.task.type, "max_length": self.task.max_length,
+                "scheme": self.task.scheme, "stride": self.task.stride}
+        common = {"stage": self.stage, "task": task, "data": data_fingerprint,
+                  "model": dataclasses.asdict(self.model)}
+        if self.stage == FINETUNE:
+            return {**common, "batch_size": self.batch_size, "epochs": self.epochs,
+                    "learning_rate": self.learning_rate, "seed": self.seed}
+        return {**common, "mode": self.mode, "settings": dataclasses.asdict(self.settings),
+                "teacher": teacher_key if self.mode == KD else None, "seed": self.seed}
+
+    def key(self, data_fingerprint: str, teacher_key: str | None = None) -> str:
+        return trial_key(self.params(data_fingerprint, teacher_key))
+
+    @property
+    def point(self) -> dict:
+        """The grid point, as the search names its axes."""
+        if self.stage == FINETUNE:
+            return {"batch_size": self.batch_size, "epochs": self.epochs, "learning_rate": self.learning_rate}
+        return {"batch_size": self.batch_size, "learning_rate": self.learning_rate}
+
+
+def finetune_space(config: StudyConfig, teacher: ModelSpec) -> dict[str, list]:
+    """A teacher candidate's grid (its own learning rates when it has them)."""
+    grid = config.grid
+    return {"batch_size": list(grid.batch_size), "epochs": list(grid.epochs),
+            "learning_rate": list(teacher.learning_rate or grid.learning_rate)}
+
+
+def finetune_spec(config: StudyConfig, task: TaskSpec, teacher: ModelSpec, point: dict) -> TrialSpec:
+    return TrialSpec(FINETUNE, task, teacher, point["batch_size"], point["epochs"], point["learning_rate"],
+                     config.seed)
+
+
+def distill_space(config: StudyConfig) -> dict[str, list]:
+    """The KD grid every student runs (in each of its modes)."""
+    return {"batch_size": list(config.distill.batch_size), "learning_rate": list(config.distill.learning_rate)}
+
+
+def student_modes(student: ModelSpec) -> list[str]:
+    return [mode for mode, wanted in ((KD, student.kd), (GOLD, student.finetune)) if wanted]
+
+
+def distill_spec(config: StudyConfig, task: TaskSpec, student: ModelSpec, mode: str, point: dict) -> TrialSpec:
+    """``point``: the grid axes, and for a TPE trial also the KD settings it drew (loss, alpha, temperature)."""
+    settings = dataclasses.replace(config.distill, **point)
+    space = distill_space(config)
+    return TrialSpec(DISTILL, task, student, settings.batch_size, settings.epochs, settings.learning_rate,
+                     config.seed, mode=mode, settings=settings,
+                     show_point=len(space["batch_size"]) * len(space["learning_rate"]) > 1)
+
+
+def grid_points(space: dict[str, list]) -> list[dict]:
+    """Every point of a grid, in the order of ``itertools.product`` over its axes."""
+    return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+
+
+def planned_specs(config: StudyConfig) -> list[TrialSpec]:
+    """Every grid trial of stages 1 and 3, in the order the stages go through them (TPE trials, drawn at run
+    time, are not among them: the plan counts those apart)."""
+    specs = []
+    for task in config.tasks:
+        for teacher in config.teachers:
+            specs += [finetune_spec(config, task, teacher, p) for p in grid_points(finetune_space(config, teacher))]
+        for student in config.students:
+            for mode in student_modes(student):
+                if mode == KD and config.distill.search_trials > 0:
+                    continue
+                specs += [distill_spec(config, task, student, mode, p) for p in grid_points(distill_space(config))]
+    return specs
