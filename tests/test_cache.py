@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from speedy.config import DataSpec, TaskSpec
 from speedy.data.load import load_task_data
 from speedy.distill.cache import TeacherCache
-from speedy.distill.losses import DistillationLoss
+from speedy.distill.losses import DistillationObjective
 from speedy.distill.teacher import teacher_cache_for
 from speedy.distill.trainer import DistillationTrainer
 from speedy.tasks import ClassificationTask
@@ -54,8 +54,8 @@ def test_teacher_runs_once_over_the_data_however_many_epochs(bert_dir, bert_unig
                               tmp_path / "teacher-cache", batch_size=16)
     student = AutoModelForSequenceClassification.from_pretrained(bert_unigram_dir, num_labels=len(task.labels))
     fit(student, AutoTokenizer.from_pretrained(bert_unigram_dir), task, task_data, tmp_path / "run", epochs=3,
-        batch_size=16, learning_rate=1e-3, seed=0, max_length=32, metric="accuracy", teacher_cache=cache,
-        distillation_loss=DistillationLoss())
+        batch_size=16, learning_rate=1e-3, seed=0, max_length=32, metric="accuracy", teacher_caches=[cache],
+        objective=DistillationObjective.single())
     n = len(task_data.splits["train"])
     assert sum(seen) == n and len(seen) == -(-n // 16)  # one pass over the training set, in batches of 16
     assert len(cache) == n and cache.values.shape == (n, len(task.labels))

@@ -14,6 +14,7 @@ from conftest import make_examples, write_tsv
 from speedy.config import load_config
 from speedy.distill.cache import TeacherCache
 from speedy.pipeline import Study
+from speedy.plan import plan
 
 
 def study_config(tmp_path, files, teachers, students, grid=None, epochs=3, task=None, batch_size=16,
@@ -70,6 +71,8 @@ def test_every_stage_runs_and_the_report_compares_teacher_and_students(tmp_path,
     assert len(candidates) == 2
     selected = study.store.selection("tiny")
     assert selected.val_loss == min(t.val_loss for t in candidates)  # stage 2: lowest validation loss
+    planned = {(t.stage, t.task, t.settings) for t in plan(study.config)}
+    assert planned == {(t.stage, t.task, t.name) for t in study.store.trials()}  # the plan is what ran
     students = study.store.trials("distill", "tiny")
     assert sorted(t.name for t in students) == ["albert-base-2 (KD)", "bert-2L (KD)", "bert-2L (fine-tuned)"]
     for trial in candidates + students:

@@ -223,7 +223,7 @@ def worker(config: Path = typer.Argument(..., help="The study's YAML config."),
                                            "measured with nothing else running).")):
     """Work on a study with any number of other workers sharing its store: Optuna hands out the grid points,
     each trial runs to completion exactly once, and a dead worker's trial is taken over by a live one."""
-    from speedy.pipeline import STAGES
+    from speedy.stages import STAGES
 
     _quiet_libraries()
     try:

@@ -9,7 +9,6 @@ counts from the named dataset's published size or the local training file, so no
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from speedy.bench.macs import encoder_macs
 from speedy.config import ModelSpec, StudyConfig, TaskSpec
 from speedy.models.registry import ARCHITECTURES
+from speedy.trials import DISTILL, planned_specs
 
 
 @dataclass
@@ -79,32 +79,17 @@ def forward_macs(spec: ModelSpec, task: TaskSpec, labels: int = 2) -> int | None
 
 
 def plan(config: StudyConfig, done_names: set[tuple[str, str]] = frozenset()) -> list[PlannedTrial]:
-    """Every trial of stages 1 and 3 in the order the pipeline runs them."""
-    trials = []
-    grid, distill = config.grid, config.distill
-    for task in config.tasks:
-        examples = train_examples(task)
-        for teacher in config.teachers:
-            macs = forward_macs(teacher, task)
-            for batch_size, epochs, rate in itertools.product(grid.batch_size, grid.epochs,
-                                                               teacher.learning_rate or grid.learning_rate):
-                name = f"{teacher.name} bs={batch_size} ep={epochs} lr={rate:g}"
-                trials.append(PlannedTrial("finetune", task.name, teacher.name, name, examples, epochs, macs,
-                                           (task.name, name) in done_names))
-        points = list(itertools.product(distill.batch_size, distill.learning_rate))
-        for student in config.students:
-            macs = forward_macs(student, task)
-            modes = [mode for mode, wanted in (("KD", student.kd), ("fine-tuned", student.finetune)) if wanted]
-            for mode in modes:
-                if mode == "KD" and distill.search_trials > 0:  # TPE draws the settings: only the count is known
-                    trials += [PlannedTrial("distill", task.name, student.name,
-                                            f"{student.name} (KD) TPE trial {i + 1}/{distill.search_trials}",
-                                            examples, distill.epochs, macs) for i in range(distill.search_trials)]
-                    continue
-                for batch_size, rate in points:
-                    name = f"{student.name} ({mode})" + (f" bs={batch_size} lr={rate:g}" if len(points) > 1 else "")
-                    trials.append(PlannedTrial("distill", task.name, student.name, name, examples, distill.epochs,
-                                               macs, (task.name, name) in done_names))
+    """Every trial of stages 1 and 3 (the same specs the stages run), then the TPE trials, whose KD settings
+    are drawn at run time: only their count is known."""
+    examples = {task.name: train_examples(task) for task in config.tasks}
+    trials = [PlannedTrial(spec.stage, spec.task.name, spec.model.name, spec.name, examples[spec.task.name],
+                           spec.epochs, forward_macs(spec.model, spec.task), (spec.task.name, spec.name) in done_names)
+              for spec in planned_specs(config)]
+    if config.distill.search_trials > 0:
+        n = config.distill.search_trials
+        trials += [PlannedTrial(DISTILL, task.name, student.name, f"{student.name} (KD) TPE trial {i + 1}/{n}",
+                                examples[task.name], config.distill.epochs, forward_macs(student, task))
+                   for task in config.tasks for student in config.students if student.kd for i in range(n)]
     return trials
 
 

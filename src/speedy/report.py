@@ -17,30 +17,38 @@ import csv
 import os
 from pathlib import Path
 
+from rich.console import Console
+from rich.markdown import Markdown
+
 from speedy.bench.engines import ENGINES
+from speedy.config import StudyConfig
+from speedy.data.load import data_source
+from speedy.selection import models_to_report, speed_kind
+from speedy.store import Store
+from speedy.tasks import TASK_CLASSES
 
 COLUMNS = ("task", "model", "role", "layers", "params_M", "non_embedding_params_M", "gmacs", "thop_gmacs", "metric",
            "test_score", "test_accuracy", "test_macro_f1", "val_loss", "inferences_per_s", "speedup", "train_minutes")
 ENGINE_NAMES = {name: engine.title for name, engine in ENGINES.items()}
 
 
-def report_rows(study) -> list[dict]:
+def report_rows(store: Store, config: StudyConfig) -> list[dict]:
     """One row per (task, model), with every engine's speed and score under ``engines``."""
     rows = []
-    for task_spec in study.config.tasks:
-        selected = study.store.selection(task_spec.name)
-        metric = study.task(task_spec).primary_metric
-        teacher_speed = study.store.measurement(selected.key, study.speed_kind("torch")) if selected else None
+    for task_spec in config.tasks:
+        selected = store.selection(task_spec.name)
+        metric = TASK_CLASSES[task_spec.type].primary_metric
+        teacher_speed = store.measurement(selected.key, speed_kind(config.speed, "torch")) if selected else None
         base = (teacher_speed or {}).get("inferences_per_second")
-        for trial in study.models_to_report(task_spec):
-            size = study.store.measurement(trial.key, "size") or {}
+        for trial in models_to_report(store, config, task_spec):
+            size = store.measurement(trial.key, "size") or {}
             if trial.stage == "finetune":
                 role = "teacher (selected)" if selected and trial.key == selected.key else "teacher candidate"
             else:
                 role = "student, KD" if trial.params["mode"] == "kd" else "student, fine-tuned only"
             engines = {}
-            for engine in study.config.speed.engines:
-                speed = study.store.measurement(trial.key, study.speed_kind(engine)) or {}
+            for engine in config.speed.engines:
+                speed = store.measurement(trial.key, speed_kind(config.speed, engine)) or {}
                 ips = speed.get("inferences_per_second")
                 score = (speed.get("test_metrics") or trial.test_metrics).get(metric)
                 engines[engine] = {"inferences_per_s": ips, "speedup": ips / base if ips and base else None,
@@ -161,17 +169,17 @@ def table2(rows: list[dict], tasks: list[str]) -> str:
     return _md(["Model", "Role"] + tasks + ["Average"], lines)
 
 
-def kd_against_finetuning(study, rows: list[dict]) -> str:
+def kd_against_finetuning(store: Store, config: StudyConfig) -> str:
     """Tables 5-8 of the paper: per task and student, the test score trained without KD, with KD, the gain, and
     KD's training time with the teacher cache (measured) against without it (the measured teacher pass once
     per epoch run, added: what a KD loop that calls the teacher every step pays)."""
     lines = []
-    for task_spec in study.config.tasks:
+    for task_spec in config.tasks:
         trials = {(t.params["model"]["name"], t.params["mode"]): t
-                  for t in study.models_to_report(task_spec) if t.stage == "distill"}
+                  for t in models_to_report(store, config, task_spec) if t.stage == "distill"}
         for name in dict.fromkeys(n for n, _ in trials):
             kd, ft = trials.get((name, "kd")), trials.get((name, "finetune"))
-            metric = study.task(task_spec).primary_metric
+            metric = TASK_CLASSES[task_spec.type].primary_metric
             score = lambda t: t.test_metrics.get(metric) if t else None  # noqa: E731
             gain = score(kd) - score(ft) if score(kd) is not None and score(ft) is not None else None
             with_cache = kd.seconds / 60 if kd and kd.seconds else None
@@ -271,28 +279,26 @@ def _write_csv(path: Path, rows: list[dict], columns) -> None:
     os.replace(tmp, path)
 
 
-def write_report(study) -> Path:
-    from rich.markdown import Markdown
-
-    out = Path(study.output_dir) / "report"
+def write_report(store: Store, config: StudyConfig, console: Console | None = None) -> Path:
+    """Write the report of the study ``config`` names from what ``store`` holds; print it to ``console``."""
+    out = Path(config.output_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    engines = list(study.config.speed.engines)
-    rows = report_rows(study)
-    globals_ = global_rows(rows, [t.name for t in study.config.tasks])
-    speed = study.config.speed
+    engines = list(config.speed.engines)
+    rows = report_rows(store, config)
+    globals_ = global_rows(rows, [t.name for t in config.tasks])
+    speed = config.speed
     note = (f"Speed: this machine, batch {speed.batch_size}, length {speed.length}, random ids, {speed.warmup} "
             f"warm-up and {speed.runs} measured runs, outliers dropped by modified Z-score > 0.75 (the paper's "
             "protocol); speed-up is against the selected teacher in PyTorch, measured in the same run. MACs at the "
             "same batch and length; GMACs (THOP) is what THOP 0.1.1 counts (linear layers and LayerNorm, no attention products).")
-    for task_spec in study.config.tasks:
-        info = study.data(task_spec).info
-        if info.get("source"):
-            note += f"\n\nData ({task_spec.name}): {info['source']}."
-    text = (f"# {study.config.name}: results\n\n{main_table(rows)}\n\n{note}\n\n"
+    for task_spec in config.tasks:
+        if data_source(task_spec):
+            note += f"\n\nData ({task_spec.name}): {data_source(task_spec)}."
+    text = (f"# {config.name}: results\n\n{main_table(rows)}\n\n{note}\n\n"
             f"## Table 1: inferences per second, per engine\n\n{table1(rows, engines)}\n\n"
-            f"## Table 2: test scores per task\n\n{table2(rows, [t.name for t in study.config.tasks])}\n\n"
+            f"## Table 2: test scores per task\n\n{table2(rows, [t.name for t in config.tasks])}\n\n"
             f"## Table 3: size, speed-up and global score (mean over tasks; QA by F1)\n\n{table3(globals_, engines)}\n\n"
-            f"## Tables 5-8: fine-tuning against KD, per student\n\n{kd_against_finetuning(study, rows)}\n\n"
+            f"## Tables 5-8: fine-tuning against KD, per student\n\n{kd_against_finetuning(store, config)}\n\n"
             "Figures: `figure1_params_macs.png` (parameters against MACs), `score_vs_speed.png` (global score "
             "against speed-up, every engine, the Pareto front dashed).\n")
     tmp = out / f"report.md.{os.getpid()}.tmp"
@@ -309,7 +315,8 @@ def write_report(study) -> Path:
     _write_csv(out / "table3_global.csv", flat3, list(flat3[0]) if flat3 else ["model"])
     plot_params_macs(globals_, out / "figure1_params_macs.png")
     plot_score_speed(globals_, engines, out / "score_vs_speed.png")
-    study.console.print(Markdown(text))
-    study.console.print(f"Report written to {out}/ (report.md, results.csv, table1_speed.csv, table3_global.csv, "
+    console = console or Console()
+    console.print(Markdown(text))
+    console.print(f"Report written to {out}/ (report.md, results.csv, table1_speed.csv, table3_global.csv, "
                         "figure1_params_macs.png, score_vs_speed.png)")
     return out

@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
+from speedy.distill.trainer import DistillationTrainer
 from speedy.tasks.base import lower_is_better
 
 
@@ -117,18 +118,15 @@ def remove_checkpoints(output_dir: Path) -> None:
 
 def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_size: int, learning_rate: float,
         seed: int, max_length: int, metric: str = "loss", patience: int | None = None, warmup_ratio: float = 0.0,
-        weight_decay: float = 0.0, teacher_cache=None, distillation_loss=None, mixed_precision: str = "no") -> dict:
+        weight_decay: float = 0.0, teacher_caches=None, objective=None, mixed_precision: str = "no") -> dict:
     """Train on the task's train split, validating every epoch; save the best model to ``output_dir/model``.
 
-    With a ``teacher_cache`` the loss is KD (see :class:`~speedy.distill.trainer.DistillationTrainer`);
-    without one it is the task's own loss on gold labels (stage 1, and students trained without KD).
+    With ``teacher_caches`` (one per teacher) the loss is the KD ``objective`` (see
+    :class:`~speedy.distill.trainer.DistillationTrainer`); without them it is the task's own loss on gold labels
+    (stage 1, and students trained without KD).
     """
-    from transformers import EarlyStoppingCallback, Trainer
-
-    from speedy.distill.trainer import DistillationTrainer
-
     output_dir = Path(output_dir)
-    train = task.encode(data.splits["train"], tokenizer, max_length, with_index=teacher_cache is not None,
+    train = task.encode(data.splits["train"], tokenizer, max_length, with_index=bool(teacher_caches),
                         source=data.sources["train"])
     validation = task.encode(data.splits["validation"], tokenizer, max_length, source=data.sources["validation"])
     args = training_args(output_dir, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
@@ -138,9 +136,8 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
                   data_collator=task.collator(tokenizer), processing_class=tokenizer,
                   compute_metrics=lambda p: task.compute_metrics(p.predictions, p.label_ids),
                   callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else [])
-    if teacher_cache is not None:
-        trainer = DistillationTrainer(teacher_cache=teacher_cache, distillation_loss=distillation_loss, task=task,
-                                      **kwargs)
+    if teacher_caches:
+        trainer = DistillationTrainer(task=task, teacher_caches=teacher_caches, objective=objective, **kwargs)
     else:
         trainer = Trainer(**kwargs)
     train_resumably(trainer)

@@ -23,6 +23,18 @@ def read_task_file(task_type: str, path, report=print):
     return read_labelled_texts(path)
 
 
+BIBLE_SOURCE = "Reina-Valera 1909 (Debian sword-text-sparv, public domain): verse -> genre of its book"
+
+
+def data_source(task: TaskSpec) -> str | None:
+    """Where a task's data comes from, for reports, from the config alone (nothing is read)."""
+    if task.data.dataset:
+        from speedy.data.catalog import dataset_entry
+
+        return dataset_entry(task.data.dataset).source
+    return BIBLE_SOURCE if task.data.builtin == "rv1909-genre" else None
+
+
 def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
     spec = task.data
     splits, sources, info = {}, {}, {}
@@ -46,7 +58,7 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
         for name in SPLITS:
             splits[name] = read_labelled_texts(paths[name])
             sources[name] = str(paths[name])
-        info["source"] = "Reina-Valera 1909 (Debian sword-text-sparv, public domain): verse -> genre of its book"
+        info["source"] = BIBLE_SOURCE
     elif spec.hub and task.type == "qa":
         for name in SPLITS:
             splits[name] = load_hub_squad(spec.hub, spec.hub_config, spec.hub_splits[name])

@@ -12,24 +12,17 @@ from __future__ import annotations
 from transformers import Trainer
 
 from speedy.distill.cache import TeacherCache
-from speedy.distill.losses import DistillationLoss, DistillationObjective
+from speedy.distill.losses import DistillationObjective
 from speedy.errors import SpeedyError
 from speedy.tasks.base import EXTRA_KEYS, Task
 
 
 class DistillationTrainer(Trainer):
-    """``teacher_caches``: one cache per teacher, over the same training examples; ``objective``: the KD terms.
-
-    ``teacher_cache=`` and ``distillation_loss=`` (one teacher, one logits term) are still accepted."""
+    """``teacher_caches``: one cache per teacher, over the same training examples; ``objective``: the KD terms."""
 
     def __init__(self, *args, task: Task, teacher_caches: list[TeacherCache] | None = None,
-                 objective: DistillationObjective | None = None, teacher_cache: TeacherCache | None = None,
-                 distillation_loss: DistillationLoss | None = None, **kwargs):
+                 objective: DistillationObjective | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        if teacher_cache is not None:
-            teacher_caches = [teacher_cache, *(teacher_caches or [])]
-        if objective is None and distillation_loss is not None:
-            objective = distillation_loss.objective()
         if not teacher_caches or objective is None:
             raise SpeedyError("distill: the KD trainer needs teacher caches and an objective")
         sizes = {len(cache) for cache in teacher_caches}

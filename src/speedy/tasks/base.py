@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -72,8 +73,9 @@ EXTRA_KEYS = ("example_index", "word_index", "unit_index", "unit_first", "unit_l
 
 
 class Task(ABC):
-    type: str
-    primary_metric: str
+    type: ClassVar[str]
+    primary_metric: ClassVar[str]  # the test metric reports compare (accuracy, F1)
+    selection_metric: ClassVar[str]  # the validation metric that early stopping and the best checkpoint follow
 
     def __init__(self, labels: list[str]):
         self.labels = list(labels)
@@ -82,11 +84,6 @@ class Task(ABC):
     def describe(self, max_length: int) -> dict:
         """What a saved model needs to be scored again: stored in its ``config.json`` as ``speedy_task``."""
         return {"type": self.type, "max_length": max_length, "scheme": getattr(self, "scheme", None)}
-
-    @property
-    def selection_metric(self) -> str:
-        """The validation metric that early stopping and the best checkpoint follow."""
-        return self.primary_metric
 
     def row_dim(self, signal: str = "logits", teacher=None) -> int:
         """Width of one KD row of ``signal`` (``logits``: one per class) from ``teacher`` (a later signal's width,

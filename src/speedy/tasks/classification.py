@@ -17,6 +17,7 @@ from speedy.tasks.base import Task
 class ClassificationTask(Task):
     type = "classification"
     primary_metric = "accuracy"
+    selection_metric = "accuracy"
 
     def model_class(self):
         return AutoModelForSequenceClassification

@@ -84,10 +84,7 @@ class QACollator(DataCollatorWithPadding):
 class QATask(Task):
     type = "qa"
     primary_metric = "f1"
-
-    @property
-    def selection_metric(self) -> str:
-        return "loss"  # SQuAD F1 needs the span post-processing; validation loss is what each epoch has
+    selection_metric = "loss"  # SQuAD F1 needs the span post-processing; validation loss is what each epoch has
 
     def __init__(self, labels=None, normalization: str = "en", stride: int = 64, max_answer_length: int = 30,
                  max_windows: int = 64):

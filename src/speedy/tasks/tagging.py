@@ -53,13 +53,14 @@ class TaggingCollator:
 
 class TaggingTask(Task):
     type = "tagging"
+    primary_metric = "f1"  # seqeval's entity F1 (BIO), or per-word accuracy (POS: every word its own entity)
+    selection_metric = "f1"
 
     def __init__(self, labels: list[str], scheme: str = "bio", fallback: str | None = None):
         super().__init__(labels)
         if scheme not in ("bio", "pos"):
             raise SpeedyError(f"tasks.scheme: unknown tagging scheme '{scheme}' (allowed: bio, pos)")
         self.scheme = scheme
-        self.primary_metric = "f1"
         self.fallback = fallback if fallback in self.label2id else ("O" if "O" in self.label2id else self.labels[0])
 
     def model_class(self):

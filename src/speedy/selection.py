@@ -1,0 +1,45 @@
+"""Which trials a study keeps, read from the store and the config alone (no data, no models).
+
+Stage 2 keeps, per task, the teacher candidate with the lowest validation loss; evaluation, measurement and the
+report keep, per teacher candidate, its best grid point (lowest validation loss) and, per student and mode (KD or
+gold labels only), its best grid point by the validation metric its early stopping followed (highest, or lowest
+for a loss: see :func:`speedy.tasks.base.selection_score`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from speedy.config import SpeedSettings, StudyConfig, TaskSpec
+from speedy.store import Store, Trial
+from speedy.tasks import TASK_CLASSES
+from speedy.tasks.base import selection_score
+from speedy.trials import DISTILL, FINETUNE
+
+
+def best_teacher(trials: list[Trial]) -> Trial:
+    """The paper's rule: the candidate with the lowest validation loss."""
+    return min(trials, key=lambda t: t.val_loss)
+
+
+def models_to_report(store: Store, config: StudyConfig, task: TaskSpec) -> list[Trial]:
+    """Per teacher candidate its best grid point, then per student and mode its best grid point."""
+    best_per_teacher: dict[str, Trial] = {}
+    for trial in store.trials(FINETUNE, task.name):
+        name = trial.params["model"]["name"]
+        if name not in best_per_teacher or trial.val_loss < best_per_teacher[name].val_loss:
+            best_per_teacher[name] = trial
+    best_per_student: dict[tuple, tuple[float, Trial]] = {}
+    for trial in store.trials(DISTILL, task.name):
+        group = (trial.params["model"]["name"], trial.params["mode"])
+        metric = trial.params["settings"].get("metric") or TASK_CLASSES[task.type].selection_metric
+        score = selection_score(trial.val_metrics, trial.val_loss, metric)
+        if group not in best_per_student or score > best_per_student[group][0]:
+            best_per_student[group] = (score, trial)
+    return list(best_per_teacher.values()) + [trial for _, trial in best_per_student.values()]
+
+
+def speed_kind(speed: SpeedSettings, engine: str = "torch") -> str:
+    """The store's name for one engine's speed measurement under the config's protocol."""
+    device = "cuda" if torch.cuda.is_available() and engine == "torch" else "cpu"
+    return f"speed-{engine}-{device}-b{speed.batch_size}-l{speed.length}"
