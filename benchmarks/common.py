@@ -42,11 +42,11 @@ def run_stages(config_path: Path) -> tuple[object, dict]:
     """Run every stage but the report; returns the study and the minutes each stage took."""
     from rich.console import Console
 
-    from speedy.cli import _quiet_libraries
-    from speedy.config import load_config
+    from speedy.configfile import load_config
+    from speedy.console import quiet_libraries
     from speedy.pipeline import Study
 
-    _quiet_libraries()
+    quiet_libraries()
     study = Study(load_config(config_path), Console())
     minutes = {}
     for stage in STAGES:

@@ -61,11 +61,11 @@ def main() -> int:
     from speedy.bench.macs import count_macs
     from speedy.bench.size import count_parameters
     from speedy.bench.speed import matmul_peak_gflops, pin_threads, random_inputs, time_model, time_sentences
-    from speedy.cli import _quiet_libraries
-    from speedy.config import load_config
+    from speedy.configfile import load_config
+    from speedy.console import quiet_libraries
     from speedy.pipeline import Study
 
-    _quiet_libraries()
+    quiet_libraries()
     console = Console(width=160)
     study_dir = Path(args.study)
     if not (study_dir / "study.yaml").is_file() or not (study_dir / "store.sqlite").is_file():

@@ -116,12 +116,12 @@ def main() -> int:
     from transformers import AutoConfig
 
     from speedy.bench.engines import get_engine
-    from speedy.cli import _quiet_libraries
-    from speedy.config import load_config
+    from speedy.configfile import load_config
+    from speedy.console import quiet_libraries
     from speedy.data.readers import read_conll
     from speedy.pipeline import Study
 
-    _quiet_libraries()
+    quiet_libraries()
     console = Console(width=150)
     study = Study(load_config(Path(args.study) / "study.yaml"), console)
     task_spec = study.config.tasks[0]

@@ -110,7 +110,7 @@ def test_nothing_finished_is_lost_on_a_bad_later_stage(tmp_path, tiny_files, ber
     path.write_text(yaml.safe_dump(broken))
     runner.invoke(app, ["select", str(path)])
     assert_one_line_error(runner.invoke(app, ["distill", str(path)]), "students[0].layers", "4 layers")
-    from speedy.config import load_config
+    from speedy.configfile import load_config
     from speedy.pipeline import Study
 
     assert len(Study(load_config(path)).store.trials("finetune")) == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from speedy.config import load_config
+from speedy.configfile import load_config
 from speedy.errors import SpeedyError
 
 ROOT = Path(__file__).resolve().parents[1]

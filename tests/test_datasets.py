@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from speedy.config import DataSpec, TaskSpec, validate
+from speedy.config import DataSpec, TaskSpec
+from speedy.configfile import validate
 from speedy.data.catalog import DATASETS
 from speedy.data.load import load_task_data
 from speedy.errors import SpeedyError

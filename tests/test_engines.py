@@ -34,7 +34,7 @@ class CopyEngine(Engine):
         model.save_pretrained(folder / "copy")
 
     def load(self, folder, config, threads=None, model=None):
-        from speedy.models.folder import load_torch_model
+        from speedy.trained import load_torch_model
 
         CopyEngine.loaded.append((Path(folder), threads))
         return load_torch_model(Path(folder) / "copy")

@@ -190,7 +190,7 @@ def test_there_are_at_least_twenty_cases():
 def test_the_good_folder_still_predicts_evaluates_and_loads(good_dir, tmp_path):
     from speedy.bench.engines import load_engine
     from speedy.models.build import load_tokenizer
-    from speedy.models.folder import check_model_folder
+    from speedy.trained import check_model_folder
 
     result = CliRunner().invoke(app, ["predict", "--model", str(good_dir), "--text", "hola"])
     assert result.exit_code == 0, result.output
@@ -230,7 +230,7 @@ def test_no_tokenizer_is_never_made_up_from_the_config(good_dir, tmp_path):
 
 
 def test_a_folder_broken_after_a_check_is_checked_again(good_dir, tmp_path):
-    from speedy.models.folder import check_model_folder
+    from speedy.trained import check_model_folder
 
     folder = _broken(good_dir, tmp_path, lambda f: None)
     check_model_folder(folder)
@@ -254,7 +254,7 @@ def test_the_command_itself_prints_one_line_and_exits_2(good_dir, tmp_path):
                                             ("qa", "bert_unigram_dir")])
 def test_good_folders_of_every_task_and_tokenizer_pass_the_check(task_type, base, request, tmp_path):
     from speedy.bench.engines import load_engine
-    from speedy.models.folder import check_model_folder
+    from speedy.trained import check_model_folder
 
     folder = speedy_model(request.getfixturevalue(base), task_type, tmp_path / "model")
     checked = check_model_folder(folder)

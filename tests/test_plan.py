@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from speedy.cli import app
-from speedy.config import load_config
+from speedy.configfile import load_config
 from speedy.models.registry import ARCHITECTURES, HUB_MODELS, PAPER_LEARNING_RATES
 from speedy.plan import plan
 

@@ -196,7 +196,7 @@ def test_a_qa_study_keeps_and_reports_the_student_with_the_lowest_validation_los
     """QA selects on validation loss, which must be minimised: with losses 1.0 and 3.0 the 1.0 trial is kept."""
     import yaml
 
-    from speedy.config import load_config
+    from speedy.configfile import load_config
     from speedy.pipeline import Study
     from speedy.tasks.base import selection_score
 

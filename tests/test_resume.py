@@ -135,30 +135,36 @@ def test_a_done_trial_is_found_when_the_study_folder_moved(tmp_path):
     """Another machine mounts the shared folder at another path: the trial is done there too, not retrained."""
     from rich.console import Console
 
-    from speedy.config import StudyConfig
+    from speedy.config import ModelSpec, StudyConfig, TaskSpec
     from speedy.pipeline import Study
+    from speedy.trials import FINETUNE, TrialSpec
 
     def study(folder):
-        return Study(StudyConfig(name="s", tasks=[], teachers=[], output_dir=str(folder)), Console(quiet=True))
+        made = Study(StudyConfig(name="s", tasks=[], teachers=[], output_dir=str(folder)), Console(quiet=True))
+        made.data_fingerprint = lambda task: "data"  # no data to read: the trial's key needs only a fingerprint
+        return made
 
+    spec = TrialSpec(FINETUNE, TaskSpec(name="t"), ModelSpec(name="m"), batch_size=8, epochs=1, learning_rate=1e-3,
+                     seed=0)
     first = study(tmp_path / "mnt-a" / "study")
 
-    def work():
-        model = first.trial_dir("k") / "model"
+    def work(output_dir):
+        model = output_dir / "model"
         model.mkdir(parents=True)
         return {"val_loss": 0.5, "val_metrics": {}, "checkpoint": str(model.resolve())}
 
-    assert first._run_trial("k", "finetune", "t", "n", {}, work).status == "done"
+    key, trial = first.run_trial(spec, work)
+    assert trial.status == "done"
     first.store.engine.dispose()
     (tmp_path / "mnt-b").mkdir()
     os.rename(tmp_path / "mnt-a" / "study", tmp_path / "mnt-b" / "study")
 
-    def retrain():
+    def retrain(output_dir):
         raise AssertionError("the trial is done: its model is in the moved folder")
 
     second = study(tmp_path / "mnt-b" / "study")
-    trial = second._run_trial("k", "finetune", "t", "n", {}, retrain)
-    assert Path(trial.checkpoint).is_dir() and Path(trial.checkpoint) == second.trial_dir("k") / "model"
+    _, trial = second.run_trial(spec, retrain)
+    assert Path(trial.checkpoint).is_dir() and Path(trial.checkpoint) == second.trial_dir(key) / "model"
 
 
 # ------------------------------------------------------------------ 4. killed while writing a checkpoint

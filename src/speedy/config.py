@@ -1,37 +1,24 @@
 """A study, as one YAML file: tasks and their data, candidate teachers and their grid, students, KD settings.
 
-Every section is a dataclass. :func:`load_config` checks the whole file before any work: pydantic checks each
-key's type and range against the field annotations below (``1e-5``, a string to YAML 1.1, is read as a number),
-then :func:`validate` checks the allowed values and how settings fit together. The first mistake stops it with
-one line, ``study.yaml: tasks[1].type: unknown task type 'tagger' (allowed: classification, tagging, qa)``.
-The defaults are the paper's (fine-tuning grid, KD settings, speed protocol).
+Every section is a dataclass whose field annotations say what each key may hold (type and range, checked by
+pydantic). Reading and checking a file, values against the registries they name included: :func:`load_config` in
+:mod:`speedy.configfile`. The defaults are the paper's (fine-tuning grid, KD settings, speed protocol).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-import yaml
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
-
-from speedy.errors import SpeedyError
-
-TASK_TYPES = ("classification", "tagging", "qa")
-MODEL_KINDS = ("pretrained", "truncate", "albert-base-n")
-SPLITS = ("train", "validation", "test")
-# The validation metrics each task type reports (what distill.metric may name; "loss" for every type).
-METRICS = {"classification": ("loss", "accuracy", "macro_f1"), "tagging": ("loss", "f1", "accuracy"),
-           "qa": ("loss", "window_start_accuracy", "window_end_accuracy", "window_span_accuracy")}
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, with_config
 
 
 # ---------------------------------------------------------------- what each field may hold (checked by pydantic)
 def _no_bool(value):
     if isinstance(value, bool):  # YAML's true/false are not numbers
-        raise ValueError(f"expected a number, got {_show(value)}")
+        raise ValueError(f"expected a number, got {show(value)}")
     return value
 
 
@@ -47,7 +34,7 @@ def _axis(values: list) -> list:
 
 def _bounds(values: list) -> list:
     if len(values) != 2 or values[0] > values[1]:
-        raise ValueError(f"expected [low, high], got {_show(values)}")
+        raise ValueError(f"expected [low, high], got {show(values)}")
     return values
 
 
@@ -59,7 +46,7 @@ def _layers(value):
     elif (isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
           and value == sorted(set(value)) and value[0] >= 0):
         return value
-    raise ValueError(f"expected a number of layers >= 1 or a list of increasing layer indices >= 0, got {_show(value)}")
+    raise ValueError(f"expected a number of layers >= 1 or a list of increasing layer indices >= 0, got {show(value)}")
 
 
 T = TypeVar("T")
@@ -208,170 +195,7 @@ class StudyConfig:
         return self.store or str(Path(self.output_dir) / "store.sqlite")
 
 
-def _choice(key: str, what: str, value, allowed) -> None:
-    if value not in allowed:
-        raise SpeedyError(f"{key}: unknown {what}{' ' if what else ''}'{value}' (allowed: {', '.join(allowed)})")
-
-
-def validate(config: StudyConfig) -> StudyConfig:
-    """Check the allowed values and how the settings fit together (a field's type and range are checked when the
-    file is read); a named dataset fills in its task's type, scheme and normalisation."""
-    from speedy.bench.engines import check_engine
-    from speedy.data.readers import FORMATS
-    from speedy.data.squad import BAD_ANSWER_POLICIES
-    from speedy.distill.losses import KD_KINDS
-
-    for i, task in enumerate(config.tasks):
-        key, data = f"tasks[{i}]", task.data
-        _choice(f"{key}.type", "task type", task.type, TASK_TYPES)
-        if data.dataset:
-            _apply_dataset(task, i)
-        elif not (data.builtin or data.train or data.hub):
-            raise SpeedyError(f"{key}.data: give one of dataset, builtin, train/validation/test files, or hub")
-        elif not (data.builtin or data.hub):
-            for split in SPLITS:
-                if not getattr(data, split):
-                    raise SpeedyError(f"{key}.data.{split}: missing (local files: give train, validation and test)")
-        if task.type == "tagging":
-            _choice(f"{key}.scheme", "tagging scheme", task.scheme, ("bio", "pos"))
-        if task.type == "qa":
-            _choice(f"{key}.normalization", "normalisation", task.normalization, ("en", "es"))
-        if data.builtin:
-            _choice(f"{key}.data.builtin", "dataset", data.builtin, ("rv1909-genre",))
-        if data.format is not None and task.type != "qa":
-            formats = ("conll", "conllu") if task.type == "tagging" else FORMATS
-            _choice(f"{key}.data.format", f"{task.type} file format", data.format, formats)
-        _choice(f"{key}.data.bad_answers", "policy", data.bad_answers, BAD_ANSWER_POLICIES)
-        unknown, missing = set(data.hub_splits) - set(SPLITS), set(SPLITS) - set(data.hub_splits)
-        if unknown or missing:
-            problem = "unknown split" if unknown else "missing"
-            raise SpeedyError(f"{key}.data.hub_splits.{min(unknown or missing)}: {problem} (give the Hub's split "
-                              f"for each of {', '.join(SPLITS)})")
-        if len(data.per_class) != 3:
-            raise SpeedyError(f"{key}.data.per_class: expected [train, validation, test], got {_show(data.per_class)}")
-    for section in ("teachers", "students"):
-        for i, spec in enumerate(getattr(config, section)):
-            key = f"{section}[{i}]"
-            _choice(f"{key}.kind", "kind", spec.kind, MODEL_KINDS)
-            if spec.kind != "pretrained" and spec.layers is None:
-                raise SpeedyError(f"{key}.layers: needed for kind '{spec.kind}'")
-            if spec.kind == "pretrained" and spec.layers is not None:
-                raise SpeedyError(f"{key}.layers: only for kind truncate or albert-base-n (this one is 'pretrained')")
-            if spec.kind == "albert-base-n" and not isinstance(spec.layers, int):
-                raise SpeedyError(f"{key}.layers: kind 'albert-base-n' runs one layer n times: give n, got "
-                                  f"{_show(spec.layers)}")
-            if section == "students" and not (spec.kd or spec.finetune):
-                raise SpeedyError(f"{key}: kd and finetune are both false: nothing to train")
-    _unique_names(config)
-    distill = config.distill
-    _choice("distill.loss", "KD loss", distill.loss, KD_KINDS)
-    for i, loss in enumerate(distill.search_losses):
-        _choice(f"distill.search_losses[{i}]", "KD loss", loss, KD_KINDS)
-    _choice("distill.mixed_precision", "", distill.mixed_precision, ("no", "fp16", "bf16"))
-    for task in config.tasks if distill.metric is not None else []:
-        allowed = METRICS[task.type] + (("macro_f1",) if task.type == "tagging" and task.scheme == "pos" else ())
-        if distill.metric not in allowed:
-            raise SpeedyError(f"distill.metric: task '{task.name}' ({task.type}) has no validation metric "
-                              f"'{distill.metric}' (allowed: {', '.join(allowed)})")
-    for i, engine in enumerate(config.speed.engines):
-        check_engine(engine, f"speed.engines[{i}]")
-    return config
-
-
-def _unique_names(config: StudyConfig) -> None:
-    """Task names name folders and trials; model names name trials (teachers and students share one space)."""
-    for keys in (["tasks"], ["teachers", "students"]):
-        seen = {}
-        for section in keys:
-            for i, item in enumerate(getattr(config, section)):
-                if item.name in seen:
-                    raise SpeedyError(f"{section}[{i}].name: '{item.name}' is already the name of {seen[item.name]}")
-                seen[item.name] = f"{section}[{i}]"
-
-
-def _apply_dataset(task: TaskSpec, i: int) -> None:
-    """A named dataset decides the task's type, tagging scheme and QA normalisation; a contradiction is an error."""
-    from speedy.data.catalog import dataset_entry
-
-    entry = dataset_entry(task.data.dataset, f"tasks[{i}].data.dataset")
-    defaults = TaskSpec(name="")
-    for setting in ("type", "scheme", "normalization"):
-        given, wanted = getattr(task, setting), getattr(entry, setting)
-        if setting != "type" and entry.type != {"scheme": "tagging", "normalization": "qa"}[setting]:
-            continue
-        if given != getattr(defaults, setting) and given != wanted:
-            raise SpeedyError(f"tasks[{i}].{setting}: '{given}', but dataset '{entry.name}' needs '{wanted}'")
-        setattr(task, setting, wanted)
-    if task.data.dir is not None and not Path(task.data.dir).is_dir():
-        raise SpeedyError(f"tasks[{i}].data.dir: {task.data.dir}: no such folder")
-
-
-_STUDY = TypeAdapter(StudyConfig)
-_SECTIONS = {"tasks": TaskSpec, "data": DataSpec, "teachers": ModelSpec, "students": ModelSpec, "grid": Grid,
-             "distill": DistillSettings, "speed": SpeedSettings}
-_EXPECTED = {"int": "an integer", "float": "a number", "finite": "a finite number", "bool": "true or false",
-             "string": "a string", "list": "a list", "dict": "a mapping", "dataclass": "a mapping"}
-_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
-
-
-def _show(value) -> str:
+def show(value) -> str:
     """A value as the YAML file wrote it, shortened."""
     text = repr(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _where(error: dict) -> str:
-    loc = error["loc"]
-    if error["type"] == "invalid_key":  # the key itself, e.g. 3 in {3: x}
-        loc = (*loc[:-1], str(loc[-1]))
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-
-
-def _problem(error: dict) -> str:
-    kind, got = error["type"], _show(error.get("input"))
-    if kind == "missing":
-        return "missing required setting"
-    if kind in ("unexpected_keyword_argument", "invalid_key"):
-        section = StudyConfig
-        for part in error["loc"][:-1]:
-            section = _SECTIONS.get(part, section)
-        return f"unknown setting (allowed: {', '.join(f.name for f in dataclasses.fields(section))})"
-    if kind == "value_error":  # our own checks: the message says it all
-        return str(error["ctx"]["error"])
-    if kind in _BOUNDS:
-        return f"must be {_BOUNDS[kind]} {next(iter(error['ctx'].values()))}, got {got}"
-    if kind in ("too_short", "string_too_short"):
-        return "must not be empty"
-    if kind.split("_")[0] in _EXPECTED:
-        return f"expected {_EXPECTED[kind.split('_')[0]]}, got {got}"
-    return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
-
-
-def load_config(path: str | Path) -> StudyConfig:
-    """Read and check a study's YAML file; any mistake is a :class:`SpeedyError` of one line,
-    ``FILE: key.path: problem``, raised before any work."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpeedyError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text("utf-8"))
-    except UnicodeDecodeError:
-        raise SpeedyError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None)
-        raise SpeedyError(f"{path}{line}: malformed YAML" + (f" ({problem})" if problem else "")) from None
-    if data is None:
-        raise SpeedyError(f"{path}: empty file (a study needs at least name, tasks and teachers)")
-    if not isinstance(data, dict):
-        raise SpeedyError(f"{path}: expected a mapping of settings (name, tasks, teachers, ...), got {_show(data)}")
-    try:
-        config = validate(_STUDY.validate_python(data))
-    except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        raise SpeedyError(f"{path}: {_where(first)}: {_problem(first)}") from None
-    except SpeedyError as error:
-        raise SpeedyError(f"{path}: {error}") from None
-    config.source = str(path)
-    return config

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from speedy.config import StudyConfig, TaskSpec
-from speedy.data.load import load_task_data
+from speedy.data.load import TaskData, load_task_data
 from speedy.distill.cache import fingerprint_inputs
 from speedy.models.offline import default_cache_dir
 from speedy.models.registry import check_name
@@ -23,7 +23,7 @@ from speedy.selection import models_to_report, speed_kind
 from speedy.stages import STAGES
 from speedy.store import Store, Trial
 from speedy.tasks import make_task
-from speedy.tasks.base import Task, TaskData
+from speedy.tasks.base import Task
 from speedy.trials import TrialSpec
 
 

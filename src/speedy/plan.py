@@ -13,8 +13,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.table import Table
+
 from speedy.bench.macs import encoder_macs
 from speedy.config import ModelSpec, StudyConfig, TaskSpec
+from speedy.data.catalog import DATASETS
+from speedy.data.load import load_task_data
 from speedy.models.registry import ARCHITECTURES
 from speedy.trials import DISTILL, planned_specs
 
@@ -56,13 +60,9 @@ def model_shape(spec: ModelSpec) -> tuple | None:
 
 
 def train_examples(task: TaskSpec) -> int | None:
-    from speedy.data.catalog import DATASETS
-
     if task.data.dataset:
         return DATASETS[task.data.dataset].train_examples
     if task.data.train and Path(task.data.train).is_file():
-        from speedy.data.load import load_task_data
-
         try:
             return len(load_task_data(task, Path("/nonexistent"), Path("/nonexistent")).splits["train"])
         except Exception:  # noqa: BLE001 - a plan must not fail on data it only counts
@@ -104,8 +104,6 @@ def teacher_cache_macs(config: StudyConfig) -> float:
 
 
 def print_plan(config: StudyConfig, console, done_names: set[tuple[str, str]] = frozenset()) -> list[PlannedTrial]:
-    from rich.table import Table
-
     trials = plan(config, done_names)
     for t in trials:  # plain lines (one per trial, never wrapped), so the list can be grepped and counted
         macs = t.training_macs

@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 
+from speedy.bench.engines import get_engine, load_engine
 from speedy.errors import SpeedyError
+from speedy.trained import check_model_folder
 
 MIN_CONTEXT = 8  # QATask refuses a window with fewer tokens of context beside its question
 
@@ -18,9 +21,6 @@ class InputError(SpeedyError):
 
 class Predictor:
     def __init__(self, model_dir: str | Path, engine: str = "onnx-int8", threads: int | None = None):
-        from speedy.bench.engines import get_engine, load_engine
-        from speedy.models.folder import check_model_folder
-
         needs_weights = get_engine(engine).needs_weights
         folder = check_model_folder(model_dir, need_weights=needs_weights)  # a broken folder: one line
         self.task, self.max_length, self.tokenizer = folder.task, folder.max_length, folder.tokenizer
@@ -50,8 +50,6 @@ class Predictor:
                         if sentences else [])
             return [{"words": words, "tags": next(tags) if words else []} for words in items]
         if self.task.type == "qa":
-            from datasets import Dataset
-
             # QATask overlaps a context's windows by an amount set by the longest question of the call: one call
             # per amount, so that an answer never depends on the other questions of its batch.
             empty = {"answer": None, "start": None, "end": None, "score": None}

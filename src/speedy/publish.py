@@ -13,15 +13,20 @@ import shutil
 import time
 from pathlib import Path
 
+import transformers
+
 from speedy.bench.engines import ENGINES, get_engine
+from speedy.bench.export import ONNX_FOLDER, check_export, check_head, compare_engines, export_onnx
+from speedy.bench.speed import random_inputs, time_model
+from speedy.data.load import read_task_file
 from speedy.errors import SpeedyError
+from speedy.store import Store, measurements
+from speedy.trained import check_model_folder, load_torch_model
 
 
 def find_trial(model_dir: Path, store_url: str | None):
     """The store's trial whose checkpoint is ``model_dir`` (and the store), looking in the study folder itself
     (``<study>/trials/<key>``) when no store is given."""
-    from speedy.store import Store
-
     model_dir = Path(model_dir).resolve()
     if store_url is None:
         guess = model_dir.parent.parent / "store.sqlite"
@@ -50,8 +55,6 @@ def provenance(model_dir: Path, store_url: str | None) -> dict:
         info["teacher"] = teacher.params["model"]["name"] if teacher else teacher_key
         info["distillation"] = trial.params.get("settings", {})
     with store.engine.connect() as conn:
-        from speedy.store import measurements
-
         for row in conn.execute(measurements.select().where(measurements.c.trial_key == trial.key)):
             info["measurements"][row.kind] = json.loads(row.value)
     return info
@@ -116,13 +119,6 @@ def model_card(config, task, origin: dict, checks: dict, speed: dict) -> str:
 def export_model(model_dir: Path, out: Path, validation_file: Path | None = None, store_url: str | None = None,
                  threads: int | None = None, speed_length: int = 128, speed_runs: int = 30, report=print) -> dict:
     """Write ``out``: the model, its tokenizer, ``onnx/`` (fp32 and int8), ``README.md`` and ``export.json``."""
-    import transformers
-
-    from speedy.bench.export import ONNX_FOLDER, check_export, check_head, compare_engines, export_onnx
-    from speedy.bench.speed import random_inputs, time_model
-    from speedy.data.load import read_task_file
-    from speedy.models.folder import check_model_folder, load_torch_model
-
     model_dir, out = Path(model_dir), Path(out)
     folder = check_model_folder(model_dir)  # one line naming the file, for any broken folder
     config, task, max_length, tokenizer = folder.config, folder.task, folder.max_length, folder.tokenizer

@@ -17,6 +17,7 @@ import csv
 import os
 from pathlib import Path
 
+from matplotlib.figure import Figure
 from rich.console import Console
 from rich.markdown import Markdown
 
@@ -193,20 +194,10 @@ def kd_against_finetuning(store: Store, config: StudyConfig) -> str:
                 "KD minutes without cache (est.)"], lines)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
-    _pyplot().close(fig)
+    fig.savefig(tmp, dpi=120)  # drawn by Agg, whatever pyplot's backend: the figures never touch pyplot
     os.replace(tmp, path)
 
 
@@ -216,8 +207,8 @@ MARKERS = {"teacher (selected)": ("*", "tab:red"), "teacher candidate": ("s", "t
 
 def plot_params_macs(globals_: list[dict], path: Path) -> None:
     """Figure 1 of the paper: parameters against MACs, one point per model."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for role, (marker, color) in MARKERS.items():
         points = [g for g in globals_ if g["role"] == role and g["params_M"] and g["gmacs"]]
         if points:
@@ -236,8 +227,8 @@ def plot_params_macs(globals_: list[dict], path: Path) -> None:
 
 def plot_score_speed(globals_: list[dict], engines: list[str], path: Path) -> None:
     """Global score against measured speed-up, a point per model and engine, the Pareto front joined."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
     fills = {"torch": "full", "onnx": "left", "onnx-int8": "none"}
     points, labels = [], []
     for g in globals_:

@@ -25,6 +25,9 @@ from collections.abc import Callable
 
 import optuna
 import sqlalchemy as sa
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from speedy.errors import SpeedyError
 
 HEARTBEAT = float(os.environ.get("SPEEDY_HEARTBEAT", 5))  # seconds between heartbeats (Optuna's and the store's)
 GRACE = float(os.environ.get("SPEEDY_GRACE", 20))  # a worker silent this long is dead: its trial is retried
@@ -59,8 +62,6 @@ def worker_id() -> str:
 
 class Search:
     def __init__(self, store, heartbeat: float = HEARTBEAT, grace: float = GRACE, poll: float = 2.0):
-        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
         self.store = store
         self.worker = worker_id()
         self.heartbeat, self.grace, self.poll = heartbeat, grace, poll
@@ -161,8 +162,6 @@ class Search:
             run: Callable[[dict], tuple[str, float | None]], direction: str = "maximize") -> optuna.Study:
         """Up to ``n_trials`` finished trials in total over all workers, sampled by TPE."""
         if distributed():
-            from speedy.errors import SpeedyError
-
             raise SpeedyError("distill.search_trials: the TPE search runs one trial per process; with accelerate "
                               "launch use the KD grid, or start one 'speedy worker' per GPU")
         study = self._study(name, optuna.samplers.TPESampler(seed=0), direction)

@@ -12,36 +12,28 @@ from rich.console import Console
 from rich.table import Table
 
 from speedy.bench.engines import ENGINES, get_engine, load_engine
+from speedy.bench.size import count_parameters
+from speedy.console import fail, quiet_libraries
 from speedy.errors import SpeedyError
 
+# `speedy --help` imports this module: what imports torch or transformers is imported by the commands, when they run.
 bench_app = typer.Typer(no_args_is_help=True, help="Measure parameters, MACs and speed of models.")
 console = Console()
-
-
-def _setup():
-    from speedy.cli import _quiet_libraries
-
-    _quiet_libraries()
-
-
-def _fail(error: SpeedyError):
-    from speedy.cli import _fail as fail
-
-    fail(error)
 
 
 def load_for_measure(name: str, layers: int | None = None):
     """A speedy model folder with its task head, or any encoder by folder, known name or Hub id (no head).
     ``layers`` runs only the first n layers (ALBERT base-n: same weights, fewer layers)."""
+    # lazy: start-up time (these import torch and transformers)
     from transformers import AutoConfig, AutoModel
 
     from speedy.models.registry import check_name, resolve
+    from speedy.tasks import task_from_model
+    from speedy.trained import check_model_folder
 
     check_name(name, "MODEL")
     path = resolve(name)
     if Path(path).is_dir():  # a user's folder: a broken one is one line naming the file
-        from speedy.models.folder import check_model_folder
-
         check_model_folder(path, need_tokenizer=False, need_task=False)  # a bare encoder is measured too
     overrides = {"num_hidden_layers": layers} if layers else {}
     try:
@@ -49,8 +41,6 @@ def load_for_measure(name: str, layers: int | None = None):
     except OSError as error:
         raise SpeedyError(f"MODEL: cannot load '{name}': {str(error).splitlines()[0]}") from None
     if getattr(config, "speedy_task", None):
-        from speedy.tasks import task_from_model
-
         task, _ = task_from_model(config)
         return task.model_class().from_pretrained(path, config=config).eval()
     return AutoModel.from_pretrained(path, config=config).eval()
@@ -62,9 +52,8 @@ def macs(models: List[str] = typer.Argument(..., help="Model folders, known name
          batch_size: int = typer.Option(1, help="Batch size."),
          layers: Optional[int] = typer.Option(None, help="Run only the first n layers (ALBERT base-n).")):
     """Parameters (total, without embeddings) and MACs: with attention products, and THOP 0.1.1's count (linear layers and LayerNorm)."""
-    _setup()
-    from speedy.bench.macs import count_macs
-    from speedy.bench.size import count_parameters
+    quiet_libraries()
+    from speedy.bench.macs import count_macs  # lazy: start-up time (imports torch)
 
     try:
         table = Table(title=f"Size and MACs (batch {batch_size})")
@@ -82,7 +71,7 @@ def macs(models: List[str] = typer.Argument(..., help="Model folders, known name
                               f"{100 * counted['attention_macs'] / counted['macs']:.1f}%")
         console.print(table)
     except (SpeedyError, ValueError) as error:
-        _fail(SpeedyError(str(error)))
+        fail(SpeedyError(str(error)))
 
 
 @bench_app.command()
@@ -99,10 +88,13 @@ def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engi
           runs: int = typer.Option(100, help="Timed runs (the paper: 100)."),
           json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results here.")):
     """Inferences per second: the paper's protocol (filtered mean) beside the median and spread, per engine."""
-    _setup()
+    quiet_libraries()
+    # lazy: start-up time (these import torch and transformers)
     import torch
 
     from speedy.bench.speed import pin_threads, random_inputs, read_sentences, time_model, time_sentences
+    from speedy.models.build import load_tokenizer
+    from speedy.models.registry import resolve
 
     try:
         chosen = {e: get_engine(e) for e in engine}
@@ -121,9 +113,6 @@ def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engi
                     r = time_model(model, random_inputs(model.config.vocab_size, batch_size, n), warmup, runs, threads)
                     results.append({"model": name, "engine": e, "workload": f"fixed {n}", **r})
                 if texts is not None:
-                    from speedy.models.build import load_tokenizer
-                    from speedy.models.registry import resolve
-
                     r = time_sentences(model, load_tokenizer(resolve(name)), texts, sentence_batch, threads=threads)
                     results.append({"model": name, "engine": e, "workload": "sentences", **r})
         print_speed_table(results, models[0])
@@ -132,7 +121,7 @@ def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engi
             tmp.write_text(json.dumps(results, indent=2), "utf-8")
             os.replace(tmp, json_out)
     except SpeedyError as error:
-        _fail(error)
+        fail(error)
 
 
 def print_speed_table(results: list[dict], reference: str) -> None:

@@ -6,8 +6,8 @@ prediction, evaluation and timing code runs any engine unchanged. Adding one (Op
 subclass of :class:`Engine` and one entry in ``ENGINES``; nothing else names engines.
 
 This module imports neither torch nor ``speedy.bench.export`` at its top (the CLI and the config check read the
-registry's names only); the ONNX engines import the export code when they run, and the export code never
-imports this module.
+registry's names only); the engines import the export code and the model folder checks (``speedy.trained``,
+which import torch) when they run, and the export code never imports this module.
 """
 
 from __future__ import annotations
@@ -16,6 +16,18 @@ from pathlib import Path
 from typing import ClassVar
 
 from speedy.errors import SpeedyError
+
+
+def _export():
+    import speedy.bench.export  # lazy: start-up time (imports torch); `speedy --help` reads this registry
+
+    return speedy.bench.export
+
+
+def _trained():
+    import speedy.trained  # lazy: start-up time (imports torch); `speedy --help` reads this registry
+
+    return speedy.trained
 
 
 class Engine:
@@ -51,9 +63,7 @@ class Engine:
             return
         self.require()
         if model is None:
-            from speedy.models.folder import load_torch_model
-
-            model = load_torch_model(folder)
+            model = _trained().load_torch_model(folder)
         self.write(model, Path(folder))
 
     def write(self, model, folder: Path) -> None:
@@ -63,9 +73,7 @@ class Engine:
         """The folder's model in this engine, what it runs being there (``ready``). ``config``: the folder's
         checked ``config.json``; ``model``: the folder's PyTorch model when the caller has it loaded already."""
         if model is None:
-            from speedy.models.folder import load_torch_model
-
-            model = load_torch_model(folder)
+            model = _trained().load_torch_model(folder)
         return model
 
 
@@ -87,24 +95,18 @@ class OnnxEngine(Engine):
 
     @property
     def file(self) -> str:  # the name the export writes (``export.ONNX_FILES``), kept in one place
-        from speedy.bench.export import ONNX_FILES, ONNX_FOLDER
-
-        return f"{ONNX_FOLDER}/{ONNX_FILES[self.name]}"
+        export = _export()
+        return f"{export.ONNX_FOLDER}/{export.ONNX_FILES[self.name]}"
 
     def require(self) -> None:
-        from speedy.bench.export import require_onnxruntime
-
-        require_onnxruntime()
+        _export().require_onnxruntime()
 
     def write(self, model, folder: Path) -> None:
-        from speedy.bench.export import ONNX_FOLDER, export_onnx
-
-        export_onnx(model, folder / ONNX_FOLDER)
+        export = _export()
+        export.export_onnx(model, folder / export.ONNX_FOLDER)
 
     def load(self, folder: str | Path, config, threads: int | None = None, model=None):
-        from speedy.bench.export import OnnxModel
-
-        return OnnxModel(self.path(folder), config, threads)
+        return _export().OnnxModel(self.path(folder), config, threads)
 
 
 class OnnxInt8Engine(OnnxEngine):
@@ -134,14 +136,12 @@ def check_engine(engine: str, setting: str = "--engine") -> str:
 def load_engine(model_dir: str | Path, engine: str = "torch", threads: int | None = None,
                 export_missing: bool = False, need_tokenizer: bool = True, model=None):
     """The model of a speedy folder in ``engine``; the engine's file is written first if ``export_missing``.
-    The folder is checked first (``speedy.models.folder``): a broken one is one line naming the file at fault.
+    The folder is checked first (``speedy.trained``): a broken one is one line naming the file at fault.
     ``model``: the folder's PyTorch model, when the caller has it loaded already."""
-    from speedy.models.folder import check_model_folder
-
     chosen = get_engine(engine)
     model_dir = Path(model_dir)
     missing = not chosen.ready(model_dir)
-    folder = check_model_folder(model_dir, need_tokenizer=need_tokenizer,
+    folder = _trained().check_model_folder(model_dir, need_tokenizer=need_tokenizer,
                                 need_weights=chosen.needs_weights or (export_missing and missing))
     chosen.require()
     if missing:

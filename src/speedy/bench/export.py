@@ -28,6 +28,7 @@ from transformers.modeling_outputs import QuestionAnsweringModelOutput, Sequence
 
 from speedy.distill.cache import is_leftover, owner_tag
 from speedy.errors import SpeedyError
+from speedy.tasks.base import predict
 
 ONNX_FOLDER = "onnx"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}  # in ONNX_FOLDER, by engine name
@@ -35,7 +36,7 @@ ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}  # in ONNX_F
 
 def require_onnxruntime():
     try:
-        import onnxruntime
+        import onnxruntime  # lazy: optional (the onnx extra)
     except ImportError:
         raise SpeedyError("the ONNX engines need onnxruntime, which is not installed: "
                           "pip install 'speedy[onnx]'") from None
@@ -140,6 +141,7 @@ def _set_metadata(model_proto, config) -> None:
 def export_onnx(model, folder: str | Path, opset: int = 17) -> dict[str, Path]:
     """Write ``model.onnx`` (fused fp32) and ``model-int8.onnx`` (dynamic int8) into ``folder``, atomically."""
     require_onnxruntime()
+    # lazy: optional (the onnx extra; require_onnxruntime names it when missing)
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
@@ -232,8 +234,6 @@ def max_abs_difference(reference, engine, batches: list[dict]) -> float:
 
 def predictions(model, tokenizer, task, dataset, max_length: int) -> list:
     """Flat list of what the model predicts: a label per example, a tag per word, or a span per question."""
-    from speedy.evaluate import predict
-
     if task.type == "tagging":
         sentences = [list(tokens) for tokens in dataset["tokens"]]
         return [tag for tags in task.predict_words(model, tokenizer, sentences, max_length) for tag in tags]

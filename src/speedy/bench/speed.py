@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speedy.data.readers import _read_lines
+from speedy.errors import SpeedyError
 from speedy.tasks.base import device_of
 
 Z_THRESHOLD = 0.75
@@ -88,9 +90,6 @@ def time_model(model, inputs: dict, warmup: int = 10, runs: int = 100, threads: 
 
 def read_sentences(path) -> list[str]:
     """One sentence per line (blank lines skipped); an empty file is an error naming it."""
-    from speedy.data.readers import _read_lines
-    from speedy.errors import SpeedyError
-
     path = Path(path)
     if not path.is_file():
         raise SpeedyError(f"{path}: no such file (one sentence per line expected)")

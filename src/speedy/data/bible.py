@@ -20,6 +20,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import zlib
 from collections import defaultdict
@@ -154,6 +155,4 @@ def build_bible_dataset(out_dir: Path, train_per_class: int, validation_per_clas
 
 
 if __name__ == "__main__":
-    import sys
-
     print(write_shipped_verses(Path(sys.argv[1]), Path(tempfile.gettempdir()) / "speedy-bible"))

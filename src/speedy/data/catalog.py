@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from speedy.data.readers import load_hub_split, load_hub_tagging, read_labelled_texts, read_tagged
+from speedy.data.squad import load_hub_squad, read_squad
 from speedy.errors import SpeedyError
 
 
@@ -96,9 +98,6 @@ def dataset_entry(name: str, setting: str = "data.dataset") -> DatasetEntry:
 
 def read_local(entry: DatasetEntry, split: str, path):
     """One split from its native file."""
-    from speedy.data.readers import read_labelled_texts, read_tagged
-    from speedy.data.squad import read_squad
-
     if entry.type == "qa":
         return read_squad(path, require_answers=True, bad_answers="fix")
     if entry.type == "tagging":
@@ -110,9 +109,6 @@ def read_local(entry: DatasetEntry, split: str, path):
 
 def read_hub(entry: DatasetEntry, split: str):
     """One split from the Hub, for users who have it."""
-    from speedy.data.readers import load_hub_split, load_hub_tagging
-    from speedy.data.squad import load_hub_squad
-
     name, config, hub_split = entry.splits[split].hub
     if not name:
         raise SpeedyError(f"data.dataset: '{entry.name}' is not on the Hub: give data.dir, the folder of its files "

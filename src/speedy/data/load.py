@@ -2,15 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from datasets import Dataset
+
 from speedy.config import TaskSpec
+from speedy.data.bible import build_bible_dataset
+from speedy.data.catalog import dataset_entry, read_hub, read_local
 from speedy.data.readers import load_hub_split, load_hub_tagging, read_labelled_texts, read_tagged
 from speedy.data.squad import load_hub_squad, read_squad
 from speedy.errors import SpeedyError, where
-from speedy.tasks.base import TaskData
 
 SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TaskData:
+    """A task's splits, where each came from (for error messages), and its label set."""
+
+    name: str
+    splits: dict[str, Dataset]
+    sources: dict[str, str]
+    labels: list[str]
+    info: dict = field(default_factory=dict)
+
+    def texts(self, splits: tuple[str, ...] = ("train", "validation")) -> list[str]:
+        """The texts of ``splits`` (for vocabulary pruning); a tagged sentence is its words joined by spaces.
+
+        Only what training may see, by default: pruning on the test split would let its words shape the model."""
+        out = []
+        for split in (self.splits[name] for name in splits if name in self.splits):
+            for column in ("text", "text_pair"):
+                if column in split.column_names:
+                    out += list(split[column])
+            for column in ("question", "context"):
+                if column in split.column_names:
+                    out += list(split[column])
+            if "tokens" in split.column_names:
+                out += [" ".join(tokens) for tokens in split["tokens"]]
+        return out
 
 
 def read_task_file(task_type: str, path, report=print):
@@ -29,8 +60,6 @@ BIBLE_SOURCE = "Reina-Valera 1909 (Debian sword-text-sparv, public domain): vers
 def data_source(task: TaskSpec) -> str | None:
     """Where a task's data comes from, for reports, from the config alone (nothing is read)."""
     if task.data.dataset:
-        from speedy.data.catalog import dataset_entry
-
         return dataset_entry(task.data.dataset).source
     return BIBLE_SOURCE if task.data.builtin == "rv1909-genre" else None
 
@@ -39,8 +68,6 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
     spec = task.data
     splits, sources, info = {}, {}, {}
     if spec.dataset:
-        from speedy.data.catalog import dataset_entry, read_hub, read_local
-
         entry = dataset_entry(spec.dataset)
         info["source"] = entry.source
         for name in SPLITS:
@@ -52,8 +79,6 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
                 splits[name] = read_hub(entry, name)
                 sources[name] = ":".join(p for p in entry.splits[name].hub if p)
     elif spec.builtin == "rv1909-genre":
-        from speedy.data.bible import build_bible_dataset
-
         paths = build_bible_dataset(Path(data_dir) / task.name, *spec.per_class, seed=spec.seed)
         for name in SPLITS:
             splits[name] = read_labelled_texts(paths[name])
@@ -99,8 +124,6 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
         labels = sorted(set(splits["train"]["label"]))
         checks = ((name, zip(splits[name]["label"], splits[name]["line"])) for name in ("validation", "test"))
     if spec.dataset:  # a named dataset's label set is known: a file with another label is not that dataset
-        from speedy.data.catalog import dataset_entry
-
         expected = dataset_entry(spec.dataset).labels
         strange = sorted(set(labels) - set(expected)) if expected else []
         if strange:

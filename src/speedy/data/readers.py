@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, load_dataset
 
 from speedy.errors import SpeedyError, where
 
@@ -141,8 +141,6 @@ def read_labelled_texts(path: str | Path, text: str = "text", label: str = "labe
 
 def load_hub(name: str, config: str | None, split: str):
     """A split of a Hub dataset, for users who have the Hub; one clear line when it cannot be had."""
-    from datasets import load_dataset
-
     try:
         return load_dataset(name, config, split=split)
     except Exception as error:  # noqa: BLE001 - offline, unknown name, unknown split: all the same to the user

@@ -11,11 +11,12 @@ lost the answer) are counted, reported and dropped; a question left with no answ
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from datasets import Dataset
 
-from speedy.data.readers import read_text
+from speedy.data.readers import load_hub, read_text
 from speedy.errors import SpeedyError
 
 BAD_ANSWER_POLICIES = ("keep", "drop", "fix")
@@ -107,8 +108,6 @@ def read_squad(path: str | Path, require_answers: bool = True, bad_answers: str 
 
 def split_by_article(dataset: Dataset, validation_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Train and validation splits that never share an article (seeded)."""
-    import random
-
     titles = sorted(set(dataset["title"]))
     random.Random(seed).shuffle(titles)
     held = set(titles[: max(1, round(len(titles) * validation_fraction))])
@@ -120,8 +119,6 @@ def split_by_article(dataset: Dataset, validation_fraction: float, seed: int) ->
 def load_hub_squad(name: str, config: str | None, split: str) -> Dataset:
     """A SQuAD-format Hub dataset (``squad_es``, ``mlqa`` ``mlqa.es.es``, ``PlanTL-GOB-ES/SQAC``, ``xquad``
     ``xquad.es``) for users with the Hub."""
-    from speedy.data.readers import load_hub
-
     dataset = load_hub(name, config, split)
     missing = {"id", "context", "question", "answers"} - set(dataset.column_names)
     if missing:

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from speedy.errors import SpeedyError
 
@@ -157,9 +160,6 @@ def build_e5_tokenizer(e5: E5File):
     The package's map is NFKC (of an older Unicode) plus removal of control characters and mapping of odd
     spaces to a space; the map entries that NFKC does not give are applied first as two regex replacements.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     removed, to_space = set(), set()
     for cp, out in e5.norm_map.items():
         if unicodedata.normalize("NFKC", chr(cp)) == "".join(map(chr, out)):
@@ -199,9 +199,6 @@ def build_e5_tokenizer(e5: E5File):
 
 def build_e5_model(e5: E5File):
     """A ``BertModel`` holding the dequantized weights (there is no pooler in the file: it starts random)."""
-    import torch
-    from transformers import BertConfig, BertModel
-
     config = BertConfig(
         vocab_size=e5.vocab_size, hidden_size=e5.hidden, num_hidden_layers=e5.layers,
         num_attention_heads=e5.heads, intermediate_size=e5.intermediate, hidden_act="gelu",

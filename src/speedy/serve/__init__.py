@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from speedy.bench.engines import get_engine
 from speedy.errors import SpeedyError
+from speedy.trained import check_model_folder
 
 
 def require_serving():
-    try:
+    try:  # lazy: optional (the serve extra)
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError:
@@ -20,12 +22,9 @@ def require_serving():
 def run_server(model_dir: Path, host: str, port: int, graceful_seconds: int = 30, **settings) -> None:
     """Serve until SIGINT/SIGTERM; on either, stop taking requests and finish those under way."""
     uvicorn = require_serving()
-    from speedy.bench.engines import get_engine
-    from speedy.serve.app import ServeSettings, create_app, server_options
+    from speedy.serve.app import ServeSettings, create_app, server_options  # lazy: optional (imports fastapi)
 
     engine = get_engine(settings.get("engine", "onnx-int8"))
-    from speedy.models.folder import check_model_folder
-
     check_model_folder(model_dir, need_weights=engine.needs_weights)
     for name in ("max_chars", "max_items", "max_batch", "max_body_bytes", "max_header_bytes", "idle_seconds",
                  "read_seconds"):

@@ -11,6 +11,7 @@ bounded headers, and a deadline for each request's headers and body.
 
 import asyncio
 import json
+import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,8 +270,6 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
 
     @app.exception_handler(Exception)
     async def failed(_request, error: Exception):  # a bug or a model failure: still one JSON line, and logged
-        import logging
-
         logging.getLogger("speedy.serve").exception("request failed")
         return _error(500, "internal error", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
 

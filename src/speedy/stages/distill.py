@@ -9,12 +9,13 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from speedy.build import build_model
 from speedy.config import DistillSettings, ModelSpec, TaskSpec
 from speedy.distill.cache import TeacherCache
 from speedy.distill.losses import DistillationObjective
 from speedy.distill.teacher import teacher_cache_for
 from speedy.errors import SpeedyError
-from speedy.models.build import build_model, check_layers, load_tokenizer
+from speedy.models.build import check_layers, load_tokenizer
 from speedy.store import Trial
 from speedy.tasks.base import selection_score
 from speedy.training import fit

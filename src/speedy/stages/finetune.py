@@ -5,8 +5,8 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
+from speedy.build import build_model
 from speedy.config import ModelSpec, TaskSpec
-from speedy.models.build import build_model
 from speedy.training import fit
 from speedy.trials import TrialSpec, finetune_space, finetune_spec
 

@@ -1,6 +1,7 @@
 """Task types. Each is one module; :func:`make_task` is the one place that maps a type name to its class."""
 
-from speedy.tasks.base import Task, TaskData
+from speedy.errors import SpeedyError
+from speedy.tasks.base import Task
 from speedy.tasks.classification import ClassificationTask
 from speedy.tasks.qa import QATask
 from speedy.tasks.tagging import TaggingTask
@@ -19,8 +20,6 @@ def make_task(task_type: str, labels: list[str], scheme: str = "bio", normalizat
 
 def task_from_model(config) -> tuple[Task, int]:
     """The task a saved model was trained for, and its maximum length, from its config."""
-    from speedy.errors import SpeedyError
-
     info = getattr(config, "speedy_task", None)
     if not info or info.get("type") not in TASK_CLASSES:
         raise SpeedyError("--model: this folder has no speedy task in its config.json (train it with speedy)")
@@ -32,4 +31,4 @@ def task_from_model(config) -> tuple[Task, int]:
     return task, int(info.get("max_length") or 128)
 
 
-__all__ = ["Task", "TaskData", "ClassificationTask", "TaggingTask", "QATask", "TASK_CLASSES", "make_task", "task_from_model"]
+__all__ = ["Task", "ClassificationTask", "TaggingTask", "QATask", "TASK_CLASSES", "make_task", "task_from_model"]

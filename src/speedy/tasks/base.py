@@ -4,45 +4,21 @@ KD works on *rows*: a task decides what one distilled unit is (an example's logi
 for tagging, a start/end distribution for QA). ``teacher_rows`` turns a teacher's batch output into rows placed
 by their index within the example (what the teacher cache stores, independent of the student's tokenizer) and
 ``kd_rows`` pairs the student's rows with the cached teacher rows, so the KD loss and the trainer are shared.
+``predict`` runs any engine's model over an encoded split in batches (what evaluation and the export checks score).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 import torch
 from datasets import Dataset
+from torch.utils.data import DataLoader
 
-
-@dataclass
-class TaskData:
-    """A task's splits, where each came from (for error messages), and its label set."""
-
-    name: str
-    splits: dict[str, Dataset]
-    sources: dict[str, str]
-    labels: list[str]
-    info: dict = field(default_factory=dict)
-
-    def texts(self, splits: tuple[str, ...] = ("train", "validation")) -> list[str]:
-        """The texts of ``splits`` (for vocabulary pruning); a tagged sentence is its words joined by spaces.
-
-        Only what training may see, by default: pruning on the test split would let its words shape the model."""
-        out = []
-        for split in (self.splits[name] for name in splits if name in self.splits):
-            for column in ("text", "text_pair"):
-                if column in split.column_names:
-                    out += list(split[column])
-            for column in ("question", "context"):
-                if column in split.column_names:
-                    out += list(split[column])
-            if "tokens" in split.column_names:
-                out += [" ".join(tokens) for tokens in split["tokens"]]
-        return out
+from speedy.errors import SpeedyError
 
 
 def lower_is_better(metric: str) -> bool:
@@ -90,8 +66,6 @@ class Task(ABC):
         a hidden state's, may be the teacher's). A signal this task's ``teacher_rows``/``kd_rows`` cannot give
         is an error."""
         if signal != "logits":
-            from speedy.errors import SpeedyError
-
             raise SpeedyError(f"distill: a {self.type} task has no KD signal '{signal}' (it has: logits)")
         return len(self.labels)
 
@@ -126,8 +100,6 @@ class Task(ABC):
 
     def evaluate(self, model, tokenizer, dataset, max_length: int, source: str = "") -> dict:
         """Test metrics of ``model`` on a split."""
-        from speedy.evaluate import predict
-
         logits, labels = predict(model, tokenizer, self, self.encode(dataset, tokenizer, max_length, source=source))
         return self.compute_metrics(logits, labels)
 
@@ -141,3 +113,18 @@ class Task(ABC):
                 signal: str = "logits") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The student's rows of ``signal``, the teacher's matching rows from ``cache``, and the rows' gold labels
         (``None`` where the signal has no labels)."""
+
+
+@torch.no_grad()
+def predict(model, tokenizer, task: Task, encoded, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and gold label ids for an encoded dataset, in order."""
+    model.eval()
+    loader = DataLoader(encoded, batch_size=batch_size, shuffle=False, collate_fn=task.collator(tokenizer))
+    logits, labels = [], []
+    for batch in loader:
+        for name in EXTRA_KEYS:
+            batch.pop(name, None)
+        gold = batch.pop("labels")
+        logits.append(model(**batch).logits.float().cpu().numpy())
+        labels.append(gold.cpu().numpy())
+    return np.concatenate(logits), np.concatenate(labels)

@@ -21,6 +21,8 @@ from collections import Counter
 import numpy as np
 import torch
 from datasets import Dataset
+from seqeval.metrics import f1_score as seqeval_f1
+from sklearn.metrics import f1_score
 from transformers import AutoModelForTokenClassification
 
 from speedy.errors import SpeedyError, where
@@ -159,9 +161,6 @@ class TaggingTask(Task):
         return tags if self.scheme == "bio" else [f"B-{tag}" for tag in tags]
 
     def score(self, gold: list[list[str]], predicted: list[list[str]]) -> dict:
-        from seqeval.metrics import f1_score as seqeval_f1
-        from sklearn.metrics import f1_score
-
         flat_gold = [t for s in gold for t in s]
         flat_pred = [t for s in predicted for t in s]
         metrics = {

@@ -1,0 +1,28 @@
+"""What every command line (``speedy``, ``speedy bench``, the benchmarks) shares: quiet libraries and the one-line
+error exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from speedy.errors import SpeedyError
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Lazy (start-up time): `speedy --help` imports this module; transformers and datasets take about a second.
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # per-model "Loading weights" bars; training keeps its own
+    import datasets  # lazy: start-up time, as above
+
+    datasets.disable_progress_bars()
+
+
+def fail(error: SpeedyError) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    raise typer.Exit(2)
