@@ -138,6 +138,14 @@ def _set_metadata(model_proto, config) -> None:
     entry.key, entry.value = "speedy_config", json.dumps(config_signature(config), sort_keys=True)
 
 
+def _remove_leftovers(folder: Path) -> None:
+    """Files of an earlier export that was killed (its process ended, or they are an hour old: an export takes
+    minutes), never those another live exporter is writing."""
+    for leftover in folder.glob("*.tmp.onnx*"):
+        if is_leftover(leftover, max_age=3600):
+            leftover.unlink(missing_ok=True)
+
+
 def export_onnx(model, folder: str | Path, opset: int = 17) -> dict[str, Path]:
     """Write ``model.onnx`` (fused fp32) and ``model-int8.onnx`` (dynamic int8) into ``folder``, atomically."""
     require_onnxruntime()
@@ -159,11 +167,7 @@ def export_onnx(model, folder: str | Path, opset: int = 17) -> dict[str, Path]:
              "attention_mask": torch.ones(2, 16, dtype=torch.long), "token_type_ids": torch.zeros(2, 16, dtype=torch.long)}
     axes = {name: {0: "batch", 1: "length"} for name in names}
     axes.update({name: ({0: "batch"} if task == "classification" else {0: "batch", 1: "length"}) for name in outputs})
-    # Files of an earlier export that was killed (its process ended, or they are an hour old: an export takes
-    # minutes), never those another live exporter is writing.
-    for leftover in folder.glob("*.tmp.onnx*"):
-        if is_leftover(leftover, max_age=3600):
-            leftover.unlink(missing_ok=True)
+    _remove_leftovers(folder)
     # unique: two workers exporting one model never share a temporary file; the tag names this process
     unique = f"{owner_tag()}{time.time_ns()}"
     raw, fused, int8 = (folder / f"{part}{unique}.tmp.onnx" for part in ("raw", "fused", "int8"))

@@ -65,57 +65,78 @@ def data_source(task: TaskSpec) -> str | None:
 
 
 def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
+    """A task's three splits, from wherever its config says, checked: no empty split, no unknown label."""
     spec = task.data
-    splits, sources, info = {}, {}, {}
     if spec.dataset:
-        entry = dataset_entry(spec.dataset)
-        info["source"] = entry.source
-        for name in SPLITS:
-            given = getattr(spec, name)
-            if given or spec.dir:
-                path = Path(given) if given else Path(spec.dir) / entry.splits[name].file
-                splits[name], sources[name] = read_local(entry, name, path), str(path)
-            else:
-                splits[name] = read_hub(entry, name)
-                sources[name] = ":".join(p for p in entry.splits[name].hub if p)
+        (splits, sources), info = _named_dataset(spec), {"source": dataset_entry(spec.dataset).source}
     elif spec.builtin == "rv1909-genre":
-        paths = build_bible_dataset(Path(data_dir) / task.name, *spec.per_class, seed=spec.seed)
-        for name in SPLITS:
-            splits[name] = read_labelled_texts(paths[name])
-            sources[name] = str(paths[name])
-        info["source"] = BIBLE_SOURCE
-    elif spec.hub and task.type == "qa":
-        for name in SPLITS:
-            splits[name] = load_hub_squad(spec.hub, spec.hub_config, spec.hub_splits[name])
-            sources[name] = f"{spec.hub}:{spec.hub_splits[name]}"
-    elif spec.hub and task.type == "tagging":
-        for name in SPLITS:
-            splits[name] = load_hub_tagging(spec.hub, spec.hub_config, spec.hub_splits[name], spec.hub_tokens,
-                                            spec.hub_tags)
-            sources[name] = f"{spec.hub}:{spec.hub_splits[name]}"
+        (splits, sources), info = _bible(task, data_dir), {"source": BIBLE_SOURCE}
     elif spec.hub:
-        for name in SPLITS:
-            splits[name] = load_hub_split(spec.hub, spec.hub_config, spec.hub_splits[name], spec.text, spec.label,
-                                          spec.text_pair)
-            sources[name] = f"{spec.hub}:{spec.hub_splits[name]}"
+        (splits, sources), info = _hub(task), {}
     else:
-        for name in SPLITS:
-            path = getattr(spec, name)
-            if not path:
-                raise SpeedyError(f"tasks.{task.name}.data.{name}: no file given for the {name} split")
-            if task.type == "qa":
-                splits[name] = read_squad(path, require_answers=True, bad_answers=spec.bad_answers)
-            elif task.type == "tagging":
-                splits[name] = read_tagged(path, spec.format, spec.tag_column)
-            else:
-                splits[name] = read_labelled_texts(path, spec.text, spec.label, spec.text_pair, spec.format,
-                                                   spec.columns)
-            sources[name] = str(path)
+        (splits, sources), info = _local(task), {}
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise SpeedyError(f"{sources[name]}: no examples (the {name} split is empty)")
-    if task.type == "qa":
-        return TaskData(task.name, splits, sources, ["start", "end"], info)
+    labels = ["start", "end"] if task.type == "qa" else _check_labels(task, splits, sources)
+    return TaskData(task.name, splits, sources, labels, info)
+
+
+def _named_dataset(spec) -> tuple[dict, dict]:
+    """A dataset of the paper by name: its files under ``dir`` (or given one by one), else the Hub."""
+    entry, splits, sources = dataset_entry(spec.dataset), {}, {}
+    for name in SPLITS:
+        given = getattr(spec, name)
+        if given or spec.dir:
+            path = Path(given) if given else Path(spec.dir) / entry.splits[name].file
+            splits[name], sources[name] = read_local(entry, name, path), str(path)
+        else:
+            splits[name] = read_hub(entry, name)
+            sources[name] = ":".join(p for p in entry.splits[name].hub if p)
+    return splits, sources
+
+
+def _bible(task: TaskSpec, data_dir: Path) -> tuple[dict, dict]:
+    spec = task.data
+    paths = build_bible_dataset(Path(data_dir) / task.name, *spec.per_class, seed=spec.seed)
+    return ({name: read_labelled_texts(paths[name]) for name in SPLITS},
+            {name: str(paths[name]) for name in SPLITS})
+
+
+def _hub(task: TaskSpec) -> tuple[dict, dict]:
+    spec, splits = task.data, {}
+    for name in SPLITS:
+        split = spec.hub_splits[name]
+        if task.type == "qa":
+            splits[name] = load_hub_squad(spec.hub, spec.hub_config, split)
+        elif task.type == "tagging":
+            splits[name] = load_hub_tagging(spec.hub, spec.hub_config, split, spec.hub_tokens, spec.hub_tags)
+        else:
+            splits[name] = load_hub_split(spec.hub, spec.hub_config, split, spec.text, spec.label, spec.text_pair)
+    return splits, {name: f"{spec.hub}:{spec.hub_splits[name]}" for name in SPLITS}
+
+
+def _local(task: TaskSpec) -> tuple[dict, dict]:
+    spec, splits, sources = task.data, {}, {}
+    for name in SPLITS:
+        path = getattr(spec, name)
+        if not path:
+            raise SpeedyError(f"tasks.{task.name}.data.{name}: no file given for the {name} split")
+        if task.type == "qa":
+            splits[name] = read_squad(path, require_answers=True, bad_answers=spec.bad_answers)
+        elif task.type == "tagging":
+            splits[name] = read_tagged(path, spec.format, spec.tag_column)
+        else:
+            splits[name] = read_labelled_texts(path, spec.text, spec.label, spec.text_pair, spec.format,
+                                               spec.columns)
+        sources[name] = str(path)
+    return splits, sources
+
+
+def _check_labels(task: TaskSpec, splits: dict, sources: dict) -> list[str]:
+    """The training split's label set; a validation or test label outside it (or outside a named dataset's
+    labels) is an error naming the file and line."""
+    spec = task.data
     if task.type == "tagging":
         labels = sorted({tag for tags in splits["train"]["tags"] for tag in tags})
         checks = ((name, ((tag, line) for tags, lines in zip(splits[name]["tags"], splits[name]["lines"])
@@ -135,4 +156,4 @@ def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
             if label not in known:
                 raise SpeedyError(f"{where(sources[name], line)}: label '{label}' does not occur in the training "
                                   f"split ({', '.join(labels)})")
-    return TaskData(task.name, splits, sources, labels, info)
+    return labels

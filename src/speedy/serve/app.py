@@ -261,7 +261,22 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
     app.state.batcher, app.state.predictor, app.state.settings = batcher, predictor, settings
     app.add_middleware(RequestLimits, header_bytes=settings.max_header_bytes, body_bytes=settings.max_body_bytes,
                        seconds=settings.read_seconds)
-    TextRequest, SentenceRequest, QARequest = request_models(settings)
+    _add_error_handlers(app)
+
+    @app.get("/health", response_model=Health)
+    async def health():
+        stats = batcher.stats
+        return Health(status="ok", task=predictor.task.type, engine=settings.engine,
+                      model=Path(model_dir).resolve().name,  # its name only: a path tells about the server's disk
+                      labels=predictor.task.labels, batches=stats.batches, items=stats.items,
+                      largest_batch=stats.largest)
+
+    _add_task_route(app, predictor.task.type, settings, batcher)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is one JSON object ``{"error", "detail"}``."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, error: RequestValidationError):
@@ -278,61 +293,51 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
         status = 422 if error.status_code == 400 else error.status_code  # FastAPI says 400 for undecodable bodies
         return _error(status, str(error.detail), headers=error.headers)  # e.g. 405 keeps its Allow header
 
-    def too_large(texts: list[str], count: int) -> JSONResponse | None:
-        if count > settings.max_items:
-            return _error(413, "too many inputs", f"{count} inputs; at most {settings.max_items} per request")
-        longest = max(len(t) for t in texts)
-        if longest > settings.max_chars:
-            return _error(413, "text too long", f"{longest} characters; at most {settings.max_chars}")
-        return None
 
-    async def answers(items: list) -> JSONResponse:
-        """The results of a request's inputs: 422 for an input the model cannot take (an ``InputError`` names
-        its field), any other failure is a 500 for this request only (see ``batcher.py``)."""
-        try:
-            return JSONResponse({"results": await batcher.submit(items)})
-        except InputFailed as refused:
-            if not isinstance(refused.error, SpeedyError):  # a bug or a model failure
-                raise refused.error from None
-            where = f"inputs[{refused.index}]" + ("." if isinstance(refused.error, InputError) else ": ")
-            return _error(422, "input the model cannot take", f"{where}{refused.error}")
+def _too_large(settings: ServeSettings, texts: list[str], count: int) -> JSONResponse | None:
+    if count > settings.max_items:
+        return _error(413, "too many inputs", f"{count} inputs; at most {settings.max_items} per request")
+    longest = max(len(t) for t in texts)
+    if longest > settings.max_chars:
+        return _error(413, "text too long", f"{longest} characters; at most {settings.max_chars}")
+    return None
 
-    @app.get("/health", response_model=Health)
-    async def health():
-        stats = batcher.stats
-        return Health(status="ok", task=predictor.task.type, engine=settings.engine,
-                      model=Path(model_dir).resolve().name,  # its name only: a path tells about the server's disk
-                      labels=predictor.task.labels, batches=stats.batches, items=stats.items,
-                      largest_batch=stats.largest)
 
-    # Handlers return their JSON directly: ``response_model`` still documents it (and the fuzzing tests check every
-    # answer against that schema), without validating each answer again at serving time.
-    if predictor.task.type == "classification":
+async def _answers(batcher: DynamicBatcher, items: list) -> JSONResponse:
+    """The results of a request's inputs: 422 for an input the model cannot take (an ``InputError`` names its
+    field), any other failure is a 500 for this request only (see ``batcher.py``)."""
+    try:
+        return JSONResponse({"results": await batcher.submit(items)})
+    except InputFailed as refused:
+        if not isinstance(refused.error, SpeedyError):  # a bug or a model failure
+            raise refused.error from None
+        where = f"inputs[{refused.index}]" + ("." if isinstance(refused.error, InputError) else ": ")
+        return _error(422, "input the model cannot take", f"{where}{refused.error}")
+
+
+def _add_task_route(app: FastAPI, task_type: str, settings: ServeSettings, batcher: DynamicBatcher) -> None:
+    """The one route of the model's task. Handlers return their JSON directly: ``response_model`` still documents
+    it (and the fuzzing tests check every answer against that schema), without validating each answer again."""
+    TextRequest, SentenceRequest, QARequest = request_models(settings)
+    if task_type == "classification":
         @app.post("/classify", response_model=ClassifyResponse, responses=ERRORS)
         async def classify(request: TextRequest):
             """Classify each text (or pair of texts)."""
             texts = [i.text for i in request.inputs] + [i.text_pair for i in request.inputs if i.text_pair]
-            refused = too_large(texts, len(request.inputs))
-            if refused:
-                return refused
-            return await answers([(i.text, i.text_pair) for i in request.inputs])
+            refused = _too_large(settings, texts, len(request.inputs))
+            return refused or await _answers(batcher, [(i.text, i.text_pair) for i in request.inputs])
 
-    elif predictor.task.type == "tagging":
+    elif task_type == "tagging":
         @app.post("/tag", response_model=TagResponse, responses=ERRORS)
         async def tag(request: SentenceRequest):
             """Tag each sentence: one tag per word (words are split on white space)."""
-            refused = too_large([i.text for i in request.inputs], len(request.inputs))
-            if refused:
-                return refused
-            return await answers([i.text.split() for i in request.inputs])
+            refused = _too_large(settings, [i.text for i in request.inputs], len(request.inputs))
+            return refused or await _answers(batcher, [i.text.split() for i in request.inputs])
 
     else:
         @app.post("/answer", response_model=AnswerResponse, responses=ERRORS)
         async def answer(request: QARequest):
             """Answer each question with a span of its context."""
-            refused = too_large([t for i in request.inputs for t in (i.question, i.context)], len(request.inputs))
-            if refused:
-                return refused
-            return await answers([(i.question, i.context) for i in request.inputs])
-
-    return app
+            texts = [t for i in request.inputs for t in (i.question, i.context)]
+            refused = _too_large(settings, texts, len(request.inputs))
+            return refused or await _answers(batcher, [(i.question, i.context) for i in request.inputs])
