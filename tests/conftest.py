@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -124,6 +127,30 @@ def speedy_model(base_dir, task_type, folder, seed=0):
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(folder)
     return folder
+
+
+@contextmanager
+def serving(app):
+    """``app`` on a real uvicorn server on loopback, with the connection settings ``speedy serve`` uses; yields
+    its port."""
+    import uvicorn  # the serve extra: only the serving tests need it
+
+    from speedy.serve.app import server_options
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           **server_options(app.state.settings)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def free_port() -> int:

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.config import SchemathesisConfig  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from conftest import free_port, speedy_model  # noqa: E402
-from speedy.serve.app import ServeSettings, create_app, server_options  # noqa: E402
+from conftest import free_port, serving, speedy_model  # noqa: E402
+from speedy.serve.app import ServeSettings, create_app  # noqa: E402
 
 LIMITS = ServeSettings(engine="torch", max_chars=200, max_items=4, max_batch=8, max_wait_ms=2)
 
@@ -132,23 +132,9 @@ fuzzed = schemathesis.pytest.from_fixture("fuzz_schema")
 def fuzz_schema(request, models):
     """The API on a real uvicorn server on loopback (one event loop, the real HTTP stack, the connection settings
     of ``speedy serve``), fuzzed by URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(models[request.param], LIMITS), host="127.0.0.1", port=port,
-                                           log_level="warning", **server_options(LIMITS)))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-
-    def stop():
-        server.should_exit = True
-        thread.join(timeout=10)
-
-    request.addfinalizer(stop)
+    running = serving(create_app(models[request.param], LIMITS))
+    port = running.__enter__()
+    request.addfinalizer(lambda: running.__exit__(None, None, None))
     # 413 (too large) is how this API rejects a text over maxLength or more inputs than maxItems
     config = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
         "expected-statuses": [400, 404, 405, 413, 415, 422]}}})

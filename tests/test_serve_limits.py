@@ -11,7 +11,6 @@ import select
 import socket
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 
@@ -19,10 +18,10 @@ pytest.importorskip("fastapi")
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from conftest import free_port, speedy_model  # noqa: E402
+from conftest import serving, speedy_model  # noqa: E402
 from speedy.errors import SpeedyError  # noqa: E402
 from speedy.predictor import Predictor  # noqa: E402
-from speedy.serve.app import ServeSettings, create_app, server_options  # noqa: E402
+from speedy.serve.app import ServeSettings, create_app  # noqa: E402
 
 # a long batching window: requests sent together share one batch
 TOGETHER = ServeSettings(engine="torch", max_batch=16, max_wait_ms=300)
@@ -119,28 +118,6 @@ def test_default_body_limit_fits_the_largest_valid_request():
     widest = "😀" * settings.max_chars  # 12 bytes per character once JSON-escaped, as json.dumps does by default
     body = json.dumps({"inputs": [{"text": widest, "text_pair": widest}] * settings.max_items}, indent=2)
     assert len(body.encode()) <= settings.max_body_bytes <= 8 * 2**20
-
-
-@contextmanager
-def serving(app):
-    """``app`` on a real uvicorn server on loopback, with the connection settings ``speedy serve`` uses."""
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            **server_options(app.state.settings))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
