@@ -10,6 +10,7 @@ import pytest
 
 from speedy.configfile import load_config
 from speedy.errors import SpeedyError
+from speedy.trials import NEW_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = "{name: t, data: {train: a.tsv, validation: a.tsv, test: a.tsv}}"
@@ -83,13 +84,13 @@ BAD = [
     (study(extra="students: [{name: s, kind: truncate, layers: [3, 1]}]"),
      f": students[0].layers: {LAYERS}, got [3, 1]"),
     # unknown keys
-    (study(extra="grid: {batch: [8]}"), ": grid.batch: unknown setting (allowed: batch_size, epochs, learning_rate)"),
+    (study(extra="grid: {batch: [8]}"), ": grid.batch: unknown setting (allowed: batch_size, epochs, learning_rate, seeds, select_by)"),
     (study(extra="epoch: 3"), f": epoch: unknown setting (allowed: {STUDY_KEYS})"),
     (study(tasks=task("maxlen: 64")),
      ": tasks[0].maxlen: unknown setting (allowed: name, type, data, max_length, scheme, normalization, stride, "
-     "max_windows)"),
+     "max_windows, transfer_files)"),
     (study(extra="students: [{name: s, layer: 2}]"), ": students[0].layer: unknown setting (allowed: name, base, "
-     "kind, layers, prune_vocab, learning_rate, kd, finetune)"),
+     "kind, layers, prune_vocab, learning_rate, kd, init, finetune)"),
     (study(tasks="[{name: t, data: {hub: h, hub_splits: {train: a, dev: b, test: c}}}]"),
      ": tasks[0].data.hub_splits.dev: unknown split (give the Hub's split for each of train, validation, test)"),
     # empty lists and grid axes
@@ -247,5 +248,15 @@ PAPER = {
 def test_shipped_configs_load_to_the_values_they_always_did(path, expected):
     loaded = dataclasses.asdict(load_config(path))
     assert loaded.pop("source") == str(path)
+    # Settings added since (issue 14's levers) must be at their defaults, which trial keys leave out
+    added = {"grid": {"seeds": None, "select_by": "loss"}, "distill": NEW_SETTINGS}
+    for section, defaults in added.items():
+        for name, default in defaults.items():
+            if name in loaded[section]:
+                assert loaded[section].pop(name) == default, (section, name)
+    for task in loaded["tasks"]:
+        assert task.pop("transfer_files") == []
+    for model in loaded["teachers"] + loaded["students"]:
+        assert model.pop("init") == "pretrained"
     # JSON tells 2 from 2.0: the values and their types are those the trial keys were hashed from
     assert json.dumps(loaded, sort_keys=True) == json.dumps(expected, sort_keys=True)

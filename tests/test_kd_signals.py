@@ -183,8 +183,8 @@ def test_the_teacher_pass_stores_what_the_old_pass_stored_and_who_the_teacher_is
 def test_a_signal_the_task_cannot_give_fails_before_the_teacher_runs(tagging, tmp_path):
     task, data, teacher, tokenizer = tagging
     teacher.register_forward_pre_hook(lambda *a: (_ for _ in ()).throw(AssertionError("the teacher ran")))
-    with pytest.raises(SpeedyError, match="no KD signal 'hidden.2'"):
-        teacher_cache_for(teacher, tokenizer, task, data, 8, tmp_path, signals=("logits", "hidden.2"))
+    with pytest.raises(SpeedyError, match="no KD signal 'attention.2'"):
+        teacher_cache_for(teacher, tokenizer, task, data, 8, tmp_path, signals=("logits", "attention.2"))
     assert not list(tmp_path.iterdir())
 
 
@@ -192,7 +192,7 @@ def test_a_signal_the_task_cannot_give_fails_before_the_teacher_runs(tagging, tm
 class RowsTask:
     """A task whose KD rows are given: per cache (a dict here), the student's, the teacher's, the labels."""
 
-    def kd_rows(self, outputs, inputs, extras, cache, signal="logits"):
+    def kd_rows(self, outputs, inputs, extras, cache, signal="logits", student_signal=None):
         return cache[signal]
 
 

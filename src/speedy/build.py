@@ -41,3 +41,21 @@ def build_model(spec: ModelSpec, task: Task, corpus: list[str], cache_dir: Path 
     if spec.prune_vocab:
         model, tokenizer = prune_vocabulary(model, tokenizer, corpus)
     return model, tokenizer
+
+
+def build_from_teacher(spec: ModelSpec, task: Task, teacher_checkpoint: str, seed: int | None = None):
+    """A student made of the fine-tuned teacher's own layers (``spec.layers``: how many, or which), with its
+    embeddings, vocabulary and task head: DistilBERT's initialisation (Sanh et al., 2019), here from the task's
+    teacher rather than the pretrained model. ``spec.base`` and ``prune_vocab`` do not apply (the teacher's
+    vocabulary is already the task's)."""
+    tokenizer = load_tokenizer(teacher_checkpoint)
+    if seed is not None:
+        set_seed(seed)
+    try:
+        model = task.model_class().from_pretrained(teacher_checkpoint)
+    except Exception as error:  # noqa: BLE001
+        raise SpeedyError(f"student '{spec.name}': cannot load the teacher {teacher_checkpoint} "
+                          f"({first_line(error)})") from None
+    if spec.layers is not None:
+        truncate_layers(model, list(range(spec.layers)) if isinstance(spec.layers, int) else list(spec.layers))
+    return model, tokenizer

@@ -108,6 +108,10 @@ class TaskSpec:
     normalization: str = "en"  # qa: answer normalisation for F1/EM: en (official SQuAD v1.1) or es
     stride: Count = 64  # qa: tokens of overlap between the windows of a long context
     max_windows: Positive = 64  # qa: windows one example may need (caps what a huge context costs); more: error
+    # Unlabelled text (one sentence or paragraph a line; tagging: words separated by spaces, as the gold files
+    # split them) that the teacher labels with soft targets for KD students (see distill.transfer). It is also
+    # part of the corpus a pruned vocabulary keeps, for teachers and students alike.
+    transfer_files: ListOrNull[Text] = field(default_factory=list)
 
 
 @Settings
@@ -122,6 +126,9 @@ class ModelSpec:
     prune_vocab: bool = False  # keep only the sub-words the task's corpus uses
     learning_rate: Axis[Rate] | None = None  # overrides the grid's learning rates for this model
     kd: bool = True  # students: distil from the teacher
+    # students: pretrained (the base's layers) or teacher (the selected teacher's own fine-tuned layers, head
+    # and vocabulary: DistilBERT's initialisation; ``layers`` picks which, ``base`` is then unused)
+    init: str = "pretrained"
     finetune: bool = False  # students: also train without KD (gold labels only), for comparison
 
 
@@ -133,6 +140,10 @@ class Grid:
     batch_size: Axis[Positive] = field(default_factory=lambda: [16, 32, 64])
     epochs: Axis[Positive] = field(default_factory=lambda: [2, 3, 4])
     learning_rate: Axis[Rate] = field(default_factory=lambda: [1e-5, 2e-5, 3e-5, 4e-5, 5e-5])
+    seeds: NonEmpty[Seed] | None = None  # several seeds per grid point (default: the study's seed only)
+    # how stage 2 picks: loss (the paper's: lowest validation loss) or metric (the task's validation metric,
+    # which a run that diverged cannot win by a lucky loss)
+    select_by: str = "loss"
 
 
 @Settings
@@ -158,6 +169,16 @@ class DistillSettings:
     search_losses: NonEmpty[str] = field(default_factory=lambda: ["kl", "ce", "mse"])
     search_alpha: Bounds[Fraction] = field(default_factory=lambda: [0.0, 1.0])  # [low, high]
     search_temperature: Bounds[Rate] = field(default_factory=lambda: [1.0, 8.0])  # [low, high]
+    # Beyond the paper (issue 14's levers; the defaults are the paper's method):
+    seed: Seed | None = None  # the students' seed (default: the study's): several seeds against one teacher
+    teachers: Positive = 1  # the top-k teacher candidates of stage 1 (by select_by); their KD terms are averaged
+    transfer: bool = True  # KD students also train on the task's transfer_files, labelled by the teachers
+    hidden_weight: Annotated[Float, Field(ge=0)] = 0.0  # weight of hidden-state KD (0: off)
+    hidden_loss: str = "mse"  # mse | cosine, through a learned projection when the widths differ
+    # which student layer learns which teacher layer: uniform (student i of n <- teacher round(i*m/n)), last
+    # (the last layers only), or explicit [[student layer, teacher layer], ...] (0 = the embeddings)
+    hidden_layers: str | list[Annotated[list[Count], Field(min_length=2, max_length=2)]] = "uniform"
+    relation_weight: Annotated[Float, Field(ge=0)] = 0.0  # similarity-relation KD of the last layers (0: off)
 
 
 @Settings

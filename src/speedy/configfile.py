@@ -22,6 +22,7 @@ from speedy.data.readers import FORMATS
 from speedy.data.squad import BAD_ANSWER_POLICIES
 from speedy.distill.losses import KD_KINDS
 from speedy.errors import SpeedyError
+from speedy.tasks import TASK_CLASSES
 
 TASK_TYPES = ("classification", "tagging", "qa")
 MODEL_KINDS = ("pretrained", "truncate", "albert-base-n")
@@ -81,6 +82,7 @@ def validate(config: StudyConfig) -> StudyConfig:
             if section == "students" and not (spec.kd or spec.finetune):
                 raise SpeedyError(f"{key}: kd and finetune are both false: nothing to train")
     _unique_names(config)
+    _check_kd_levers(config)
     distill = config.distill
     _choice("distill.loss", "KD loss", distill.loss, KD_KINDS)
     for i, loss in enumerate(distill.search_losses):
@@ -94,6 +96,29 @@ def validate(config: StudyConfig) -> StudyConfig:
     for i, engine in enumerate(config.speed.engines):
         check_engine(engine, f"speed.engines[{i}]")
     return config
+
+
+HIDDEN_LOSSES = ("mse", "cosine")
+HIDDEN_LAYER_MAPS = ("uniform", "last")
+
+
+def _check_kd_levers(config: StudyConfig) -> None:
+    """The settings beyond the paper's KD: teacher selection, student initialisation, hidden-state terms."""
+    _choice("grid.select_by", "selection rule", config.grid.select_by, ("loss", "metric"))
+    for i, spec in enumerate(config.students):
+        _choice(f"students[{i}].init", "initialisation", spec.init, ("pretrained", "teacher"))
+        if spec.init == "teacher" and spec.kind == "albert-base-n":
+            raise SpeedyError(f"students[{i}].init: 'teacher' takes the teacher's layers: use kind truncate")
+    distill = config.distill
+    _choice("distill.hidden_loss", "hidden-state loss", distill.hidden_loss, HIDDEN_LOSSES)
+    if isinstance(distill.hidden_layers, str):
+        _choice("distill.hidden_layers", "layer map", distill.hidden_layers, HIDDEN_LAYER_MAPS)
+    uses_hidden = distill.hidden_weight > 0 or distill.relation_weight > 0
+    for task in config.tasks if uses_hidden else []:
+        task_class = TASK_CLASSES.get(task.type)
+        if task_class is not None and "hidden" not in task_class.kd_signals:
+            raise SpeedyError(f"distill.hidden_weight/relation_weight: task '{task.name}' ({task.type}) has no "
+                              f"hidden-state KD (its KD signals: {', '.join(task_class.kd_signals)})")
 
 
 def _unique_names(config: StudyConfig) -> None:

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from speedy.config import StudyConfig, TaskSpec
 from speedy.data.load import TaskData, load_task_data
+from speedy.data.transfer import read_transfer_lines
 from speedy.distill.cache import fingerprint_inputs
 from speedy.models.offline import default_cache_dir
 from speedy.models.registry import check_name
@@ -38,11 +39,13 @@ class Study:
         self.cache_dir = default_cache_dir()
         for section in ("teachers", "students"):
             for i, spec in enumerate(getattr(config, section)):
-                check_name(spec.base or spec.name, f"{section}[{i}].base")
+                if spec.init != "teacher":  # a student made of the teacher's layers has no base of its own
+                    check_name(spec.base or spec.name, f"{section}[{i}].base")
         self._store: Store | None = None
         self._search: Search | None = None
         self._data: dict[str, TaskData] = {}
         self._fingerprints: dict[str, str] = {}
+        self._transfer: dict[str, list] = {}
         if "://" in config.store_url and not config.store_url.startswith("sqlite"):
             self.store  # a database server that cannot be reached is a config error: say so before any work
 
@@ -74,9 +77,21 @@ class Study:
     def data_fingerprint(self, spec: TaskSpec) -> str:
         if spec.name not in self._fingerprints:  # hashed once: every trial key of the task needs it
             data = self.data(spec)
-            self._fingerprints[spec.name] = fingerprint_inputs(
-                (name, split.to_dict()) for name, split in sorted(data.splits.items()))[:16]
+            parts = [(name, split.to_dict()) for name, split in sorted(data.splits.items())]
+            if spec.transfer_files:  # left out when absent: the keys of studies without transfer text stay
+                parts.append(("transfer", self.transfer_lines(spec)))
+            self._fingerprints[spec.name] = fingerprint_inputs(parts)[:16]
         return self._fingerprints[spec.name]
+
+    def transfer_lines(self, spec: TaskSpec) -> list[tuple[str, int, str]]:
+        """The task's unlabelled transfer text, ``(file, line, text)`` (read once)."""
+        if spec.name not in self._transfer:
+            self._transfer[spec.name] = read_transfer_lines(spec.transfer_files) if spec.transfer_files else []
+        return self._transfer[spec.name]
+
+    def corpus(self, spec: TaskSpec) -> list[str]:
+        """The texts a pruned vocabulary keeps: training and validation text, and the transfer text."""
+        return self.data(spec).texts() + [text for _, _, text in self.transfer_lines(spec)]
 
     def trial_dir(self, key: str) -> Path:
         return self.output_dir / "trials" / key
@@ -135,5 +150,6 @@ class Study:
     def run(self, stages: Iterable[str] = tuple(STAGES)) -> None:
         for task in self.config.tasks:  # bad data stops the run before anything is created
             self.data(task)
+            self.transfer_lines(task)
         for stage in stages:
             STAGES[stage](self)

@@ -17,9 +17,17 @@ from speedy.tasks.base import selection_score
 from speedy.trials import DISTILL, FINETUNE
 
 
-def best_teacher(trials: list[Trial]) -> Trial:
-    """The paper's rule: the candidate with the lowest validation loss."""
-    return min(trials, key=lambda t: t.val_loss)
+def best_teacher(trials: list[Trial], by: str = "loss", metric: str = "loss") -> Trial:
+    """The paper's rule (``by="loss"``): the candidate with the lowest validation loss; ``by="metric"``: the
+    highest validation ``metric`` (signed, so a loss metric still picks the lowest)."""
+    return ranked_teachers(trials, by, metric)[0]
+
+
+def ranked_teachers(trials: list[Trial], by: str = "loss", metric: str = "loss") -> list[Trial]:
+    """Teacher candidates best first, by the rule of :func:`best_teacher` (ties keep the store's order)."""
+    if by == "loss":
+        return sorted(trials, key=lambda t: t.val_loss)
+    return sorted(trials, key=lambda t: -selection_score(t.val_metrics, t.val_loss, metric))
 
 
 def models_to_report(store: Store, config: StudyConfig, task: TaskSpec) -> list[Trial]:

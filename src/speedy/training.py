@@ -118,15 +118,18 @@ def remove_checkpoints(output_dir: Path) -> None:
 
 def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_size: int, learning_rate: float,
         seed: int, max_length: int, metric: str = "loss", patience: int | None = None, warmup_ratio: float = 0.0,
-        weight_decay: float = 0.0, teacher_caches=None, objective=None, mixed_precision: str = "no") -> dict:
+        weight_decay: float = 0.0, teacher_caches=None, objective=None, mixed_precision: str = "no",
+        train_split=None) -> dict:
     """Train on the task's train split, validating every epoch; save the best model to ``output_dir/model``.
 
     With ``teacher_caches`` (one per teacher) the loss is the KD ``objective`` (see
     :class:`~speedy.distill.trainer.DistillationTrainer`); without them it is the task's own loss on gold labels
-    (stage 1, and students trained without KD).
+    (stage 1, and students trained without KD). ``train_split`` replaces the data's training split (KD: the gold
+    examples followed by unlabelled transfer text, in the order the teacher caches hold them).
     """
     output_dir = Path(output_dir)
-    train = task.encode(data.splits["train"], tokenizer, max_length, with_index=bool(teacher_caches),
+    train_split = data.splits["train"] if train_split is None else train_split
+    train = task.encode(train_split, tokenizer, max_length, with_index=bool(teacher_caches),
                         source=data.sources["train"])
     validation = task.encode(data.splits["validation"], tokenizer, max_length, source=data.sources["validation"])
     args = training_args(output_dir, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,

@@ -31,13 +31,14 @@ class TrialSpec:
     seed: int
     mode: str = GOLD  # DISTILL: KD or GOLD; a teacher candidate always learns from the gold labels
     settings: DistillSettings | None = None  # DISTILL: the KD settings of this point (scalars, not axes)
-    show_point: bool = False  # DISTILL: name the grid point (the grid has more than one)
+    show_point: bool = False  # DISTILL: name the grid point (it has more than one); FINETUNE: name the seed
 
     @property
     def name(self) -> str:
         """A readable label, unique within its task and stage."""
         if self.stage == FINETUNE:
-            return f"{self.model.name} bs={self.batch_size} ep={self.epochs} lr={self.learning_rate:g}"
+            seed = f" seed={self.seed}" if self.show_point else ""  # the grid has a seed axis
+            return f"{self.model.name} bs={self.batch_size} ep={self.epochs} lr={self.learning_rate:g}{seed}"
         name = f"{self.model.name} ({'KD' if self.mode == KD else 'fine-tuned'})"
         if self.show_point:
             name += f" bs={self.batch_size} lr={self.learning_rate:g}"
@@ -51,12 +52,13 @@ class TrialSpec:
         task = {"name": self.task.name, "type": self.task.type, "max_length": self.task.max_length,
                 "scheme": self.task.scheme, "stride": self.task.stride}
         common = {"stage": self.stage, "task": task, "data": data_fingerprint,
-                  "model": dataclasses.asdict(self.model)}
+                  "model": without_new_defaults(self.model)}
         if self.stage == FINETUNE:
             return {**common, "batch_size": self.batch_size, "epochs": self.epochs,
                     "learning_rate": self.learning_rate, "seed": self.seed}
-        return {**common, "mode": self.mode, "settings": dataclasses.asdict(self.settings),
-                "teacher": teacher_key if self.mode == KD else None, "seed": self.seed}
+        return {**common, "mode": self.mode, "settings": without_new_defaults(self.settings),
+                "teacher": teacher_key if self.mode == KD or self.model.init == "teacher" else None,
+                "seed": self.seed}
 
     def key(self, data_fingerprint: str, teacher_key: str | None = None) -> str:
         return trial_key(self.params(data_fingerprint, teacher_key))
@@ -65,20 +67,35 @@ class TrialSpec:
     def point(self) -> dict:
         """The grid point, as the search names its axes."""
         if self.stage == FINETUNE:
-            return {"batch_size": self.batch_size, "epochs": self.epochs, "learning_rate": self.learning_rate}
+            point = {"batch_size": self.batch_size, "epochs": self.epochs, "learning_rate": self.learning_rate}
+            return point | ({"seed": self.seed} if self.show_point else {})
         return {"batch_size": self.batch_size, "learning_rate": self.learning_rate}
+
+
+# Settings added after stores existed: left out of a trial's key while at their default, so the trials of
+# earlier studies keep their keys (and are not trained again) and only a trial that uses a new lever differs.
+NEW_SETTINGS = {"init": "pretrained", "seed": None, "teachers": 1, "transfer": True, "hidden_weight": 0.0,
+                "hidden_loss": "mse", "hidden_layers": "uniform", "relation_weight": 0.0}
+
+
+def without_new_defaults(settings) -> dict:
+    return {name: value for name, value in dataclasses.asdict(settings).items()
+            if not (name in NEW_SETTINGS and value == NEW_SETTINGS[name])}
 
 
 def finetune_space(config: StudyConfig, teacher: ModelSpec) -> dict[str, list]:
     """A teacher candidate's grid (its own learning rates when it has them)."""
     grid = config.grid
-    return {"batch_size": list(grid.batch_size), "epochs": list(grid.epochs),
-            "learning_rate": list(teacher.learning_rate or grid.learning_rate)}
+    space = {"batch_size": list(grid.batch_size), "epochs": list(grid.epochs),
+             "learning_rate": list(teacher.learning_rate or grid.learning_rate)}
+    if grid.seeds:  # a fragile fine-tuning gets several draws; selection then sees them all
+        space["seed"] = list(grid.seeds)
+    return space
 
 
 def finetune_spec(config: StudyConfig, task: TaskSpec, teacher: ModelSpec, point: dict) -> TrialSpec:
     return TrialSpec(FINETUNE, task, teacher, point["batch_size"], point["epochs"], point["learning_rate"],
-                     config.seed)
+                     point.get("seed", config.seed), show_point="seed" in point)
 
 
 def distill_space(config: StudyConfig) -> dict[str, list]:
@@ -94,8 +111,9 @@ def distill_spec(config: StudyConfig, task: TaskSpec, student: ModelSpec, mode: 
     """``point``: the grid axes, and for a TPE trial also the KD settings it drew (loss, alpha, temperature)."""
     settings = dataclasses.replace(config.distill, **point)
     space = distill_space(config)
+    seed = config.seed if settings.seed is None else settings.seed
     return TrialSpec(DISTILL, task, student, settings.batch_size, settings.epochs, settings.learning_rate,
-                     config.seed, mode=mode, settings=settings,
+                     seed, mode=mode, settings=settings,
                      show_point=len(space["batch_size"]) * len(space["learning_rate"]) > 1)
 
 

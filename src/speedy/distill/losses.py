@@ -66,7 +66,44 @@ def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return (squared * real).sum() / real.sum().clamp(min=1)
 
 
-KD_FUNCTIONS = {"kl": kl_divergence, "ce": soft_cross_entropy, "mse": logit_mse}
+def hidden_cosine(student_rows: torch.Tensor, teacher_rows: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``mean_rows (1 - cos(s, t))``: the direction of each hidden state, whatever its scale (a student's states
+    need not match the size of the teacher's). ``temperature`` is ignored."""
+    if student_rows.shape[0] == 0:
+        return student_rows.sum() * 0.0
+    return (1.0 - F.cosine_similarity(student_rows, teacher_rows, dim=-1)).mean()
+
+
+RELATION_SCALE = 10.0  # cosine similarities / 0.1: sharp enough that near neighbours dominate each row
+
+
+def similarity_relation(student_rows: torch.Tensor, teacher_rows: torch.Tensor,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """KL between how each row relates to the batch's other rows, in teacher and student: row i's distribution
+    is ``softmax_j(cos(r_i, r_j) * 10 / T)`` over the other rows j of the batch (its own similarity left out).
+
+    It compares no vector with another model's vector, so it needs no projection whatever the widths: the
+    similarity-preserving KD of Tung and Mori (2019), on the rows' hidden states, in the spirit of MiniLM's
+    self-attention relations (Wang et al., 2020), here between words (tagging) or examples (classification) so
+    that teacher and student tokenizers need not agree."""
+    n = student_rows.shape[0]
+    if n < 2:
+        return student_rows.sum() * 0.0
+    eye = torch.eye(n, dtype=torch.bool, device=student_rows.device)
+
+    def log_relations(rows):
+        rows = F.normalize(rows.float(), dim=-1)
+        scores = (rows @ rows.T) * (RELATION_SCALE / temperature)
+        return F.log_softmax(scores.masked_fill(eye, float("-inf")), dim=-1).masked_fill(eye, 0.0)
+
+    log_s, log_t = log_relations(student_rows), log_relations(teacher_rows)
+    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+
+KD_FUNCTIONS = {"kl": kl_divergence, "ce": soft_cross_entropy, "mse": logit_mse, "cosine": hidden_cosine,
+                "relation": similarity_relation}
+HIDDEN_KINDS = ("mse", "cosine", "relation")  # on hidden.<layer> rows
+PROJECTED_KINDS = ("mse", "cosine")  # on hidden states of different widths, through a learned projection
 
 
 def _check_alpha(alpha: float) -> None:
@@ -99,10 +136,13 @@ class KDTerm:
     kind: str = "kl"
     weight: float = 1.0
     temperature: float = 1.0
+    student_signal: str | None = None  # the student's side when it differs (hidden.2 learning hidden.6)
 
     def __post_init__(self):
-        if self.kind not in KD_FUNCTIONS:
-            raise SpeedyError(f"distill.loss: unknown KD loss '{self.kind}' (allowed: {', '.join(KD_FUNCTIONS)})")
+        allowed = KD_KINDS if self.signal == "logits" else HIDDEN_KINDS
+        if self.kind not in allowed:
+            raise SpeedyError(f"distill.loss: unknown KD loss '{self.kind}' on '{self.signal}' "
+                              f"(allowed: {', '.join(allowed)})")
         if not self.temperature > 0:
             raise SpeedyError(f"distill.temperature: {self.temperature} must be above 0")
         if not 0.0 <= self.weight < float("inf"):
@@ -127,7 +167,7 @@ class DistillationLoss(nn.Module):
 
     def __init__(self, kind: str = "kl", alpha: float = 0.0, temperature: float = 1.0):
         super().__init__()
-        if kind not in KD_FUNCTIONS:
+        if kind not in KD_KINDS:
             raise SpeedyError(f"distill.loss: unknown KD loss '{kind}' (allowed: {', '.join(KD_KINDS)})")
         _check_alpha(alpha)
         self.term = KDTerm("logits", kind, 1.0, temperature)
@@ -157,6 +197,23 @@ class DistillationObjective(nn.Module):
             raise SpeedyError("distill: the KD objective needs at least one term")
         _check_alpha(alpha)
         self.alpha = alpha
+        # Learned maps from a student's hidden width to a teacher's, one per term that compares vectors of
+        # different widths: trained with the student (the trainer's optimizer gets them), never exported.
+        self.projections = nn.ModuleDict()
+
+    def project(self, student_width: int, teacher_widths: dict[str, int]) -> "DistillationObjective":
+        """Add a projection to every hidden-state term whose teacher signal is wider or narrower than the
+        student's hidden states (``teacher_widths``: ``{signal: width}``, from the teacher cache)."""
+        for i, term in enumerate(self.terms):
+            width = teacher_widths.get(term.signal)
+            if term.signal.startswith("hidden.") and term.kind in PROJECTED_KINDS and width \
+                    and width != student_width and str(i) not in self.projections:
+                self.projections[str(i)] = nn.Linear(student_width, width)
+        return self
+
+    @property
+    def student_needs_hidden_states(self) -> bool:
+        return any((term.student_signal or term.signal).startswith("hidden.") for term in self.terms)
 
     @classmethod
     def single(cls, kind: str = "kl", alpha: float = 0.0, temperature: float = 1.0) -> "DistillationObjective":
@@ -173,16 +230,22 @@ class DistillationObjective(nn.Module):
         caches = list(caches)
         if not caches:
             raise SpeedyError("distill: the KD objective needs at least one teacher cache")
-        rows = {}  # (signal, teacher) -> (student rows, teacher rows, labels): each pairing is done once per batch
+        rows = {}  # (signal, student signal, teacher) -> (student rows, teacher rows, labels): once per batch
 
-        def paired(signal: str, teacher: int):
-            if (signal, teacher) not in rows:
-                rows[(signal, teacher)] = task.kd_rows(outputs, inputs, extras, caches[teacher], signal)
-            return rows[(signal, teacher)]
+        def paired(signal: str, teacher: int, student_signal: str | None = None):
+            key = (signal, student_signal, teacher)
+            if key not in rows:
+                rows[key] = task.kd_rows(outputs, inputs, extras, caches[teacher], signal, student_signal)
+            return rows[key]
 
         kd = None
-        for term in self.terms:
-            values = [term(*paired(term.signal, t)[:2]) for t in range(len(caches))]
+        for i, term in enumerate(self.terms):
+            values = []
+            for t in range(len(caches)):
+                student, teacher, _ = paired(term.signal, t, term.student_signal)
+                if str(i) in self.projections:
+                    student = self.projections[str(i)](student)
+                values.append(term(student, teacher))
             value = values[0] if len(values) == 1 else torch.stack(values).mean()
             value = value if term.weight == 1.0 else term.weight * value
             kd = value if kd is None else kd + value

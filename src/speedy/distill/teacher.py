@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from speedy.distill.cache import TeacherCache, cache_key, check_signal_name, fingerprint_inputs, fingerprint_model
-from speedy.tasks.base import EXTRA_KEYS, Task
+from speedy.distill.cache import (TeacherCache, cache_key, check_signal_name, fingerprint_inputs, fingerprint_model,
+                                  stored_dtype)
+from speedy.tasks.base import EXTRA_KEYS, Task, needs_hidden_states
 
 
 def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_length: int, root: Path,
@@ -19,6 +20,7 @@ def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_lengt
     (one pass). ``teacher_name`` (default: the model's ``name_or_path``) is kept in the cache's metadata."""
     signals = tuple(dict.fromkeys(check_signal_name(signal) for signal in signals))
     dims = {signal: task.row_dim(signal, teacher) for signal in signals}  # a signal the task cannot give fails here
+    hidden = needs_hidden_states(signals)
     encoded = task.encode(dataset, teacher_tokenizer, max_length, with_index=True, source=source)
     inputs_fingerprint = fingerprint_inputs(
         zip(*(encoded[name] for name in encoded.column_names)), extra=f"{task.type}:{task.labels}")
@@ -30,7 +32,7 @@ def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_lengt
         teacher.eval()
         device = next(teacher.parameters()).device
         # Rows a teacher never produced (a word it saw no piece of) stay NaN and are left out of the KD loss.
-        rows = {signal: [np.full((n, dims[signal]), np.nan, dtype=np.float32)
+        rows = {signal: [np.full((n, dims[signal]), np.nan, dtype=stored_dtype(signal))
                          for n in task.rows_per_example(dataset, signal)] for signal in signals}
         # Sequences in order of length, so batches carry little padding; rows land by example index anyway.
         lengths = [len(ids) for ids in encoded["input_ids"]]
@@ -40,7 +42,7 @@ def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_lengt
         for batch in loader:
             inputs = {name: value.to(device) for name, value in batch.items()
                       if name not in EXTRA_KEYS and name not in ("labels", "start_positions", "end_positions")}
-            outputs = teacher(**inputs)
+            outputs = teacher(**inputs, output_hidden_states=True) if hidden else teacher(**inputs)
             for signal in signals:
                 for example, positions, values in task.teacher_rows(outputs, batch, signal):
                     rows[signal][example][positions] = values

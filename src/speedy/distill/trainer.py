@@ -9,12 +9,18 @@ against gold labels, so validation losses of students and teachers compare. A *t
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from transformers import Trainer
 
 from speedy.distill.cache import TeacherCache
 from speedy.distill.losses import DistillationObjective
 from speedy.errors import SpeedyError
 from speedy.tasks.base import EXTRA_KEYS, Task
+
+
+PROJECTIONS = "kd_projections.pt"
 
 
 class DistillationTrainer(Trainer):
@@ -30,10 +36,38 @@ class DistillationTrainer(Trainer):
             raise SpeedyError(f"distill: the teacher caches cover different numbers of examples ({sorted(sizes)}): "
                               f"every teacher must run over the same training split")
         self.teacher_caches, self.objective, self.task = list(teacher_caches), objective, task
+        self.objective.to(self.args.device)
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, plus the objective's projections (if any) in a group of their own: they learn
+        with the student, at its learning rate, without weight decay."""
+        had_optimizer = self.optimizer is not None
+        optimizer = super().create_optimizer(model)
+        extra = [p for p in self.objective.parameters() if p.requires_grad]
+        if extra and not had_optimizer:
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer
+
+    def _save_checkpoint(self, model, trial):
+        """A checkpoint also holds the projections' weights, so a resumed run continues with the same ones (the
+        optimizer state it restores refers to them). They stay out of the saved student."""
+        super()._save_checkpoint(model, trial)
+        if len(self.objective.projections):
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            tmp = folder / f"{PROJECTIONS}.tmp"
+            torch.save(self.objective.projections.state_dict(), tmp)
+            tmp.replace(folder / PROJECTIONS)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / PROJECTIONS
+        if len(self.objective.projections) and path.is_file():
+            self.objective.projections.load_state_dict(torch.load(path, map_location=self.args.device))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         extras = {name: inputs.pop(name) for name in EXTRA_KEYS if name in inputs}
-        outputs = model(**inputs)
+        hidden = model.training and "example_index" in extras and self.objective.student_needs_hidden_states
+        outputs = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         if "example_index" not in extras:
             if model.training:
                 raise SpeedyError("distill: a training batch carries no example_index, so its teacher rows cannot be "

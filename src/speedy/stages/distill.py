@@ -1,6 +1,14 @@
 """Stage 3: every student, in each of its modes (KD from the selected teacher, gold labels only), over the KD
-grid (or, with ``distill.search_trials``, KD settings drawn by TPE). The teacher's outputs are computed once per
-task into the teacher cache and shared by every KD student of the task."""
+grid (or, with ``distill.search_trials``, KD settings drawn by TPE). Each teacher's outputs are computed once
+per task into the teacher cache and shared by every KD student of the task.
+
+Beyond the paper (issue 14's levers, each off by default): ``distill.teachers`` > 1 distils the top-k candidates
+of stage 1 at once (each term averaged over them); the task's ``transfer_files`` add unlabelled examples the
+teachers label (KD students only: a fine-tuned student has no labels for them); ``hidden_weight`` and
+``relation_weight`` add hidden-state terms (:mod:`speedy.distill.recipe`); a student with ``init: teacher``
+starts from the selected teacher's own fine-tuned layers. After a task's students, a teacher that scores below a
+student fine-tuned on the same labels is reported loudly: it has nothing to teach.
+"""
 
 from __future__ import annotations
 
@@ -9,72 +17,110 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from speedy.build import build_model
+from transformers import AutoConfig
+
+from speedy.build import build_from_teacher, build_model
 from speedy.config import DistillSettings, ModelSpec, TaskSpec
+from speedy.data.transfer import with_transfer
 from speedy.distill.cache import TeacherCache
-from speedy.distill.losses import DistillationObjective
+from speedy.distill.recipe import objective_for
 from speedy.distill.teacher import teacher_cache_for
 from speedy.errors import SpeedyError
 from speedy.models.build import check_layers, load_tokenizer
+from speedy.selection import ranked_teachers
 from speedy.store import Trial
 from speedy.tasks.base import selection_score
 from speedy.training import fit
-from speedy.trials import KD, TrialSpec, distill_space, distill_spec, student_modes
+from speedy.trials import DISTILL, FINETUNE, GOLD, KD, TrialSpec, distill_space, distill_spec, student_modes
 
 if TYPE_CHECKING:
     from speedy.pipeline import Study
 
 
 class SharedTeacherCache:
-    """The selected teacher's outputs on a task's training split: built (or read from disk) when the first KD
-    student needs them, then shared. ``load_seconds`` is this run's cost (a build, or only a read); the build's
-    own time stays in the cache (``build_seconds``), which the KD-time tables need."""
+    """One teacher's outputs on a task's KD training split: built (or read from disk) when the first KD student
+    needs them, then shared; a student that needs more signals (hidden layers) adds them in one more pass.
+    ``load_seconds`` is this run's cost (a build, or only a read); the build's own time stays in the cache
+    (``build_seconds``), which the KD-time tables need."""
 
     def __init__(self, study: Study, task: TaskSpec, teacher: Trial):
         self.study, self.task, self.teacher = study, task, teacher
         self.cache: TeacherCache | None = None
         self.load_seconds = 0.0
 
-    def get(self) -> TeacherCache:
-        if self.cache is None:
+    def get(self, signals=("logits",)) -> TeacherCache:
+        if self.cache is None or not set(signals) <= set(self.cache.signals):
             start = time.time()
             data, task = self.study.data(self.task), self.study.task(self.task)
             model = task.model_class().from_pretrained(self.teacher.checkpoint)
-            self.cache = teacher_cache_for(model, load_tokenizer(self.teacher.checkpoint), task, data.splits["train"],
-                                           self.task.max_length, self.study.output_dir / "teacher-cache",
-                                           source=data.sources["train"], teacher_name=self.teacher.name)
-            self.load_seconds = time.time() - start
-            self.study.console.print(f"  teacher cache {self.cache.folder.name}: {len(self.cache)} examples "
-                                     f"(teacher pass {self.cache.build_seconds or 0:.1f} s when built; "
-                                     f"{self.load_seconds:.1f} s now)")
+            wanted = tuple(dict.fromkeys([*(self.cache.signals if self.cache else ()), *signals]))
+            self.cache = teacher_cache_for(model, load_tokenizer(self.teacher.checkpoint), task,
+                                           kd_train_split(self.study, self.task), self.task.max_length,
+                                           self.study.output_dir / "teacher-cache", source=data.sources["train"],
+                                           signals=wanted, teacher_name=self.teacher.name)
+            self.load_seconds += time.time() - start
+            self.study.console.print(f"  teacher cache {self.cache.folder.name} ({self.teacher.name}): "
+                                     f"{len(self.cache)} examples, {', '.join(self.cache.signals)} (teacher pass "
+                                     f"{self.cache.build_seconds or 0:.1f} s when built; {self.load_seconds:.1f} s "
+                                     f"now)")
         return self.cache
+
+
+def kd_train_split(study: Study, task: TaskSpec):
+    """What KD students train on: the gold training split, then the transfer text (when the task has some and
+    ``distill.transfer`` is on), unlabelled."""
+    train = study.data(task).splits["train"]
+    lines = study.transfer_lines(task) if study.config.distill.transfer else []
+    if not lines:
+        return train
+    return with_transfer(train, study.task(task).unlabelled_rows(lines, train.column_names))
 
 
 def run(study: Study) -> None:
     for i, student in enumerate(study.config.students):
-        check_layers(student, study.cache_dir, f"students[{i}]")
+        if student.init != "teacher":
+            check_layers(student, study.cache_dir, f"students[{i}]")
     for task in study.config.tasks:
-        teacher = selected_teacher(study, task)
-        study.console.rule(f"Stage 3: distilling '{teacher.name}' on '{task.name}'")
-        cache = SharedTeacherCache(study, task, teacher)
+        teachers = selected_teachers(study, task)
+        names = ", ".join(t.name for t in teachers)
+        study.console.rule(f"Stage 3: distilling {names} on '{task.name}'")
+        caches = [SharedTeacherCache(study, task, teacher) for teacher in teachers]
         for student in study.config.students:
             for mode in student_modes(student):
-                run_student(study, task, student, mode, teacher.key, cache)
+                run_student(study, task, student, mode, teachers, caches)
+        warn_if_teacher_is_weak(study, task, teachers[0])
 
 
-def selected_teacher(study: Study, task: TaskSpec) -> Trial:
+def selected_teachers(study: Study, task: TaskSpec) -> list[Trial]:
+    """The selected teacher, then (``distill.teachers`` > 1) the next-best candidates of stage 1 by the same
+    rule."""
     trial = study.store.selection(task.name)
     if trial is None:
         raise SpeedyError(f"distill: no teacher selected for task '{task.name}': run 'speedy select' first")
-    return trial
+    k = study.config.distill.teachers
+    if k == 1:
+        return [trial]
+    ranked = ranked_teachers(study.store.trials(FINETUNE, task.name), study.config.grid.select_by,
+                             study.task(task).selection_metric)
+    others = [t for t in ranked if t.key != trial.key and t.checkpoint and Path(t.checkpoint).is_dir()]
+    if len(others) < k - 1:
+        raise SpeedyError(f"distill.teachers: {k} asked, but task '{task.name}' has {len(others) + 1} finished "
+                          f"teacher candidates")
+    return [trial, *others[: k - 1]]
 
 
-def run_student(study: Study, task: TaskSpec, student: ModelSpec, mode: str, teacher_key: str,
-                cache: SharedTeacherCache) -> None:
+def teachers_key(teachers: list[Trial]) -> str:
+    """What a KD trial's key records of its teachers: the selected one's key, then the others'."""
+    return "+".join(t.key for t in teachers)
+
+
+def run_student(study: Study, task: TaskSpec, student: ModelSpec, mode: str, teachers: list[Trial],
+                caches: list[SharedTeacherCache]) -> None:
     """One student in one mode: its Optuna grid study, or its TPE search of the KD settings."""
     settings = study.config.distill
     name = f"{study.config.name}/{task.name}/distill/{student.name}/{mode}"
-    run_point = partial(_run_point, study, task, student, mode, teacher_key, cache)
+    teacher_key = teachers_key(teachers)
+    run_point = partial(_run_point, study, task, student, mode, teacher_key, caches)
     key = partial(_key, study, task, student, mode, teacher_key)
     if mode == KD and settings.search_trials > 0:
         context = key({"batch_size": settings.batch_size[0], "learning_rate": settings.learning_rate[0]})
@@ -99,29 +145,64 @@ def _key(study: Study, task: TaskSpec, student: ModelSpec, mode: str, teacher_ke
 
 
 def _run_point(study: Study, task: TaskSpec, student: ModelSpec, mode: str, teacher_key: str,
-               cache: SharedTeacherCache, point: dict) -> tuple[str, float | None]:
+               caches: list[SharedTeacherCache], point: dict) -> tuple[str, float | None]:
     """Train one point (or skip it when done); its value for the search: the selection score (higher is
     better)."""
     spec = distill_spec(study.config, task, student, mode, point)
-    key, trial = study.run_trial(spec, partial(train_student, study, spec, cache), teacher_key)
+    key, trial = study.run_trial(spec, partial(train_student, study, spec, caches), teacher_key)
     metric = spec.settings.metric or study.task(task).selection_metric
     return key, (selection_score(trial.val_metrics, trial.val_loss, metric) if trial else None)
 
 
-def train_student(study: Study, spec: TrialSpec, cache: SharedTeacherCache, output_dir: Path) -> dict:
+def train_student(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache], output_dir: Path) -> dict:
     data, task = study.data(spec.task), study.task(spec.task)
     settings = spec.settings
-    model, tokenizer = build_model(spec.model, task, data.texts(), study.cache_dir, seed=spec.seed)
+    if spec.model.init == "teacher":
+        model, tokenizer = build_from_teacher(spec.model, task, caches[0].teacher.checkpoint, seed=spec.seed)
+    else:
+        model, tokenizer = build_model(spec.model, task, study.corpus(spec.task), study.cache_dir, seed=spec.seed)
     kd = spec.mode == KD
+    objective = teacher_caches = None
+    if kd:
+        teacher_layers = _layers_of(caches[0].teacher.checkpoint)
+        objective = objective_for(settings, model.config.num_hidden_layers, teacher_layers)
+        teacher_caches = [cache.get(objective.signals) for cache in caches]
+        objective.project(model.config.hidden_size, {signal: teacher_caches[0].dim(signal)
+                                                     for signal in objective.signals})
     result = fit(model, tokenizer, task, data, output_dir, epochs=settings.epochs, batch_size=settings.batch_size,
                  learning_rate=settings.learning_rate, seed=spec.seed, max_length=spec.task.max_length,
                  metric=settings.metric or task.selection_metric, patience=settings.patience,
                  warmup_ratio=settings.warmup_ratio, weight_decay=settings.weight_decay,
-                 mixed_precision=settings.mixed_precision, teacher_caches=[cache.get()] if kd else None,
-                 objective=DistillationObjective.single(settings.loss, settings.alpha, settings.temperature)
-                 if kd else None)
+                 mixed_precision=settings.mixed_precision, teacher_caches=teacher_caches, objective=objective,
+                 train_split=kd_train_split(study, spec.task) if kd else None)
     result["info"] = {"epochs_run": result.get("epochs_run")}
     if kd:  # Tables 5-8 need the teacher pass's time, which a run that found the cache on disk did not pay
-        result["info"].update(teacher_cache=cache.cache.folder.name, teacher_cache_seconds=cache.cache.build_seconds,
-                              teacher_cache_load_seconds=cache.load_seconds)
+        first = caches[0].cache
+        result["info"].update(teacher_cache=first.folder.name, teacher_cache_seconds=first.build_seconds,
+                              teacher_cache_load_seconds=caches[0].load_seconds,
+                              teachers=[cache.teacher.name for cache in caches],
+                              train_examples=len(first))
     return result
+
+
+def _layers_of(checkpoint: str) -> int:
+    return int(AutoConfig.from_pretrained(checkpoint).num_hidden_layers)
+
+
+def warn_if_teacher_is_weak(study: Study, task: TaskSpec, teacher: Trial) -> None:
+    """A teacher that a student fine-tuned on the same labels beats (on the validation metric) has nothing to
+    teach, and its KD students copy its failure: say so loudly, with both scores."""
+    metric = study.task(task).selection_metric
+    if metric == "loss" or metric not in (teacher.val_metrics or {}):
+        return
+    for trial in study.store.trials(DISTILL, task.name):
+        if trial.params.get("mode") != GOLD or metric not in (trial.val_metrics or {}):
+            continue
+        if trial.val_metrics[metric] > teacher.val_metrics[metric]:
+            study.console.print(
+                f"[bold red]WARNING: the teacher '{teacher.name}' (validation {metric} "
+                f"{teacher.val_metrics[metric]:.4f}) scores below '{trial.name}', a student fine-tuned on the same "
+                f"labels ({trial.val_metrics[metric]:.4f}): its KD students learn a weaker model than plain "
+                f"fine-tuning. Give the teacher more epochs or data, a grid with stable settings (grid.seeds, "
+                f"lower learning rates), or grid.select_by: metric.[/bold red]")
+            return

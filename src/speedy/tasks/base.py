@@ -48,8 +48,30 @@ PAD_LOGIT = -1e4
 EXTRA_KEYS = ("example_index", "word_index", "unit_index", "unit_first", "unit_last", "unit_owned")
 
 
+def signal_tensor(outputs, signal: str) -> torch.Tensor:
+    """The model output a KD signal names: ``logits``, or ``hidden.<layer>`` (``[batch, tokens, width]``; layer 0
+    is the embeddings, layer i the i-th layer's output; the model must run with ``output_hidden_states``)."""
+    if signal == "logits":
+        return outputs.logits
+    kind, _, layer = signal.partition(".")
+    if kind == "hidden" and layer.isdigit():
+        states = getattr(outputs, "hidden_states", None)
+        if states is None:
+            raise SpeedyError(f"distill: signal '{signal}' needs the model run with output_hidden_states=True")
+        if int(layer) >= len(states):
+            raise SpeedyError(f"distill: signal '{signal}': the model has layers 0..{len(states) - 1} (0: embeddings)")
+        return states[int(layer)]
+    raise SpeedyError(f"distill: '{signal}' is not a KD signal (logits, hidden.<layer>)")
+
+
+def needs_hidden_states(signals) -> bool:
+    return any(str(signal).startswith("hidden.") for signal in signals)
+
+
 class Task(ABC):
     type: ClassVar[str]
+    # The KD signals its teacher_rows/kd_rows give: "logits" always; "hidden" = hidden.<layer> at the same units
+    kd_signals: ClassVar[tuple[str, ...]] = ("logits",)
     primary_metric: ClassVar[str]  # the test metric reports compare (accuracy, F1)
     selection_metric: ClassVar[str]  # the validation metric that early stopping and the best checkpoint follow
 
@@ -65,9 +87,23 @@ class Task(ABC):
         """Width of one KD row of ``signal`` (``logits``: one per class) from ``teacher`` (a later signal's width,
         a hidden state's, may be the teacher's). A signal this task's ``teacher_rows``/``kd_rows`` cannot give
         is an error."""
-        if signal != "logits":
-            raise SpeedyError(f"distill: a {self.type} task has no KD signal '{signal}' (it has: logits)")
-        return len(self.labels)
+        if signal == "logits":
+            return len(self.labels)
+        kind, _, layer = signal.partition(".")
+        if kind not in self.kd_signals or kind == "logits" or not layer.isdigit():
+            raise SpeedyError(f"distill: a {self.type} task has no KD signal '{signal}' (it has: "
+                              f"{', '.join(k if k == 'logits' else k + '.<layer>' for k in self.kd_signals)})")
+        config = getattr(teacher, "config", None)
+        if config is not None and int(layer) > config.num_hidden_layers:
+            raise SpeedyError(f"distill: signal '{signal}': the teacher has layers 0..{config.num_hidden_layers} "
+                              f"(0: embeddings)")
+        return int(config.hidden_size) if config is not None else 0
+
+    def unlabelled_rows(self, lines: list[tuple[str, int, str]], columns: list[str]) -> list[dict]:
+        """Examples of the gold split's ``columns``, without gold labels, from lines of transfer text (``(file,
+        line number, text)``): what the teacher labels for KD (see :mod:`speedy.data.transfer`)."""
+        raise SpeedyError(f"{lines[0][0] if lines else 'transfer_files'}: a {self.type} task takes no transfer "
+                          f"text (plain lines: classification of single texts and tagging)")
 
     @abstractmethod
     def model_class(self):
@@ -109,10 +145,11 @@ class Task(ABC):
         ``signal``."""
 
     @abstractmethod
-    def kd_rows(self, outputs, inputs, extras, cache,
-                signal: str = "logits") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The student's rows of ``signal``, the teacher's matching rows from ``cache``, and the rows' gold labels
-        (``None`` where the signal has no labels)."""
+    def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits",
+                student_signal: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The student's rows of ``student_signal`` (default: ``signal``; a hidden layer of the student may learn
+        another layer of the teacher), the teacher's matching rows of ``signal`` from ``cache``, and the rows' gold
+        labels (``None`` where the signal has no labels)."""
 
 
 @torch.no_grad()

@@ -11,11 +11,12 @@ from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from speedy.errors import SpeedyError, where
-from speedy.tasks.base import Task
+from speedy.tasks.base import Task, signal_tensor
 
 
 class ClassificationTask(Task):
     type = "classification"
+    kd_signals = ("logits", "hidden")  # hidden: the mean of an example's token states (any tokenizer agrees)
     primary_metric = "accuracy"
     selection_metric = "accuracy"
 
@@ -25,6 +26,9 @@ class ClassificationTask(Task):
     def label_ids(self, dataset: Dataset, source: str = "") -> list[int]:
         ids = []
         for label, line in zip(dataset["label"], dataset["line"]):
+            if label is None:  # transfer text: no gold label, the teacher's soft targets only
+                ids.append(-100)
+                continue
             if label not in self.label2id:
                 raise SpeedyError(f"{where(source or 'data', line)}: label '{label}' is not in the label set "
                                   f"({', '.join(self.labels)})")
@@ -50,13 +54,31 @@ class ClassificationTask(Task):
                 "macro_f1": float(f1_score(label_ids, predicted, average="macro", labels=list(range(len(self.labels))),
                                            zero_division=0))}
 
+    def unlabelled_rows(self, lines, columns):
+        if "text_pair" in columns:
+            raise SpeedyError(f"{lines[0][0]}: transfer text for a text-pair task would need pairs, which plain "
+                              f"lines are not (transfer_files: classification of single texts and tagging)")
+        return [{"text": text, "label": None, "line": number} for _, number, text in lines]
+
+    @staticmethod
+    def example_rows(outputs, attention_mask, signal: str):
+        """One row per example: the logits, or the mean of a hidden layer over the example's real tokens (the
+        [CLS] state means different things to different tokenizers and pretraining; the mean is comparable)."""
+        values = signal_tensor(outputs, signal)
+        if signal == "logits":
+            return values
+        mask = attention_mask.to(values.dtype).unsqueeze(-1)
+        return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+
     def teacher_rows(self, outputs, batch, signal: str = "logits"):
         self.row_dim(signal)  # fails for a signal this task cannot give
-        logits = outputs.logits.detach().float().cpu().numpy()
-        for example, row in zip(batch["example_index"].tolist(), logits):
+        rows = self.example_rows(outputs, batch["attention_mask"].to(outputs.logits.device), signal)
+        rows = rows.detach().float().cpu().numpy()
+        for example, row in zip(batch["example_index"].tolist(), rows):
             yield example, np.zeros(1, dtype=np.int64), row[None, :]
 
-    def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits"):
+    def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits", student_signal: str | None = None):
         self.row_dim(signal)
+        student = self.example_rows(outputs, inputs["attention_mask"], student_signal or signal)
         teacher, _ = cache.rows(extras["example_index"].tolist(), signal)
-        return outputs.logits, teacher.to(outputs.logits.device), inputs.get("labels")
+        return student, teacher.to(student.device), inputs.get("labels")

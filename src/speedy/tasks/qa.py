@@ -276,7 +276,7 @@ class QATask(Task):
             last = batch["unit_last"][row].numpy()[keep]
             yield example, units[keep], np.stack([start[row][first], end[row][last]], axis=1)
 
-    def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits"):
+    def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits", student_signal: str | None = None):
         """Rows: one start and one end distribution per window, over the window's covered units (padded with a
         logit whose probability is exactly 0 in both, so padding never contributes)."""
         self.row_dim(signal)

@@ -27,7 +27,7 @@ from transformers import AutoModelForTokenClassification
 
 from speedy.errors import SpeedyError, where
 from speedy.tasks.alignment import first_subtokens, word_windows
-from speedy.tasks.base import Task, device_of
+from speedy.tasks.base import Task, device_of, signal_tensor
 
 IGNORE = -100
 
@@ -55,6 +55,7 @@ class TaggingCollator:
 
 class TaggingTask(Task):
     type = "tagging"
+    kd_signals = ("logits", "hidden")  # hidden: a layer's state at each word's first sub-token, as the logits
     primary_metric = "f1"  # seqeval's entity F1 (BIO), or per-word accuracy (POS: every word its own entity)
     selection_metric = "f1"
 
@@ -83,6 +84,9 @@ class TaggingTask(Task):
     def tag_ids(self, dataset, source: str = "") -> list[list[int]]:
         out = []
         for tags, lines in zip(dataset["tags"], dataset["lines"]):
+            if tags is None:  # transfer text: no gold tags, the teacher's soft targets only
+                out.append([IGNORE] * len(lines))
+                continue
             ids = []
             for tag, line in zip(tags, lines):
                 if tag not in self.label2id:
@@ -212,17 +216,22 @@ class TaggingTask(Task):
         return self.score([list(tags) for tags in dataset["tags"]], predicted)
 
     # ------------------------------------------------------------------ distillation
+    def unlabelled_rows(self, lines, columns):
+        """A line's words are its whitespace-separated pieces: the gold CoNLL files' own pre-tokenisation."""
+        return [{"tokens": text.split(), "tags": None, "lines": [number] * len(text.split()), "line": number}
+                for _, number, text in lines]
+
     def teacher_rows(self, outputs, batch, signal: str = "logits"):
         self.row_dim(signal)  # fails for a signal this task cannot give
-        logits = outputs.logits.detach().float().cpu().numpy()
+        values = signal_tensor(outputs, signal).detach().float().cpu().numpy()
         word_index = batch["word_index"].cpu().numpy()
         for row, example in enumerate(batch["example_index"].tolist()):
             keep = word_index[row] >= 0
-            yield example, word_index[row][keep], logits[row][keep]
+            yield example, word_index[row][keep], values[row][keep]
 
-    def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits"):
+    def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits", student_signal: str | None = None):
         self.row_dim(signal)
-        logits, word_index = outputs.logits, extras["word_index"]
+        logits, word_index = signal_tensor(outputs, student_signal or signal), extras["word_index"]
         students, teachers, labels = [], [], []
         for row, example in enumerate(extras["example_index"].tolist()):
             positions = (word_index[row] >= 0).nonzero().squeeze(-1)
