@@ -227,3 +227,28 @@ def test_a_teacher_below_a_fine_tuned_student_is_reported_loudly():
     assert "WARNING" in text and "0.5185" in text and "s (fine-tuned)" in text and "0.7100" in text
     warn_if_teacher_is_weak(study, SimpleNamespace(name="ner"), trial("teacher", 0.7342))
     assert console.export_text() == ""  # a teacher above every fine-tuned student: nothing said
+
+
+def test_projections_learn_with_the_student_and_survive_a_resume(words, bert_dir, tmp_path):
+    from transformers import TrainingArguments
+
+    from speedy.distill.trainer import PROJECTIONS, DistillationTrainer
+
+    task, tokenizer = TaggingTask(["O", "B-PER"]), AutoTokenizer.from_pretrained(bert_dir)
+    student = AutoModelForTokenClassification.from_pretrained(bert_dir, num_labels=2)
+    objective = DistillationObjective([KDTerm("logits"), KDTerm("hidden.2", "mse")]).project(32, {"hidden.2": 64})
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = DistillationTrainer(model=student, args=args, task=task, teacher_caches=[{}], objective=objective)
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    optimizer = trainer.optimizer
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in in_optimizer for p in objective.parameters())
+    trainer.state.global_step = 3
+    trainer._save_checkpoint(student, None)
+    folder = tmp_path / "checkpoint-3"
+    assert (folder / PROJECTIONS).is_file()
+    saved = objective.projections["1"].weight.detach().clone()
+    with torch.no_grad():
+        objective.projections["1"].weight.zero_()
+    trainer._load_from_checkpoint(str(folder))
+    assert torch.equal(objective.projections["1"].weight, saved)

@@ -167,6 +167,11 @@ def train_student(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache
         teacher_layers = _layers_of(caches[0].teacher.checkpoint)
         objective = objective_for(settings, model.config.num_hidden_layers, teacher_layers)
         teacher_caches = [cache.get(objective.signals) for cache in caches]
+        for signal in objective.signals:  # one projection per term serves every teacher: their widths must agree
+            widths = {cache.dim(signal) for cache in teacher_caches}
+            if len(widths) > 1:
+                raise SpeedyError(f"distill.teachers: the teachers' '{signal}' rows have different widths "
+                                  f"({sorted(widths)}); hidden-state KD from several teachers needs equal widths")
         objective.project(model.config.hidden_size, {signal: teacher_caches[0].dim(signal)
                                                      for signal in objective.signals})
     result = fit(model, tokenizer, task, data, output_dir, epochs=settings.epochs, batch_size=settings.batch_size,

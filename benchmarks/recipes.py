@@ -1,0 +1,227 @@
+"""Benchmark: which KD recipe beats fine-tuning the same student, at equal budget, over several seeds.
+
+One row per recipe and student depth: validation score as mean ± std over the seeds, the gap to the fine-tuned
+student, the share of the teacher's score kept, and the wall time of one student run. Every recipe trains the
+same student (multilingual-e5-small truncated to its first n layers, vocabulary pruned to the task's text) with
+the same epoch cap, early stopping, learning rate and batch size; only the training signal differs:
+
+* ``finetuned``: gold labels only (the baseline);
+* ``logit-kd``: the paper's KD (KL on logits, alpha 0, T 1);
+* ``hidden``: + hidden-state MSE, uniform layer map (PKD / TinyBERT);
+* ``relation``: + similarity relations of the last layer (MiniLM-style, width-free);
+* ``transfer``: + the unlabelled transfer text, labelled by the teacher (XtremeDistil);
+* ``teacher-init``: the student starts from the fine-tuned teacher's first n layers (DistilBERT);
+* ``two-teachers``: the top-2 teacher candidates of stage 1 (two seeds of the grid) averaged;
+* ``best``: transfer + hidden + teacher-init (the levers that each won alone in the first run of this script).
+
+NER (the default task) trains on ``--labelled`` sentences of CoNLL-2002 ``esp.train`` and uses ``--transfer`` other
+sentences of ``esp.train`` as unlabelled text (their tags are never read); validation is a sample of ``esp.testa``
+(the test split ``esp.testb`` stays unseen). POS splits AnCora's dev file (the one here) into validation,
+labelled and transfer sentences. The teacher is multilingual-e5-small (12 layers), fine-tuned with ``--teacher-seeds`` seeds and selected
+by validation F1; every recipe distils the same teacher.
+
+All runs go through the ordinary pipeline into one study folder and store, so a killed benchmark resumes where it
+stopped, and finished runs are reused across sessions. Results are written (atomically) to
+``<output>/recipes.md`` and ``<output>/recipes.json``. Runs go seed by seed (the first seed of every recipe
+first), so a stopped run still compares every recipe. Example (the sizes of the README's table)::
+
+    python benchmarks/recipes.py --labelled 1000 --transfer 3000 --val 500 --depths 4 --seeds 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from common import REPO
+
+RECIPES = {
+    "finetuned": ({}, {"kd": False, "finetune": True}),
+    "logit-kd": ({}, {}),
+    "hidden": ({"hidden_weight": 1.0}, {}),
+    "relation": ({"relation_weight": 1.0}, {}),
+    "transfer": ({"transfer": True}, {}),
+    "teacher-init": ({}, {"init": "teacher"}),
+    "two-teachers": ({"teachers": 2}, {}),
+    "best": ({"transfer": True, "hidden_weight": 1.0}, {"init": "teacher"}),
+}
+
+
+def write_conll(path: Path, sentences) -> str:
+    lines = []
+    for sentence in sentences:
+        lines += [f"{word} {tag}" for word, tag in zip(sentence["tokens"], sentence["tags"])] + [""]
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    return str(path)
+
+
+def prepare(args, out: Path) -> dict:
+    """The labelled, transfer and validation files, sampled with ``--data-seed`` (the same for every recipe)."""
+    from speedy.data.readers import read_conll, read_conllu
+
+    data_dir = Path(args.data_dir)
+    rng = random.Random(args.data_seed)
+    if args.task == "ner":
+        train = read_conll(data_dir / "conll2002-es" / "esp.train")
+        validation = read_conll(data_dir / "conll2002-es" / "esp.testa")
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        val = sorted(rng.sample(range(len(validation)), min(args.val, len(validation))))
+    else:  # only AnCora's dev file is here: its sentences are split into validation and the rest
+        train = validation = read_conllu(data_dir / "ancora-es" / "es_ancora-ud-dev.conllu")
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        val, order = sorted(order[: args.val]), order[args.val :]
+    labelled, rest = order[: args.labelled], order[args.labelled :][: args.transfer]
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"train": write_conll(out / "train.conll", [train[i] for i in sorted(labelled)]),
+             "validation": write_conll(out / "validation.conll", [validation[i] for i in val])}
+    files["test"] = files["validation"]  # never evaluated here: the test split stays unseen
+    transfer = out / "transfer.txt"  # words only: the tags of these sentences are never read
+    transfer.write_text("".join(" ".join(train[i]["tokens"]) + "\n" for i in rest), "utf-8")
+    return {"files": files, "transfer": str(transfer)}
+
+
+def config_for(args, data: dict, recipe: str, depth: int, seed: int) -> dict:
+    distill, student = RECIPES[recipe]
+    return {
+        "name": f"recipes-{args.task}-{recipe}-{depth}L-s{seed}", "output_dir": str(Path(args.output) / "study"),
+        "seed": args.teacher_seeds[0],
+        "tasks": [{"name": f"{args.task}-es", "type": "tagging", "scheme": "bio" if args.task == "ner" else "pos",
+                   "max_length": args.max_length, "data": data["files"], "transfer_files": [data["transfer"]]}],
+        "teachers": [{"name": "multilingual-e5-small", "prune_vocab": True}],
+        "students": [{"name": f"e5-{depth}L", "base": "multilingual-e5-small", "kind": "truncate", "layers": depth,
+                      "prune_vocab": True, **student}],
+        "grid": {"batch_size": [args.batch_size], "epochs": [args.teacher_epochs], "learning_rate": [args.teacher_lr],
+                 "seeds": list(args.teacher_seeds), "select_by": "metric"},
+        "distill": {"epochs": args.student_epochs, "patience": args.patience, "batch_size": args.batch_size,
+                    "learning_rate": args.student_lr, "seed": seed, "transfer": False, **distill},
+        "speed": {"batch_size": 1, "length": 64, "warmup": 1, "runs": 3},
+    }
+
+
+def run_recipe(args, data: dict, recipe: str, depth: int, seed: int) -> dict:
+    from rich.console import Console
+
+    from speedy.configfile import load_config
+    from speedy.pipeline import Study
+    from speedy.trials import FINETUNE
+
+    folder = Path(args.output) / "configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{recipe}-{depth}L-s{seed}.yaml"
+    path.write_text(yaml.safe_dump(config_for(args, data, recipe, depth, seed)))
+    study = Study(load_config(path), Console(stderr=True))
+    study.run(["finetune", "select", "distill"])
+    task = study.config.tasks[0]
+    teacher = study.store.selection(task.name)
+    trial = study.store.get(_key(study, recipe, depth, seed))
+    metric = study.task(task).selection_metric
+    teachers = study.store.trials(FINETUNE, task.name)
+    return {"recipe": recipe, "depth": depth, "seed": seed, "score": trial.val_metrics[metric],
+            "teacher": teacher.val_metrics[metric], "teachers": {t.name: t.val_metrics[metric] for t in teachers},
+            "minutes": (trial.seconds or 0) / 60, "epochs": trial.info.get("epochs_run"),
+            "train_examples": trial.info.get("train_examples")}
+
+
+def _key(study, recipe: str, depth: int, seed: int) -> str:
+    from speedy.stages.distill import selected_teachers, teachers_key
+    from speedy.trials import GOLD, KD, distill_spec
+
+    config, task = study.config, study.config.tasks[0]
+    mode = GOLD if recipe == "finetuned" else KD
+    point = {"batch_size": config.distill.batch_size[0], "learning_rate": config.distill.learning_rate[0]}
+    spec = distill_spec(config, task, config.students[0], mode, point)
+    teacher_key = teachers_key(selected_teachers(study, task))
+    return spec.key(study.data_fingerprint(task), teacher_key)
+
+
+def table(results: list[dict], args) -> str:
+    lines = ["| recipe | layers | seeds | val F1 (mean ± std) | vs fine-tuned | of teacher | min / run | epochs |",
+             "|---|---|---|---|---|---|---|---|"]
+    teacher = max((r["teacher"] for r in results), default=float("nan"))
+    for depth in args.depths:
+        base = [r["score"] for r in results if r["depth"] == depth and r["recipe"] == "finetuned"]
+        for recipe in args.recipes:
+            rows = [r for r in results if r["depth"] == depth and r["recipe"] == recipe]
+            if not rows:
+                continue
+            scores = [100 * r["score"] for r in rows]
+            mean, std = statistics.mean(scores), (statistics.stdev(scores) if len(scores) > 1 else 0.0)
+            gap = f"{mean - 100 * statistics.mean(base):+.2f}" if base and recipe != "finetuned" else ""
+            minutes = statistics.mean(r["minutes"] for r in rows)
+            epochs = statistics.mean(r["epochs"] or 0 for r in rows)
+            lines.append(f"| {recipe} | {depth} | {len(rows)} | {mean:.2f} ± {std:.2f} | {gap} | "
+                         f"{mean / (100 * teacher):.1%} | {minutes:.1f} | {epochs:.1f} |")
+    teachers = next((r["teachers"] for r in results), {})
+    sizes = (f"Task {args.task}: {args.labelled} labelled sentences, {args.transfer} unlabelled transfer sentences, "
+             f"{args.val} validation sentences (esp.testa for NER), max length {args.max_length}. Teacher "
+             f"multilingual-e5-small (12 layers), {args.teacher_epochs} epochs, lr {args.teacher_lr:g}, seeds "
+             f"{args.teacher_seeds}, selected by validation F1: "
+             + ", ".join(f"{name} {100 * score:.2f}" for name, score in teachers.items())
+             + f". Students: up to {args.student_epochs} epochs, patience {args.patience}, lr {args.student_lr:g}, "
+             f"batch {args.batch_size}, best checkpoint by validation F1.")
+    return "\n".join(lines) + "\n\n" + sizes + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, "utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=["ner", "pos"], default="ner")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--output", default=str(REPO / "runs" / "bench-recipes"))
+    parser.add_argument("--labelled", type=int, default=1000)
+    parser.add_argument("--transfer", type=int, default=3000)
+    parser.add_argument("--val", type=int, default=500)
+    parser.add_argument("--depths", type=int, nargs="+", default=[4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--teacher-lr", type=float, default=1e-4)
+    parser.add_argument("--teacher-seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--student-epochs", type=int, default=10)
+    parser.add_argument("--student-lr", type=float, default=2e-4)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--data-seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not Path(args.data_dir).is_dir():
+        print(f"error: {args.data_dir}: no such folder (the shared Spanish data)", file=sys.stderr)
+        return 2
+
+    from speedy.console import quiet_libraries
+
+    quiet_libraries()
+    out = Path(args.output)
+    data = prepare(args, out / "data")
+    results = []
+    start = time.time()
+    for seed in args.seeds:
+        for depth in args.depths:
+            for recipe in args.recipes:
+                results.append(run_recipe(args, data, recipe, depth, seed))
+                report = table(results, args)
+                write_atomically(out / "recipes.md", report)
+                write_atomically(out / "recipes.json", json.dumps(results, indent=1))
+                print(f"[{(time.time() - start) / 60:.0f} min] {recipe} {depth}L seed {seed}: "
+                      f"{100 * results[-1]['score']:.2f}", flush=True)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
