@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     study, minutes = run_stages(path)
     lines = ["| model | role | layers | params (M) | val F1 | val EM | speed-up | train (min) |",
              "|---|---|---|---|---|---|---|---|"]
-    for r, trial in zip(report_rows(study), study.models_to_report(study.config.tasks[0])):
+    for r, trial in zip(report_rows(study.store, study.config), study.models_to_report(study.config.tasks[0])):
         lines.append(f"| {r['model']} | {r['role']} | {r['layers']} | {r['params_M']:.1f} | "
                      f"{100 * trial.test_metrics['f1']:.2f} | {100 * trial.test_metrics['exact_match']:.2f} | "
                      f"{r['speedup']:.2f}x | {(trial.seconds or 0) / 60:.1f} |")

@@ -78,7 +78,7 @@ def table(study, task: str) -> str:
 
     lines = ["| model | role | layers | params (M) | params w/o emb. (M) | val F1 | val accuracy | speed-up | train (min) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r, trial in zip(report_rows(study), study.models_to_report(study.config.tasks[0])):
+    for r, trial in zip(report_rows(study.store, study.config), study.models_to_report(study.config.tasks[0])):
         f1, acc = trial.test_metrics.get("f1"), trial.test_metrics.get("accuracy")
         lines.append(f"| {r['model']} | {r['role']} | {r['layers']} | {r['params_M']:.1f} | "
                      f"{r['non_embedding_params_M']:.1f} | {100 * f1:.2f} | {100 * acc:.2f} | {r['speedup']:.2f}x | "

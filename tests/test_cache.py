@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from speedy.config import DataSpec, TaskSpec
-from speedy.data.load import load_task_data
+from speedy.tasks import load_task_data
 from speedy.distill.cache import TeacherCache
 from speedy.distill.losses import DistillationObjective
 from speedy.distill.teacher import teacher_cache_for

@@ -9,7 +9,7 @@ import pytest
 from speedy.config import DataSpec, TaskSpec
 from speedy.configfile import validate
 from speedy.data.catalog import DATASETS
-from speedy.data.load import load_task_data
+from speedy.tasks import load_task_data
 from speedy.errors import SpeedyError
 
 XNLI_HEADER = ("language\tgold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"

@@ -91,7 +91,7 @@ def test_a_bom_is_dropped_from_every_file(tmp_path):
 
 def test_a_bom_on_a_later_split_file_of_a_task(tmp_path):
     from speedy.config import DataSpec, TaskSpec
-    from speedy.data.load import load_task_data
+    from speedy.tasks import load_task_data
 
     train = write(tmp_path / "train.tsv", "label\ttext\na\tuno\nb\tdos\n")
     dev = write(tmp_path / "dev.tsv", BOM + "label\ttext\na\ttres\n")

@@ -172,7 +172,7 @@ TRAIN = """
     import json, os, sys, time
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer
     from speedy.config import DataSpec, TaskSpec
-    from speedy.data.load import load_task_data
+    from speedy.tasks import load_task_data
     from speedy.tasks import ClassificationTask
     from speedy.training import fit
 
@@ -205,7 +205,7 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_a_complete_one(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer
 
     from speedy.config import DataSpec, TaskSpec
-    from speedy.data.load import load_task_data
+    from speedy.tasks import load_task_data
     from speedy.tasks import ClassificationTask
     from speedy.training import fit
 

@@ -108,18 +108,15 @@ def _predict(model_dir: Path, text, text_pair, question, context, engine: str = 
     check_model_folder(model_dir, need_weights=get_engine(engine).needs_weights)
     with loading(model_dir):
         predictor = Predictor(model_dir, engine, threads)
-    if predictor.task.type == "qa":
-        if not question or not question.strip() or not context or not context.strip():
-            raise SpeedyError("predict: a QA model needs a non-empty --question and --context")
-        answer = predictor.run_batch([(question, context)])[0]
-        if answer["answer"] is None:
-            raise SpeedyError("predict: no answer span fits in the context")
-        return answer
-    if not text or not text.strip():
-        raise SpeedyError("predict: --text is empty")
-    if predictor.task.type == "tagging":
-        return predictor.run_batch([text.split()])[0]
-    return predictor.run_batch([(text, text_pair)])[0]
+    task = predictor.task
+    # the options are the task's input fields of these names; the type says which it takes and which it needs
+    given = {"text": text, "text_pair": text_pair, "question": question, "context": context}
+    required = [name for name, field in task.inputs.items() if field.required]
+    if any(not (given.get(name) or "").strip() for name in required):
+        flags = " and ".join(f"--{name.replace('_', '-')}" for name in required)
+        raise SpeedyError(f"predict: a {task.type} model needs a non-empty {flags}")
+    item = task.input_item({name: given.get(name) for name in task.inputs})
+    return task.check_result(predictor.run_batch([item])[0])
 
 
 @app.command()
@@ -147,13 +144,12 @@ def export(model: Path = typer.Argument(..., help="A model folder trained with s
 
 def _evaluate_file(model_dir: Path, test_file: Path, max_length: Optional[int]) -> None:
     # lazy: start-up time (these import torch, transformers and datasets)
-    from speedy.data.load import read_task_file
     from speedy.evaluate import evaluate_model
     from speedy.trained import check_model_folder
 
     folder = check_model_folder(model_dir)
     task = folder.task
-    data = read_task_file(task.type, test_file, report=lambda message: console.print(f"[yellow]{message}[/yellow]"))
+    data = task.read_file(test_file, {}, report=lambda message: console.print(f"[yellow]{message}[/yellow]"))
     model = load_engine(model_dir, "torch")
     metrics = evaluate_model(model, folder.tokenizer, task, data, max_length or folder.max_length,
                              source=str(test_file))

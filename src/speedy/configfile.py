@@ -1,7 +1,8 @@
 """Reading a study's YAML file: :func:`load_config`, the one way a config is read, checks the whole file before any
 work. Pydantic checks each key's type and range against the field annotations of :mod:`speedy.config`
 (``1e-5``, a string to YAML 1.1, is read as a number), then :func:`validate` checks the allowed values against the
-registries they name (engines, datasets, KD losses, file formats) and how settings fit together. The first mistake
+registries they name (engines, datasets, KD losses, task types and what each type declares: its settings, file
+formats and validation metrics) and how settings fit together. The first mistake
 stops it with one line, ``study.yaml: tasks[1].type: unknown task type 'tagger' (allowed: classification, tagging,
 qa)``.
 """
@@ -18,18 +19,13 @@ from speedy.bench.engines import check_engine
 from speedy.config import (DataSpec, DistillSettings, Grid, ModelSpec, SpeedSettings, StudyConfig, TaskSpec,
                            show)
 from speedy.data.catalog import dataset_entry
-from speedy.data.readers import FORMATS
 from speedy.data.squad import BAD_ANSWER_POLICIES
 from speedy.distill.losses import KD_KINDS
 from speedy.errors import SpeedyError
 from speedy.tasks import TASK_CLASSES
 
-TASK_TYPES = ("classification", "tagging", "qa")
 MODEL_KINDS = ("pretrained", "truncate", "albert-base-n")
 SPLITS = ("train", "validation", "test")
-# The validation metrics each task type reports (what distill.metric may name; "loss" for every type).
-METRICS = {"classification": ("loss", "accuracy", "macro_f1"), "tagging": ("loss", "f1", "accuracy"),
-           "qa": ("loss", "window_start_accuracy", "window_end_accuracy", "window_span_accuracy")}
 
 
 def _choice(key: str, what: str, value, allowed) -> None:
@@ -42,7 +38,7 @@ def validate(config: StudyConfig) -> StudyConfig:
     file is read); a named dataset fills in its task's type, scheme and normalisation."""
     for i, task in enumerate(config.tasks):
         key, data = f"tasks[{i}]", task.data
-        _choice(f"{key}.type", "task type", task.type, TASK_TYPES)
+        _choice(f"{key}.type", "task type", task.type, TASK_CLASSES)
         if data.dataset:
             _apply_dataset(task, i)
         elif not (data.builtin or data.train or data.hub):
@@ -51,15 +47,13 @@ def validate(config: StudyConfig) -> StudyConfig:
             for split in SPLITS:
                 if not getattr(data, split):
                     raise SpeedyError(f"{key}.data.{split}: missing (local files: give train, validation and test)")
-        if task.type == "tagging":
-            _choice(f"{key}.scheme", "tagging scheme", task.scheme, ("bio", "pos"))
-        if task.type == "qa":
-            _choice(f"{key}.normalization", "normalisation", task.normalization, ("en", "es"))
+        kind = TASK_CLASSES[task.type]
+        for setting, (what, allowed) in kind.choices.items():
+            _choice(f"{key}.{setting}", what, getattr(task, setting), allowed)
         if data.builtin:
             _choice(f"{key}.data.builtin", "dataset", data.builtin, ("rv1909-genre",))
-        if data.format is not None and task.type != "qa":
-            formats = ("conll", "conllu") if task.type == "tagging" else FORMATS
-            _choice(f"{key}.data.format", f"{task.type} file format", data.format, formats)
+        if data.format is not None and kind.file_formats is not None:
+            _choice(f"{key}.data.format", f"{task.type} file format", data.format, kind.file_formats)
         _choice(f"{key}.data.bad_answers", "policy", data.bad_answers, BAD_ANSWER_POLICIES)
         unknown, missing = set(data.hub_splits) - set(SPLITS), set(SPLITS) - set(data.hub_splits)
         if unknown or missing:
@@ -89,7 +83,7 @@ def validate(config: StudyConfig) -> StudyConfig:
         _choice(f"distill.search_losses[{i}]", "KD loss", loss, KD_KINDS)
     _choice("distill.mixed_precision", "", distill.mixed_precision, ("no", "fp16", "bf16"))
     for task in config.tasks if distill.metric is not None else []:
-        allowed = METRICS[task.type] + (("macro_f1",) if task.type == "tagging" and task.scheme == "pos" else ())
+        allowed = TASK_CLASSES[task.type].metric_names(vars(task))
         if distill.metric not in allowed:
             raise SpeedyError(f"distill.metric: task '{task.name}' ({task.type}) has no validation metric "
                               f"'{distill.metric}' (allowed: {', '.join(allowed)})")
@@ -133,13 +127,12 @@ def _unique_names(config: StudyConfig) -> None:
 
 
 def _apply_dataset(task: TaskSpec, i: int) -> None:
-    """A named dataset decides the task's type, tagging scheme and QA normalisation; a contradiction is an error."""
+    """A named dataset decides the task's type and its type's ``choices`` (tagging scheme, QA normalisation); a
+    contradiction is an error."""
     entry = dataset_entry(task.data.dataset, f"tasks[{i}].data.dataset")
     defaults = TaskSpec(name="")
-    for setting in ("type", "scheme", "normalization"):
+    for setting in ("type", *TASK_CLASSES[entry.type].choices):
         given, wanted = getattr(task, setting), getattr(entry, setting)
-        if setting != "type" and entry.type != {"scheme": "tagging", "normalization": "qa"}[setting]:
-            continue
         if given != getattr(defaults, setting) and given != wanted:
             raise SpeedyError(f"tasks[{i}].{setting}: '{given}', but dataset '{entry.name}' needs '{wanted}'")
         setattr(task, setting, wanted)

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from speedy.config import StudyConfig, TaskSpec
-from speedy.data.load import TaskData, load_task_data
+from speedy.data.load import TaskData
 from speedy.data.transfer import read_transfer_lines
 from speedy.distill.cache import fingerprint_inputs
 from speedy.models.offline import default_cache_dir
@@ -23,7 +23,7 @@ from speedy.search import GRACE, Search, claimable_now
 from speedy.selection import models_to_report, speed_kind
 from speedy.stages import STAGES
 from speedy.store import Store, Trial
-from speedy.tasks import make_task
+from speedy.tasks import load_task_data, make_task
 from speedy.tasks.base import Task
 from speedy.trials import TrialSpec
 
@@ -69,8 +69,7 @@ class Study:
         return self._data[spec.name]
 
     def task(self, spec: TaskSpec) -> Task:
-        task = make_task(spec.type, self.data(spec).labels, spec.scheme, spec.normalization, spec.stride,
-                         spec.max_windows)
+        task = make_task(spec.type, self.data(spec).labels, spec)
         task.prepare(self.data(spec).splits["train"])
         return task
 

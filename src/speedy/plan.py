@@ -18,8 +18,8 @@ from rich.table import Table
 from speedy.bench.macs import encoder_macs
 from speedy.config import ModelSpec, StudyConfig, TaskSpec
 from speedy.data.catalog import DATASETS
-from speedy.data.load import load_task_data
 from speedy.models.registry import ARCHITECTURES
+from speedy.tasks import load_task_data
 from speedy.trials import DISTILL, planned_specs
 
 

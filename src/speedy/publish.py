@@ -18,7 +18,6 @@ import transformers
 from speedy.bench.engines import ENGINES, get_engine
 from speedy.bench.export import ONNX_FOLDER, check_export, check_head, compare_engines, export_onnx
 from speedy.bench.speed import random_inputs, time_model
-from speedy.data.load import read_task_file
 from speedy.errors import SpeedyError
 from speedy.store import Store, measurements
 from speedy.trained import check_model_folder, load_torch_model
@@ -67,8 +66,7 @@ def _table(rows: list[tuple]) -> str:
 
 def model_card(config, task, origin: dict, checks: dict, speed: dict) -> str:
     """A Hugging Face model card (README.md with YAML front matter) for an exported model."""
-    pipeline = {"classification": "text-classification", "tagging": "token-classification",
-                "qa": "question-answering"}[task.type]
+    pipeline = task.pipeline_tag
     name = origin.get("name", config.name_or_path or "model")
     front = (f"---\nlanguage: es\nlibrary_name: transformers\npipeline_tag: {pipeline}\n"
              "tags:\n- knowledge-distillation\n- speedy\n- onnx\n---\n")
@@ -141,7 +139,7 @@ def export_model(model_dir: Path, out: Path, validation_file: Path | None = None
     checks = check_export(model, tmp / ONNX_FOLDER, threads)
     report(f"fp32 ONNX max abs difference {checks['fp32_max_abs_diff']:.2e}, int8 {checks['int8_max_abs_diff']:.2e}")
     if validation_file is not None:
-        data = read_task_file(task.type, Path(validation_file), report=report)
+        data = task.read_file(Path(validation_file), {}, report=report)
         int8 = get_engine("onnx-int8").load(tmp, config, threads)
         checks["int8"] = compare_engines(model, int8, tokenizer, task, data, max_length)
         checks["int8_on"] = str(validation_file)

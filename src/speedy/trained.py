@@ -16,8 +16,6 @@ from speedy.models.folder import (WEIGHTS, check_path, check_tokenizer, check_we
                                   read_config)
 from speedy.tasks import TASK_CLASSES, task_from_model
 
-HEADS = {"classification": "ForSequenceClassification", "tagging": "ForTokenClassification",
-         "qa": "ForQuestionAnswering"}
 HEAD_TENSORS = ("classifier.out_proj.weight", "classifier.weight", "qa_outputs.weight")
 
 
@@ -45,12 +43,13 @@ def _check_labels(path: Path, raw: dict, config) -> None:
         value = info.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             fail(path, f"config.json: speedy_task.{key} must be a positive whole number, not {value!r}")
+    task_class = TASK_CLASSES[info["type"]]
     architecture = (raw.get("architectures") or [None])[0]
-    head = HEADS[info["type"]]
+    head = task_class.head_architecture
     if architecture is not None and not str(architecture).endswith(head):
         fail(path, f"config.json: unknown task head '{architecture}' for a {info['type']} model "
                    f"(expected a ...{head} model)")
-    if info["type"] == "qa":
+    if task_class.fixed_labels:  # its outputs are not labels of the data: id2label says nothing
         return
     id2label = raw.get("id2label")
     if not isinstance(id2label, dict) or not id2label:
@@ -73,8 +72,9 @@ def _check_labels(path: Path, raw: dict, config) -> None:
                                  {str(k): str(v) for k, v in label2id.items()} !=
                                  {str(v): str(k) for k, v in id2label.items()}):
         fail(path, "config.json: label2id does not match id2label")
-    if info["type"] == "classification" and len(labels) < 2:
-        fail(path, f"config.json: a classification model needs 2 or more labels in id2label, not {len(labels)}")
+    if len(labels) < task_class.min_labels:
+        fail(path, f"config.json: a {info['type']} model needs {task_class.min_labels} or more labels in id2label, not "
+                   f"{len(labels)}")
     fallback = info.get("fallback")
     if fallback is not None and fallback not in labels:
         fail(path, f"config.json: speedy_task.fallback '{fallback}' is not one of the labels in id2label")
@@ -84,15 +84,16 @@ def _check_labels(path: Path, raw: dict, config) -> None:
 
 def _check_head(path: Path, weights: Path | None, tensors: dict, task) -> None:
     """The task head's outputs in the weights' ``tensors`` (their safetensors header) against the task's labels
-    (start/end for QA)."""
+    (or its fixed outputs: QA's start/end)."""
     if task is None:
         return
-    wanted = 2 if task.type == "qa" else len(task.labels)
+    wanted = len(task.labels)
     for key in HEAD_TENSORS:
         shape = next((t["shape"] for k, t in tensors.items() if k == key or k.endswith("." + key)), None)
         if shape:
             if shape[0] != wanted:
-                what = "start/end outputs" if task.type == "qa" else "labels in config.json's id2label"
+                what = (f"{'/'.join(task.fixed_labels)} outputs" if task.fixed_labels else
+                        "labels in config.json's id2label")
                 fail(path, f"{weights.name}: the task head ({key}) has {shape[0]} outputs, but there are "
                            f"{wanted} {what}")
             break

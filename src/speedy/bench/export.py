@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
+from transformers.utils import ModelOutput
 
 from speedy.distill.cache import is_leftover, owner_tag
 from speedy.errors import SpeedyError
-from speedy.tasks.base import predict
+from speedy.tasks import TASK_CLASSES
+from speedy.tasks.base import Task
 
 ONNX_FOLDER = "onnx"
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}  # in ONNX_FOLDER, by engine name
@@ -90,7 +91,7 @@ class OnnxModel(nn.Module):
             if differ:
                 shown = "; ".join(f"{k}: {a} in the ONNX file, {b} in config.json" for k, (a, b) in differ.items())
                 raise SpeedyError(f"{self.path}: does not match its config.json ({shown}): export it again")
-        wanted = ["start_logits", "end_logits"] if expected["task"] == "qa" else ["logits"]
+        wanted = list(_task_class(expected["task"]).onnx_outputs)
         if self.output_names != wanted:
             raise SpeedyError(f"{self.path}: outputs {self.output_names}, but config.json describes a "
                               f"{expected['task']} model with outputs {wanted}: export it again")
@@ -108,21 +109,21 @@ class OnnxModel(nn.Module):
             given["token_type_ids"] = torch.zeros_like(input_ids)
         feed = {name: np.ascontiguousarray(given[name].cpu().numpy().astype(np.int64)) for name in self.input_names}
         outputs = [torch.from_numpy(o) for o in self.session.run(self.output_names, feed)]
-        if self.output_names == ["start_logits", "end_logits"]:
-            return QuestionAnsweringModelOutput(start_logits=outputs[0], end_logits=outputs[1])
-        return SequenceClassifierOutput(logits=outputs[0])
+        return ModelOutput(**dict(zip(self.output_names, outputs)))
 
 
-HEADS = {"classification": "ForSequenceClassification", "tagging": "ForTokenClassification",
-         "qa": "ForQuestionAnswering"}
+def _task_class(task_type: str | None) -> type[Task]:
+    """The class of a model's task type; a model with none (or one this install does not know) has the default
+    head outputs (``logits``, per sequence)."""
+    return TASK_CLASSES.get(task_type, Task)
 
 
 def check_head(model) -> str:
     """The task type of a model's head; an error naming the head when speedy cannot export it."""
     task = (getattr(model.config, "speedy_task", None) or {}).get("type")
     head = type(model).__name__
-    if task not in HEADS or not head.endswith(HEADS[task]):
-        known = ", ".join(f"{t} (*{h})" for t, h in HEADS.items())
+    if task not in TASK_CLASSES or not head.endswith(TASK_CLASSES[task].head_architecture):
+        known = ", ".join(f"{t} (*{c.head_architecture})" for t, c in TASK_CLASSES.items())
         raise SpeedyError(f"export: unknown task head '{head}' for task '{task}' (known: {known})")
     return task
 
@@ -162,11 +163,12 @@ def export_onnx(model, folder: str | Path, opset: int = 17) -> dict[str, Path]:
     previous = config._attn_implementation
     model.set_attn_implementation("eager")
     names = input_names(config)
-    outputs = ["start_logits", "end_logits"] if task == "qa" else ["logits"]
+    outputs = list(TASK_CLASSES[task].onnx_outputs)
     dummy = {"input_ids": torch.randint(5, max(6, config.vocab_size), (2, 16)),
              "attention_mask": torch.ones(2, 16, dtype=torch.long), "token_type_ids": torch.zeros(2, 16, dtype=torch.long)}
     axes = {name: {0: "batch", 1: "length"} for name in names}
-    axes.update({name: ({0: "batch"} if task == "classification" else {0: "batch", 1: "length"}) for name in outputs})
+    per_token = TASK_CLASSES[task].per_token
+    axes.update({name: ({0: "batch", 1: "length"} if per_token else {0: "batch"}) for name in outputs})
     _remove_leftovers(folder)
     # unique: two workers exporting one model never share a temporary file; the tag names this process
     unique = f"{owner_tag()}{time.time_ns()}"
@@ -218,18 +220,16 @@ def probe_batches(config, lengths=(7, 33, 128), batch_size: int = 4, seed: int =
     return batches
 
 
-def _outputs(out) -> list[torch.Tensor]:
-    return [out.start_logits, out.end_logits] if getattr(out, "start_logits", None) is not None else [out.logits]
-
-
 @torch.no_grad()
 def max_abs_difference(reference, engine, batches: list[dict]) -> float:
     """Largest absolute difference of the two models' outputs; per-token outputs only at real (unpadded) tokens."""
-    per_token = (getattr(reference.config, "speedy_task", None) or {}).get("type") in ("tagging", "qa")
+    task_class = _task_class((getattr(reference.config, "speedy_task", None) or {}).get("type"))
     worst = 0.0
     for batch in batches:
-        for a, b in zip(_outputs(reference(**batch)), _outputs(engine(**batch))):
-            if per_token:
+        ours, theirs = reference(**batch), engine(**batch)
+        for name in task_class.onnx_outputs:
+            a, b = getattr(ours, name), getattr(theirs, name)
+            if task_class.per_token:
                 keep = batch["attention_mask"].bool()
                 a, b = a[keep], b[keep]
             worst = max(worst, float((a.float() - b.float()).abs().max()))
@@ -237,15 +237,9 @@ def max_abs_difference(reference, engine, batches: list[dict]) -> float:
 
 
 def predictions(model, tokenizer, task, dataset, max_length: int) -> list:
-    """Flat list of what the model predicts: a label per example, a tag per word, or a span per question."""
-    if task.type == "tagging":
-        sentences = [list(tokens) for tokens in dataset["tokens"]]
-        return [tag for tags in task.predict_words(model, tokenizer, sentences, max_length) for tag in tags]
-    if task.type == "qa":
-        answers = task.predict_answers(model, tokenizer, dataset, max_length)
-        return [(answers[i]["start"], answers[i]["end"]) if i in answers else None for i in range(len(dataset))]
-    logits, _ = predict(model, tokenizer, task, task.encode(dataset, tokenizer, max_length))
-    return list(logits.argmax(-1))
+    """Flat list of what the model predicts (the task's ``predictions``: a label per example, a tag per word, a
+    span per question...), which two engines must agree on."""
+    return task.predictions(model, tokenizer, dataset, max_length)
 
 
 def compare_engines(reference, engine, tokenizer, task, dataset, max_length: int) -> dict:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from speedy.bench.speed import random_inputs
+from speedy.tasks import TASK_CLASSES
 
 
 def attention_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -85,13 +86,16 @@ def encoder_macs(layers: int, hidden: int, ffn: int, embedding: int, length: int
                  head: str = "classification", outputs: int = 2) -> int:
     """MACs of a BERT-like encoder from its shape alone (what :func:`count_macs` counts, without building it):
     per layer Q, K, V, output and the two feed-forward matrices per token plus ``Q K^T`` and ``A V``; ALBERT's
-    embedding projection when ``embedding != hidden``; the task head (classification: pooler and classifier on
-    the first token; tagging: a classifier per token; qa: start/end per token)."""
+    embedding projection when ``embedding != hidden``; the head of the task type ``head``: ``outputs`` per label
+    (or one per fixed output: QA's start and end), from every token for a ``per_token`` type (tagging, QA), else
+    from the first token after the pooler (classification)."""
+    task_class = TASK_CLASSES[head]
+    outputs = len(task_class.fixed_labels) if task_class.fixed_labels else outputs
     tokens = batch_size * length
     per_layer = tokens * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * batch_size * length * length * hidden
     projection = tokens * embedding * hidden if embedding != hidden else 0
-    if head == "classification":
-        top = batch_size * hidden * hidden + batch_size * hidden * outputs
+    if task_class.per_token:
+        top = tokens * hidden * outputs
     else:
-        top = tokens * hidden * (2 if head == "qa" else outputs)
+        top = batch_size * hidden * hidden + batch_size * hidden * outputs
     return layers * per_layer + projection + top

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from speedy.data.readers import load_hub_split, load_hub_tagging, read_labelled_texts, read_tagged
-from speedy.data.squad import load_hub_squad, read_squad
 from speedy.errors import SpeedyError
 
 
@@ -19,7 +17,7 @@ from speedy.errors import SpeedyError
 class Split:
     file: str  # the file's usual name (path relative to the dataset's folder)
     hub: tuple[str, str | None, str]  # (Hub dataset, config, split)
-    read: dict = field(default_factory=dict)  # reader options: text, text_pair, label, columns, keep, label_map
+    read: dict = field(default_factory=dict)  # reader options: format, text, text_pair, label, columns, keep, label_map
 
 
 @dataclass(frozen=True)
@@ -35,13 +33,17 @@ class DatasetEntry:
     fmt: str | None = None  # local format: tsv | conll | conllu (QA: SQuAD JSON)
     train_examples: int = 0  # the published size of the training split (for planning a study)
 
+    def read_options(self, split: str) -> dict:
+        """The options its task type's ``read_file`` reads a split's native file with."""
+        return {"format": self.fmt, **self.splits[split].read}
 
-MLDOC = {"columns": ["label", "text"], "fmt": "tsv"}
-PAWSX = {"text": "sentence1", "text_pair": "sentence2", "label": "label", "fmt": "tsv"}
+
+MLDOC = {"columns": ["label", "text"], "format": "tsv"}
+PAWSX = {"text": "sentence1", "text_pair": "sentence2", "label": "label", "format": "tsv"}
 XNLI_TEST = {"text": "sentence1", "text_pair": "sentence2", "label": "gold_label", "keep": {"language": "es"},
-             "fmt": "tsv"}
+             "format": "tsv"}
 XNLI_TRAIN = {"text": "premise", "text_pair": "hypo", "label": "label", "label_map": {"contradictory": "contradiction"},
-              "fmt": "tsv"}
+              "format": "tsv"}
 SQUAD_ES = ("squad_es", "v1.1.0")
 
 DATASETS = {e.name: e for e in [
@@ -96,26 +98,11 @@ def dataset_entry(name: str, setting: str = "data.dataset") -> DatasetEntry:
     return DATASETS[name]
 
 
-def read_local(entry: DatasetEntry, split: str, path):
-    """One split from its native file."""
-    if entry.type == "qa":
-        return read_squad(path, require_answers=True, bad_answers="fix")
-    if entry.type == "tagging":
-        return read_tagged(path, entry.fmt)
-    options = dict(entry.splits[split].read)
-    fmt = options.pop("fmt", None)
-    return read_labelled_texts(path, fmt=fmt, **options)
-
-
-def read_hub(entry: DatasetEntry, split: str):
-    """One split from the Hub, for users who have it."""
+def hub_source(entry: DatasetEntry, split: str) -> tuple[str, str | None, str]:
+    """``(Hub dataset, config, split)`` of one split, for users who have the Hub; its task type's ``load_hub``
+    reads it with the entry's ``hub_read`` columns."""
     name, config, hub_split = entry.splits[split].hub
     if not name:
         raise SpeedyError(f"data.dataset: '{entry.name}' is not on the Hub: give data.dir, the folder of its files "
                           f"({', '.join(s.file for s in entry.splits.values())})")
-    if entry.type == "qa":
-        return load_hub_squad(name, config, hub_split)
-    if entry.type == "tagging":
-        return load_hub_tagging(name, config, hub_split, entry.hub_read["hub_tokens"], entry.hub_read["hub_tags"])
-    return load_hub_split(name, config, hub_split, entry.hub_read["text"], entry.hub_read["label"],
-                          entry.hub_read.get("text_pair"))
+    return name, config, hub_split

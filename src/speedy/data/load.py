@@ -1,17 +1,22 @@
-"""A task's splits from its :class:`~speedy.config.DataSpec`, checked: no empty split, no unknown label."""
+"""A task's splits from its :class:`~speedy.config.DataSpec`, checked: no empty split, no unknown label.
+
+Where the splits come from (a named dataset's files or Hub source, the demo's Bible, local files, the Hub) is
+decided here; how a file or a Hub split of a task type is read is the type's own (its ``Reader``: the task class,
+which ``speedy.tasks.load_task_data`` finds in the registry and passes here)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from datasets import Dataset
 
 from speedy.config import TaskSpec
 from speedy.data.bible import build_bible_dataset
-from speedy.data.catalog import dataset_entry, read_hub, read_local
-from speedy.data.readers import load_hub_split, load_hub_tagging, read_labelled_texts, read_tagged
-from speedy.data.squad import load_hub_squad, read_squad
+from speedy.data.catalog import dataset_entry, hub_source
+from speedy.data.readers import read_labelled_texts
 from speedy.errors import SpeedyError, where
 
 SPLITS = ("train", "validation", "test")
@@ -44,14 +49,16 @@ class TaskData:
         return out
 
 
-def read_task_file(task_type: str, path, report=print):
-    """One labelled file in the usual format of a task type: SQuAD JSON (qa; misplaced answers fixed and
-    reported), CoNLL / CoNLL-U (tagging), TSV / CSV / JSONL with ``text`` and ``label`` (classification)."""
-    if task_type == "qa":
-        return read_squad(path, require_answers=True, bad_answers="fix", report=report)
-    if task_type == "tagging":
-        return read_tagged(path)
-    return read_labelled_texts(path)
+class Reader(Protocol):
+    """What loading needs from a task type (a class in ``speedy.tasks``; see ``speedy.tasks.base.Task``)."""
+
+    fixed_labels: tuple[str, ...] | None
+
+    def read_file(self, path, options: Mapping, report=print) -> Dataset: ...
+
+    def load_hub(self, name: str, config: str | None, split: str, columns: Mapping) -> Dataset: ...
+
+    def gold_labels(self, split: Dataset) -> Iterable[tuple[str, int]]: ...
 
 
 BIBLE_SOURCE = "Reina-Valera 1909 (Debian sword-text-sparv, public domain): verse -> genre of its book"
@@ -64,34 +71,35 @@ def data_source(task: TaskSpec) -> str | None:
     return BIBLE_SOURCE if task.data.builtin == "rv1909-genre" else None
 
 
-def load_task_data(task: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
-    """A task's three splits, from wherever its config says, checked: no empty split, no unknown label."""
+def load_splits(task: TaskSpec, reader: Reader, cache_dir: Path, data_dir: Path) -> TaskData:
+    """A task's three splits, from wherever its config says, read by ``reader`` (its type's class), checked: no
+    empty split, no unknown label."""
     spec = task.data
     if spec.dataset:
-        (splits, sources), info = _named_dataset(spec), {"source": dataset_entry(spec.dataset).source}
+        (splits, sources), info = _named_dataset(spec, reader), {"source": dataset_entry(spec.dataset).source}
     elif spec.builtin == "rv1909-genre":
         (splits, sources), info = _bible(task, data_dir), {"source": BIBLE_SOURCE}
     elif spec.hub:
-        (splits, sources), info = _hub(task), {}
+        (splits, sources), info = _hub(task, reader), {}
     else:
-        (splits, sources), info = _local(task), {}
+        (splits, sources), info = _local(task, reader), {}
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise SpeedyError(f"{sources[name]}: no examples (the {name} split is empty)")
-    labels = ["start", "end"] if task.type == "qa" else _check_labels(task, splits, sources)
+    labels = list(reader.fixed_labels) if reader.fixed_labels else _check_labels(task, splits, sources, reader)
     return TaskData(task.name, splits, sources, labels, info)
 
 
-def _named_dataset(spec) -> tuple[dict, dict]:
+def _named_dataset(spec, reader: Reader) -> tuple[dict, dict]:
     """A dataset of the paper by name: its files under ``dir`` (or given one by one), else the Hub."""
     entry, splits, sources = dataset_entry(spec.dataset), {}, {}
     for name in SPLITS:
         given = getattr(spec, name)
         if given or spec.dir:
             path = Path(given) if given else Path(spec.dir) / entry.splits[name].file
-            splits[name], sources[name] = read_local(entry, name, path), str(path)
+            splits[name], sources[name] = reader.read_file(path, entry.read_options(name)), str(path)
         else:
-            splits[name] = read_hub(entry, name)
+            splits[name] = reader.load_hub(*hub_source(entry, name), entry.hub_read)
             sources[name] = ":".join(p for p in entry.splits[name].hub if p)
     return splits, sources
 
@@ -103,47 +111,30 @@ def _bible(task: TaskSpec, data_dir: Path) -> tuple[dict, dict]:
             {name: str(paths[name]) for name in SPLITS})
 
 
-def _hub(task: TaskSpec) -> tuple[dict, dict]:
-    spec, splits = task.data, {}
-    for name in SPLITS:
-        split = spec.hub_splits[name]
-        if task.type == "qa":
-            splits[name] = load_hub_squad(spec.hub, spec.hub_config, split)
-        elif task.type == "tagging":
-            splits[name] = load_hub_tagging(spec.hub, spec.hub_config, split, spec.hub_tokens, spec.hub_tags)
-        else:
-            splits[name] = load_hub_split(spec.hub, spec.hub_config, split, spec.text, spec.label, spec.text_pair)
+def _hub(task: TaskSpec, reader: Reader) -> tuple[dict, dict]:
+    """A Hub dataset's splits; the config's data settings name its columns."""
+    spec = task.data
+    splits = {name: reader.load_hub(spec.hub, spec.hub_config, spec.hub_splits[name], vars(spec)) for name in SPLITS}
     return splits, {name: f"{spec.hub}:{spec.hub_splits[name]}" for name in SPLITS}
 
 
-def _local(task: TaskSpec) -> tuple[dict, dict]:
+def _local(task: TaskSpec, reader: Reader) -> tuple[dict, dict]:
+    """Local files, one per split; the config's data settings are the reader's options."""
     spec, splits, sources = task.data, {}, {}
     for name in SPLITS:
         path = getattr(spec, name)
         if not path:
             raise SpeedyError(f"tasks.{task.name}.data.{name}: no file given for the {name} split")
-        if task.type == "qa":
-            splits[name] = read_squad(path, require_answers=True, bad_answers=spec.bad_answers)
-        elif task.type == "tagging":
-            splits[name] = read_tagged(path, spec.format, spec.tag_column)
-        else:
-            splits[name] = read_labelled_texts(path, spec.text, spec.label, spec.text_pair, spec.format,
-                                               spec.columns)
-        sources[name] = str(path)
+        splits[name], sources[name] = reader.read_file(path, vars(spec)), str(path)
     return splits, sources
 
 
-def _check_labels(task: TaskSpec, splits: dict, sources: dict) -> list[str]:
+def _check_labels(task: TaskSpec, splits: dict, sources: dict, reader: Reader) -> list[str]:
     """The training split's label set; a validation or test label outside it (or outside a named dataset's
     labels) is an error naming the file and line."""
     spec = task.data
-    if task.type == "tagging":
-        labels = sorted({tag for tags in splits["train"]["tags"] for tag in tags})
-        checks = ((name, ((tag, line) for tags, lines in zip(splits[name]["tags"], splits[name]["lines"])
-                          for tag, line in zip(tags, lines))) for name in ("validation", "test"))
-    else:
-        labels = sorted(set(splits["train"]["label"]))
-        checks = ((name, zip(splits[name]["label"], splits[name]["line"])) for name in ("validation", "test"))
+    labels = sorted({label for label, _ in reader.gold_labels(splits["train"])})
+    checks = ((name, reader.gold_labels(splits[name])) for name in ("validation", "test"))
     if spec.dataset:  # a named dataset's label set is known: a file with another label is not that dataset
         expected = dataset_entry(spec.dataset).labels
         strange = sorted(set(labels) - set(expected)) if expected else []

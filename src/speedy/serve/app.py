@@ -1,5 +1,8 @@
 """The HTTP JSON API of one model: a route for its task type, a health route, and an OpenAPI schema.
 
+The route, its request and its answer are what the task type declares (``Task.route``, ``inputs``, ``results``):
+this module builds their schemas from those declarations, for any type.
+
 Every request carries a list of ``inputs`` (one or more), answered in order; requests that arrive together are
 batched (see ``batcher.py``); each request succeeds or fails on its own, whatever else shares its batch. Limits
 are settings: a text longer than ``max_chars``, more than ``max_items`` inputs or a body over ``max_body_bytes``
@@ -21,13 +24,14 @@ import h11
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from speedy.errors import SpeedyError
+from speedy.predictor import Predictor
 from speedy.serve.batcher import DynamicBatcher, InputFailed
-from speedy.predictor import InputError, Predictor
+from speedy.tasks.base import InputError, Task
 
 
 @dataclass
@@ -55,64 +59,28 @@ class Error(BaseModel):
     detail: str | list | dict | None = None
 
 
-def request_models(settings: ServeSettings):
-    """The request bodies, with the limits of ``settings`` in their schema (so fuzzing knows them): a text has a
-    non-space character and at most ``max_chars`` characters; a request has 1 to ``max_items`` inputs. Over a
-    maximum is answered 413 by the route (payload too large), anything else invalid 422 by validation."""
+def _schema_name(task: Task) -> str:
+    """The prefix of the route's schemas in the OpenAPI document (``/classify``: ``ClassifyRequest``...)."""
+    return task.route.strip("/").title().replace("-", "").replace("_", "")
+
+
+def request_model(settings: ServeSettings, task: Task) -> type[BaseModel]:
+    """The request body of ``task``'s route, from its ``inputs``, with the limits of ``settings`` in its schema (so
+    fuzzing knows them): a text has a non-space character and at most ``max_chars`` characters; a request has 1
+    to ``max_items`` inputs. Over a maximum is answered 413 by the route (payload too large), anything else
+    invalid 422 by validation."""
     Text = Annotated[str, Field(min_length=1, pattern=r"\S", json_schema_extra={"maxLength": settings.max_chars})]
+    fields = {name: (Text, Field(description=field.description)) if field.required else
+              (Text | None, Field(None, description=field.description)) for name, field in task.inputs.items()}
+    item = create_model(f"{_schema_name(task)}Input", **fields)
     count = {"min_length": 1, "json_schema_extra": {"maxItems": settings.max_items}}
-
-    class TextItem(BaseModel):
-        text: Text = Field(description="The text.")
-        text_pair: Text | None = Field(None, description="Classification of pairs: the second text.")
-
-    class SentenceItem(BaseModel):
-        text: Text = Field(description="The sentence; words are split on white space.")
-
-    class QAItem(BaseModel):
-        question: Text
-        context: Text
-
-    class TextRequest(BaseModel):
-        inputs: list[TextItem] = Field(**count)
-
-    class SentenceRequest(BaseModel):
-        inputs: list[SentenceItem] = Field(**count)
-
-    class QARequest(BaseModel):
-        inputs: list[QAItem] = Field(**count)
-
-    return TextRequest, SentenceRequest, QARequest
+    return create_model(f"{_schema_name(task)}Request", inputs=(list[item], Field(**count)))
 
 
-class Classified(BaseModel):
-    label: str
-    score: float
-    scores: dict[str, float]
-
-
-class Tagged(BaseModel):
-    words: list[str]
-    tags: list[str]
-
-
-class Answer(BaseModel):
-    answer: str | None
-    start: int | None
-    end: int | None
-    score: float | None
-
-
-class ClassifyResponse(BaseModel):
-    results: list[Classified]
-
-
-class TagResponse(BaseModel):
-    results: list[Tagged]
-
-
-class AnswerResponse(BaseModel):
-    results: list[Answer]
+def response_model(task: Task) -> type[BaseModel]:
+    """The answer of ``task``'s route: one result per input, with the fields its ``results`` declares."""
+    result = create_model(f"{_schema_name(task)}Result", **{name: (kind, ...) for name, kind in task.results.items()})
+    return create_model(f"{_schema_name(task)}Response", results=(list[result], ...))
 
 
 class Health(BaseModel):
@@ -271,7 +239,7 @@ def create_app(model_dir: str | Path, settings: ServeSettings | None = None, pre
                       labels=predictor.task.labels, batches=stats.batches, items=stats.items,
                       largest_batch=stats.largest)
 
-    _add_task_route(app, predictor.task.type, settings, batcher)
+    _add_task_route(app, predictor.task, settings, batcher)
     return app
 
 
@@ -297,7 +265,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _too_large(settings: ServeSettings, texts: list[str], count: int) -> JSONResponse | None:
     if count > settings.max_items:
         return _error(413, "too many inputs", f"{count} inputs; at most {settings.max_items} per request")
-    longest = max(len(t) for t in texts)
+    longest = max((len(t) for t in texts), default=0)
     if longest > settings.max_chars:
         return _error(413, "text too long", f"{longest} characters; at most {settings.max_chars}")
     return None
@@ -315,29 +283,18 @@ async def _answers(batcher: DynamicBatcher, items: list) -> JSONResponse:
         return _error(422, "input the model cannot take", f"{where}{refused.error}")
 
 
-def _add_task_route(app: FastAPI, task_type: str, settings: ServeSettings, batcher: DynamicBatcher) -> None:
-    """The one route of the model's task. Handlers return their JSON directly: ``response_model`` still documents
-    it (and the fuzzing tests check every answer against that schema), without validating each answer again."""
-    TextRequest, SentenceRequest, QARequest = request_models(settings)
-    if task_type == "classification":
-        @app.post("/classify", response_model=ClassifyResponse, responses=ERRORS)
-        async def classify(request: TextRequest):
-            """Classify each text (or pair of texts)."""
-            texts = [i.text for i in request.inputs] + [i.text_pair for i in request.inputs if i.text_pair]
-            refused = _too_large(settings, texts, len(request.inputs))
-            return refused or await _answers(batcher, [(i.text, i.text_pair) for i in request.inputs])
+def _add_task_route(app: FastAPI, task: Task, settings: ServeSettings, batcher: DynamicBatcher) -> None:
+    """The one route of the model's task. The handler returns its JSON directly: ``response_model`` still
+    documents it (and the fuzzing tests check every answer against that schema), without validating each answer
+    again."""
+    Request = request_model(settings, task)
 
-    elif task_type == "tagging":
-        @app.post("/tag", response_model=TagResponse, responses=ERRORS)
-        async def tag(request: SentenceRequest):
-            """Tag each sentence: one tag per word (words are split on white space)."""
-            refused = _too_large(settings, [i.text for i in request.inputs], len(request.inputs))
-            return refused or await _answers(batcher, [i.text.split() for i in request.inputs])
+    async def handle(request: Request):
+        fields = [item.model_dump() for item in request.inputs]
+        texts = [text for item in fields for text in item.values() if text is not None]
+        refused = _too_large(settings, texts, len(fields))
+        return refused or await _answers(batcher, [task.input_item(item) for item in fields])
 
-    else:
-        @app.post("/answer", response_model=AnswerResponse, responses=ERRORS)
-        async def answer(request: QARequest):
-            """Answer each question with a span of its context."""
-            texts = [t for i in request.inputs for t in (i.question, i.context)]
-            refused = _too_large(settings, texts, len(request.inputs))
-            return refused or await _answers(batcher, [(i.question, i.context) for i in request.inputs])
+    name = task.route.strip("/")
+    app.post(task.route, response_model=response_model(task), responses=ERRORS, name=name,
+             description=task.route_help)(handle)

@@ -1,21 +1,33 @@
-"""Task types. Each is one module; :func:`make_task` is the one place that maps a type name to its class."""
+"""Task types. Each is one module, a :class:`~speedy.tasks.base.Task` subclass that declares everything about
+it; ``TASK_CLASSES`` is the one place that names them, and every other module asks the class found here."""
 
+from collections.abc import Mapping
+from pathlib import Path
+
+from speedy.config import TaskSpec
+from speedy.data.load import TaskData, load_splits
 from speedy.errors import SpeedyError
 from speedy.tasks.base import Task
 from speedy.tasks.classification import ClassificationTask
 from speedy.tasks.qa import QATask
 from speedy.tasks.tagging import TaggingTask
 
-TASK_CLASSES = {ClassificationTask.type: ClassificationTask, TaggingTask.type: TaggingTask, QATask.type: QATask}
+TASK_CLASSES: dict[str, type[Task]] = {cls.type: cls for cls in (ClassificationTask, TaggingTask, QATask)}
 
 
-def make_task(task_type: str, labels: list[str], scheme: str = "bio", normalization: str = "en",
-              stride: int = 64, max_windows: int = 64) -> Task:
-    if task_type == TaggingTask.type:
-        return TaggingTask(labels, scheme)
-    if task_type == QATask.type:
-        return QATask(normalization=normalization, stride=stride, max_windows=max_windows)
-    return TASK_CLASSES[task_type](labels)
+def task_class(task_type: str, setting: str = "tasks.type") -> type[Task]:
+    """The registered class of a type; an unknown one is a one-line error naming ``setting`` and the types."""
+    if task_type not in TASK_CLASSES:
+        raise SpeedyError(f"{setting}: unknown task type '{task_type}' (allowed: {', '.join(TASK_CLASSES)})")
+    return TASK_CLASSES[task_type]
+
+
+def make_task(task_type: str, labels: list[str], settings: TaskSpec | Mapping | None = None) -> Task:
+    """A task of a registered type, built by its class from ``settings``: a config's ``TaskSpec``, or the
+    ``describe`` dict a saved model keeps (none: the type's defaults)."""
+    if settings is not None and not isinstance(settings, Mapping):
+        settings = vars(settings)
+    return task_class(task_type).from_settings(labels, settings or {})
 
 
 def task_from_model(config) -> tuple[Task, int]:
@@ -24,11 +36,13 @@ def task_from_model(config) -> tuple[Task, int]:
     if not info or info.get("type") not in TASK_CLASSES:
         raise SpeedyError("--model: this folder has no speedy task in its config.json (train it with speedy)")
     labels = [config.id2label[i] for i in sorted(int(k) for k in config.id2label)]
-    task = make_task(info["type"], labels, info.get("scheme") or "bio", info.get("normalization") or "en",
-                     int(info.get("stride") or 64), int(info.get("max_windows") or 64))
-    if info.get("fallback") in task.label2id:
-        task.fallback = info["fallback"]
-    return task, int(info.get("max_length") or 128)
+    return make_task(info["type"], labels, info), int(info.get("max_length") or 128)
 
 
-__all__ = ["Task", "ClassificationTask", "TaggingTask", "QATask", "TASK_CLASSES", "make_task", "task_from_model"]
+def load_task_data(spec: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
+    """A task's three splits, read as its type reads them, checked (see :func:`speedy.data.load.load_splits`)."""
+    return load_splits(spec, task_class(spec.type), cache_dir, data_dir)
+
+
+__all__ = ["Task", "ClassificationTask", "TaggingTask", "QATask", "TASK_CLASSES", "task_class", "make_task",
+           "task_from_model", "load_task_data"]

@@ -1,4 +1,7 @@
-"""What every task type provides to the pipeline: encoding, the model head, the metric, and KD rows.
+"""What every task type provides to the pipeline: its data, encoding, the model head, the metrics, KD rows and
+its predictions. A type is one ``Task`` subclass that declares all of it, so the generic modules (config
+checks, data loading, the server, ``speedy predict``, export, MACs, the model-folder checks) ask the class
+found in the registry (``speedy.tasks.TASK_CLASSES``) and never branch on a type's name.
 
 KD works on *rows*: a task decides what one distilled unit is (an example's logits for classification, a word
 for tagging, a start/end distribution for QA). ``teacher_rows`` turns a teacher's batch output into rows placed
@@ -10,7 +13,8 @@ by their index within the example (what the teacher cache stores, independent of
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -21,9 +25,16 @@ from torch.utils.data import DataLoader
 from speedy.errors import SpeedyError
 
 
+MAX, MIN = "max", "min"
+# The direction of the loss and of every validation metric a task type declares (``Task.metrics``, recorded as
+# each class is defined): what ``lower_is_better`` reads, for selection, early stopping and the search alike.
+DIRECTIONS: dict[str, str] = {"loss": MIN}
+
+
 def lower_is_better(metric: str) -> bool:
-    """Losses fall as a model improves; every other metric speedy selects on (accuracy, F1, exact match) rises."""
-    return metric == "loss" or metric.endswith("_loss")
+    """Losses fall as a model improves, and so does any metric a task type declares ``MIN``; every other metric
+    speedy selects on (accuracy, F1, exact match) rises."""
+    return DIRECTIONS.get(metric) == MIN or metric.endswith("_loss")
 
 
 def selection_score(val_metrics: dict, val_loss: float | None, metric: str) -> float:
@@ -43,6 +54,20 @@ def device_of(model) -> torch.device:
 # Pads KD rows of different widths: a logit whose probability underflows to exactly 0 in float32, and which the
 # MSE loss recognises as padding (see speedy.distill.losses).
 PAD_LOGIT = -1e4
+
+
+class InputError(SpeedyError):
+    """An input the model cannot take; the message starts with the field at fault (``question: ...``)."""
+
+
+@dataclass(frozen=True)
+class InputField:
+    """One text field of a prediction input: a field of the server's request schema and, named ``text``,
+    ``text_pair``, ``question`` or ``context``, an option of ``speedy predict``."""
+
+    description: str | None = None
+    required: bool = True
+
 
 # KD bookkeeping in batches (tagging: words; QA: context units), never passed to the model.
 EXTRA_KEYS = ("example_index", "word_index", "unit_index", "unit_first", "unit_last", "unit_owned")
@@ -69,19 +94,75 @@ def needs_hidden_states(signals) -> bool:
 
 
 class Task(ABC):
+    """A task type. The class attributes without a value here must be declared by every type (a test checks the
+    registered ones); the others have the default most types want."""
+
     type: ClassVar[str]
     # The KD signals its teacher_rows/kd_rows give: "logits" always; "hidden" = hidden.<layer> at the same units
     kd_signals: ClassVar[tuple[str, ...]] = ("logits",)
     primary_metric: ClassVar[str]  # the test metric reports compare (accuracy, F1)
     selection_metric: ClassVar[str]  # the validation metric that early stopping and the best checkpoint follow
+    metrics: ClassVar[dict[str, str]]  # validation metrics compute_metrics reports ("loss" aside): name -> MAX/MIN
+    # TaskSpec settings with a fixed set of values: name -> (what it is, allowed values); a named dataset sets them
+    choices: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
+    file_formats: ClassVar[tuple[str, ...] | None] = None  # data.format values read_file takes (None: one format)
+    fixed_labels: ClassVar[tuple[str, ...] | None] = None  # outputs that are not a label set of the data (QA)
+    min_labels: ClassVar[int] = 1  # fewer labels in a model folder's id2label is an error
+    head_architecture: ClassVar[str]  # how config.json's architectures name ends for this head
+    per_token: ClassVar[bool] = False  # a head row per token (tagging, QA), not per sequence (the pooled first token)
+    onnx_outputs: ClassVar[tuple[str, ...]] = ("logits",)  # the model outputs, as the ONNX graph names them
+    pipeline_tag: ClassVar[str]  # the Hugging Face pipeline of the model card
+    route: ClassVar[str]  # the server's route for this type, e.g. "/classify"
+    route_help: ClassVar[str]  # what the route does, for its OpenAPI description
+    inputs: ClassVar[dict[str, InputField]]  # the fields of one prediction input
+    results: ClassVar[dict[str, object]]  # the fields of one prediction result: name -> type (str, float | None...)
+
+    def __init_subclass__(cls, **kwargs):
+        """Record the directions a new type declares: one rule (``lower_is_better``) serves every type, so two
+        types giving one metric name opposite directions is an error."""
+        super().__init_subclass__(**kwargs)
+        for name, direction in vars(cls).get("metrics", {}).items():
+            if direction not in (MAX, MIN) or DIRECTIONS.setdefault(name, direction) != direction:
+                raise TypeError(f"{cls.__name__}.metrics: '{name}' is '{direction}', but must be '{MAX}' or '{MIN}' "
+                                f"and agree with the other task types ('{DIRECTIONS.get(name)}')")
 
     def __init__(self, labels: list[str]):
         self.labels = list(labels)
         self.label2id = {label: i for i, label in enumerate(self.labels)}
 
+    @classmethod
+    def from_settings(cls, labels: list[str], settings: Mapping) -> Task:
+        """A task from its settings: a config's ``TaskSpec`` (as a mapping) or the ``describe`` dict of a saved
+        model. A type with settings reads its own."""
+        return cls(labels)
+
     def describe(self, max_length: int) -> dict:
         """What a saved model needs to be scored again: stored in its ``config.json`` as ``speedy_task``."""
-        return {"type": self.type, "max_length": max_length, "scheme": getattr(self, "scheme", None)}
+        return {"type": self.type, "max_length": max_length}
+
+    @classmethod
+    def metric_names(cls, settings: Mapping) -> tuple[str, ...]:
+        """The validation metrics of a task with ``settings``: what ``distill.metric`` may name."""
+        return ("loss", *cls.metrics)
+
+    # ------------------------------------------------------------------ data
+    @classmethod
+    @abstractmethod
+    def read_file(cls, path, options: Mapping, report=print) -> Dataset:
+        """One labelled file in this type's format. ``options``: reader settings named as ``DataSpec``'s
+        (``format``, ``text``, ``label``...; a named dataset's own), any of them absent; ``report`` gets warnings
+        about fixed-up examples."""
+
+    @classmethod
+    @abstractmethod
+    def load_hub(cls, name: str, config: str | None, split: str, columns: Mapping) -> Dataset:
+        """One split of a Hub dataset; ``columns`` names its columns as ``DataSpec``'s settings do."""
+
+    @staticmethod
+    def gold_labels(split: Dataset) -> Iterable[tuple[str, int]]:
+        """Every gold label of a split with its line in the file: the label set is the training split's, and a
+        label outside it is an error. Needed unless the type has ``fixed_labels``."""
+        raise NotImplementedError
 
     def row_dim(self, signal: str = "logits", teacher=None) -> int:
         """Width of one KD row of ``signal`` (``logits``: one per class) from ``teacher`` (a later signal's width,
@@ -138,6 +219,27 @@ class Task(ABC):
         """Test metrics of ``model`` on a split."""
         logits, labels = predict(model, tokenizer, self, self.encode(dataset, tokenizer, max_length, source=source))
         return self.compute_metrics(logits, labels)
+
+    # ------------------------------------------------------------------ prediction
+    @abstractmethod
+    def input_item(self, fields: dict):
+        """What ``predict_items`` takes for one input, from its ``inputs`` fields (a request's, or the options of
+        ``speedy predict``)."""
+
+    @abstractmethod
+    def predict_items(self, model, tokenizer, items: list, max_length: int) -> list:
+        """One result (a dict of the ``results`` fields) per item, in order, or an ``InputError`` in place of an
+        item the model cannot take: one bad input never fails the others it is batched with."""
+
+    def check_result(self, result: dict) -> dict:
+        """A result as ``speedy predict`` prints it; one that answers nothing is an error there (QA: no span)."""
+        return result
+
+    def predictions(self, model, tokenizer, dataset, max_length: int) -> list:
+        """A flat list of what the model predicts on a labelled split (one label per example here), which the
+        export compares across engines."""
+        logits, _ = predict(model, tokenizer, self, self.encode(dataset, tokenizer, max_length))
+        return list(logits.argmax(-1))
 
     @abstractmethod
     def teacher_rows(self, outputs, batch, signal: str = "logits") -> Iterable[tuple[int, np.ndarray, np.ndarray]]:

@@ -6,12 +6,14 @@ KD distils the logits of the pooled output: one row per example.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from datasets import Dataset
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
+from speedy.data.readers import FORMATS, load_hub_split, read_labelled_texts
 from speedy.errors import SpeedyError, where
-from speedy.tasks.base import Task, signal_tensor
+from speedy.tasks.base import MAX, InputField, Task, signal_tensor
 
 
 class ClassificationTask(Task):
@@ -19,9 +21,33 @@ class ClassificationTask(Task):
     kd_signals = ("logits", "hidden")  # hidden: the mean of an example's token states (any tokenizer agrees)
     primary_metric = "accuracy"
     selection_metric = "accuracy"
+    metrics = {"accuracy": MAX, "macro_f1": MAX}
+    file_formats = FORMATS
+    min_labels = 2
+    head_architecture = "ForSequenceClassification"
+    pipeline_tag = "text-classification"
+    route, route_help = "/classify", "Classify each text (or pair of texts)."
+    inputs = {"text": InputField("The text."),
+              "text_pair": InputField("Classification of pairs: the second text.", required=False)}
+    results = {"label": str, "score": float, "scores": dict[str, float]}
 
     def model_class(self):
         return AutoModelForSequenceClassification
+
+    @classmethod
+    def read_file(cls, path, options, report=print):
+        """TSV / CSV / JSONL with a text (and a second text, for pairs) and a label per row."""
+        return read_labelled_texts(path, options.get("text", "text"), options.get("label", "label"),
+                                   options.get("text_pair"), options.get("format"), options.get("columns"),
+                                   options.get("keep"), options.get("label_map"))
+
+    @classmethod
+    def load_hub(cls, name, config, split, columns):
+        return load_hub_split(name, config, split, columns["text"], columns["label"], columns.get("text_pair"))
+
+    @staticmethod
+    def gold_labels(split):
+        return zip(split["label"], split["line"])
 
     def label_ids(self, dataset: Dataset, source: str = "") -> list[int]:
         ids = []
@@ -53,6 +79,31 @@ class ClassificationTask(Task):
         return {"accuracy": float(accuracy_score(label_ids, predicted)),
                 "macro_f1": float(f1_score(label_ids, predicted, average="macro", labels=list(range(len(self.labels))),
                                            zero_division=0))}
+
+    def input_item(self, fields: dict):
+        return fields["text"], fields.get("text_pair")
+
+    def predict_items(self, model, tokenizer, items, max_length):
+        """Items: ``(text, pair)``; a result: the best label, its probability and every label's."""
+        texts = [text for text, _ in items]
+        pairs = [pair for _, pair in items]
+        if any(p is None for p in pairs) and any(p is not None for p in pairs):  # mixed: one call per kind
+            out = [None] * len(items)
+            for want_pair in (False, True):
+                chosen = [i for i, p in enumerate(pairs) if (p is not None) == want_pair]
+                for i, result in zip(chosen, self.predict_items(model, tokenizer, [items[i] for i in chosen],
+                                                                max_length)):
+                    out[i] = result
+            return out
+        inputs = tokenizer(texts, pairs if pairs[0] is not None else None, truncation=True, max_length=max_length,
+                           padding=True, return_tensors="pt")
+        probabilities = torch.softmax(model(**inputs).logits.float(), -1)
+        results = []
+        for row in probabilities:
+            best = int(row.argmax())
+            results.append({"label": self.labels[best], "score": float(row[best]),
+                            "scores": {label: float(p) for label, p in zip(self.labels, row)}})
+        return results
 
     def unlabelled_rows(self, lines, columns):
         if "text_pair" in columns:

@@ -24,12 +24,14 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
+from speedy.data.squad import load_hub_squad, read_squad
 from speedy.errors import SpeedyError
-from speedy.tasks.base import PAD_LOGIT, Task, device_of
+from speedy.tasks.base import MAX, PAD_LOGIT, InputError, InputField, Task, device_of
 from speedy.tasks.squad_metric import squad_scores
 
 UNIT = re.compile(r"\w+|[^\w\s]")
 UNIT_KEYS = ("unit_index", "unit_first", "unit_last", "unit_owned")
+MIN_CONTEXT = 8  # the fewest tokens of context a window may hold beside its question
 
 
 def context_units(context: str) -> list[tuple[int, int]]:
@@ -85,10 +87,20 @@ class QATask(Task):
     type = "qa"
     primary_metric = "f1"
     selection_metric = "loss"  # SQuAD F1 needs the span post-processing; validation loss is what each epoch has
+    metrics = {"window_start_accuracy": MAX, "window_end_accuracy": MAX, "window_span_accuracy": MAX}
+    choices = {"normalization": ("normalisation", ("en", "es"))}
+    fixed_labels = ("start", "end")
+    head_architecture = "ForQuestionAnswering"
+    per_token = True
+    onnx_outputs = ("start_logits", "end_logits")
+    pipeline_tag = "question-answering"
+    route, route_help = "/answer", "Answer each question with a span of its context."
+    inputs = {"question": InputField(), "context": InputField()}
+    results = {"answer": str | None, "start": int | None, "end": int | None, "score": float | None}
 
     def __init__(self, labels=None, normalization: str = "en", stride: int = 64, max_answer_length: int = 30,
                  max_windows: int = 64):
-        super().__init__(["start", "end"])
+        super().__init__(list(self.fixed_labels))
         self.normalization, self.stride, self.max_answer_length = normalization, stride, max_answer_length
         self.max_windows = max_windows  # what one example may cost: a 10 MB context would be ~100k windows
 
@@ -96,8 +108,22 @@ class QATask(Task):
         super().row_dim(signal, teacher)  # fails for a signal this task cannot give
         return 2  # (start logit, end logit) per unit
 
+    @classmethod
+    def from_settings(cls, labels, settings):
+        given = {name: settings.get(name) for name in ("normalization", "stride", "max_windows")}
+        return cls(**{name: value for name, value in given.items() if value is not None})
+
     def model_class(self):
         return AutoModelForQuestionAnswering
+
+    @classmethod
+    def read_file(cls, path, options, report=print):
+        """SQuAD v1.1 JSON; answers whose ``answer_start`` misses their text are handled as ``bad_answers`` says."""
+        return read_squad(path, require_answers=True, bad_answers=options.get("bad_answers", "fix"), report=report)
+
+    @classmethod
+    def load_hub(cls, name, config, split, columns):
+        return load_hub_squad(name, config, split)
 
     def load_model(self, name_or_path: str, **kwargs):
         return AutoModelForQuestionAnswering.from_pretrained(name_or_path, **kwargs)
@@ -115,7 +141,7 @@ class QATask(Task):
         questions = [len(ids) for ids in tokenizer(list(dataset["question"]), add_special_tokens=False)["input_ids"]]
         longest = max(questions)
         room = max_length - longest - tokenizer.num_special_tokens_to_add(pair=True)
-        if room < 8:
+        if room < MIN_CONTEXT:
             raise SpeedyError(f"tasks.max_length: {max_length} leaves {room} tokens of context beside the longest "
                               f"question ({longest} tokens); raise it")
         stride = min(self.stride, room // 2)
@@ -255,6 +281,42 @@ class QATask(Task):
                     char_end = offsets[e][1]
                     best[example] = {"text": context[char_start:char_end], "start": int(char_start),
                                      "end": int(char_end), "score": score}
+
+    def input_item(self, fields: dict):
+        return fields["question"], fields["context"]
+
+    def predict_items(self, model, tokenizer, items, max_length):
+        """Items: ``(question, context)``; a result: the best span (all ``None`` when no span fits)."""
+        # The overlap of a context's windows is set by the longest question of a call: one call per amount, so
+        # that an answer never depends on the other questions of its batch.
+        empty = {"answer": None, "start": None, "end": None, "score": None}
+        out, calls = [empty] * len(items), {}
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        for i, (question, _) in enumerate(items):
+            tokens = len(tokenizer(question, add_special_tokens=False)["input_ids"])
+            room = max_length - tokens - specials  # tokens of context that fit beside the question
+            if room < MIN_CONTEXT:
+                out[i] = InputError(f"question: longer than the model's window ({max_length} tokens) allows: "
+                                    f"{tokens} tokens, at most {tokens - (MIN_CONTEXT - room)}")
+            else:
+                calls.setdefault(min(self.stride, room // 2), []).append(i)
+        for rows in calls.values():
+            data = Dataset.from_dict({"question": [items[i][0] for i in rows], "context": [items[i][1] for i in rows]})
+            answers = self.predict_answers(model, tokenizer, data, max_length)
+            for k, i in enumerate(rows):
+                if a := answers.get(k):
+                    out[i] = {"answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"]}
+        return out
+
+    def check_result(self, result: dict) -> dict:
+        if result["answer"] is None:
+            raise SpeedyError("predict: no answer span fits in the context")
+        return result
+
+    def predictions(self, model, tokenizer, dataset, max_length: int) -> list:
+        """One ``(start, end)`` span per question (``None`` where no span fits)."""
+        answers = self.predict_answers(model, tokenizer, dataset, max_length)
+        return [(answers[i]["start"], answers[i]["end"]) if i in answers else None for i in range(len(dataset))]
 
     def evaluate(self, model, tokenizer, dataset, max_length: int, source: str = "") -> dict:
         answers = self.predict_answers(model, tokenizer, dataset, max_length, source=source)

@@ -25,9 +25,10 @@ from seqeval.metrics import f1_score as seqeval_f1
 from sklearn.metrics import f1_score
 from transformers import AutoModelForTokenClassification
 
+from speedy.data.readers import load_hub_tagging, read_tagged
 from speedy.errors import SpeedyError, where
 from speedy.tasks.alignment import first_subtokens, word_windows
-from speedy.tasks.base import Task, device_of, signal_tensor
+from speedy.tasks.base import MAX, InputField, Task, device_of, signal_tensor
 
 IGNORE = -100
 
@@ -58,19 +59,50 @@ class TaggingTask(Task):
     kd_signals = ("logits", "hidden")  # hidden: a layer's state at each word's first sub-token, as the logits
     primary_metric = "f1"  # seqeval's entity F1 (BIO), or per-word accuracy (POS: every word its own entity)
     selection_metric = "f1"
+    metrics = {"f1": MAX, "accuracy": MAX, "macro_f1": MAX}  # macro_f1: POS only
+    choices = {"scheme": ("tagging scheme", ("bio", "pos"))}
+    file_formats = ("conll", "conllu")
+    head_architecture = "ForTokenClassification"
+    per_token = True
+    pipeline_tag = "token-classification"
+    route, route_help = "/tag", "Tag each sentence: one tag per word (words are split on white space)."
+    inputs = {"text": InputField("The sentence; words are split on white space.")}
+    results = {"words": list[str], "tags": list[str]}
 
     def __init__(self, labels: list[str], scheme: str = "bio", fallback: str | None = None):
         super().__init__(labels)
-        if scheme not in ("bio", "pos"):
-            raise SpeedyError(f"tasks.scheme: unknown tagging scheme '{scheme}' (allowed: bio, pos)")
+        allowed = self.choices["scheme"][1]
+        if scheme not in allowed:
+            raise SpeedyError(f"tasks.scheme: unknown tagging scheme '{scheme}' (allowed: {', '.join(allowed)})")
         self.scheme = scheme
         self.fallback = fallback if fallback in self.label2id else ("O" if "O" in self.label2id else self.labels[0])
+
+    @classmethod
+    def from_settings(cls, labels, settings):
+        return cls(labels, settings.get("scheme") or "bio", settings.get("fallback"))
+
+    @classmethod
+    def metric_names(cls, settings):
+        return tuple(m for m in super().metric_names(settings) if m != "macro_f1" or settings.get("scheme") == "pos")
 
     def model_class(self):
         return AutoModelForTokenClassification
 
     def describe(self, max_length: int) -> dict:
-        return super().describe(max_length) | {"fallback": self.fallback}
+        return super().describe(max_length) | {"scheme": self.scheme, "fallback": self.fallback}
+
+    @classmethod
+    def read_file(cls, path, options, report=print):
+        """CoNLL (a word and its tag per line) or CoNLL-U (UPOS by default); ``tag_column`` picks the column."""
+        return read_tagged(path, options.get("format"), options.get("tag_column"))
+
+    @classmethod
+    def load_hub(cls, name, config, split, columns):
+        return load_hub_tagging(name, config, split, columns["hub_tokens"], columns["hub_tags"])
+
+    @staticmethod
+    def gold_labels(split):
+        return ((tag, line) for tags, lines in zip(split["tags"], split["lines"]) for tag, line in zip(tags, lines))
 
     def rows_per_example(self, dataset, signal: str = "logits") -> list[int]:
         return [len(tokens) for tokens in dataset["tokens"]]  # one row per word, whatever the signal
@@ -208,6 +240,19 @@ class TaggingTask(Task):
                 for position in positions.tolist():
                     out[sentence][int(batch["word_index"][row, position])] = self.labels[int(predicted[row, position])]
         return out
+
+    def input_item(self, fields: dict):
+        return fields["text"].split()
+
+    def predict_items(self, model, tokenizer, items, max_length):
+        """Items: word lists; a result: the words and one tag per word."""
+        sentences = [words for words in items if words]  # a text of only (Unicode) spaces has no word
+        tags = iter(self.predict_words(model, tokenizer, sentences, max_length) if sentences else [])
+        return [{"words": words, "tags": next(tags) if words else []} for words in items]
+
+    def predictions(self, model, tokenizer, dataset, max_length: int) -> list:
+        sentences = [list(tokens) for tokens in dataset["tokens"]]
+        return [tag for tags in self.predict_words(model, tokenizer, sentences, max_length) for tag in tags]
 
     def evaluate(self, model, tokenizer, dataset, max_length: int, source: str = "") -> dict:
         self.tag_ids(dataset, source)  # unknown tags fail here, naming the file and line
