@@ -108,7 +108,9 @@ def config_for(args, data: dict, recipe: str, depth: int, seed: int) -> dict:
     }
 
 
-def run_recipe(args, data: dict, recipe: str, depth: int, seed: int) -> dict:
+def run_recipe(args, data: dict, recipe: str, depth: int, seed: int, train: bool = True) -> dict | None:
+    """One recipe's student at one depth and seed: trained (or found done in the store), as a result row; with
+    ``train=False``, the row only if the store has it done (None otherwise)."""
     from rich.console import Console
 
     from speedy.configfile import load_config
@@ -120,10 +122,13 @@ def run_recipe(args, data: dict, recipe: str, depth: int, seed: int) -> dict:
     path = folder / f"{recipe}-{depth}L-s{seed}.yaml"
     path.write_text(yaml.safe_dump(config_for(args, data, recipe, depth, seed)))
     study = Study(load_config(path), Console(stderr=True))
-    study.run(["finetune", "select", "distill"])
+    if train:
+        study.run(["finetune", "select", "distill"])
     task = study.config.tasks[0]
     teacher = study.store.selection(task.name)
-    trial = study.store.get(_key(study, recipe, depth, seed))
+    trial = study.store.get(_key(study, recipe, depth, seed)) if teacher else None
+    if trial is None or trial.status != "done":
+        return None
     metric = study.task(task).selection_metric
     teachers = study.store.trials(FINETUNE, task.name)
     return {"recipe": recipe, "depth": depth, "seed": seed, "score": trial.val_metrics[metric],
@@ -198,6 +203,7 @@ def main(argv=None) -> int:
     parser.add_argument("--student-lr", type=float, default=2e-4)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--table", action="store_true", help="only rebuild the table from the finished runs")
     args = parser.parse_args(argv)
     if not Path(args.data_dir).is_dir():
         print(f"error: {args.data_dir}: no such folder (the shared Spanish data)", file=sys.stderr)
@@ -208,6 +214,14 @@ def main(argv=None) -> int:
     quiet_libraries()
     out = Path(args.output)
     data = prepare(args, out / "data")
+    if args.table:  # every finished run in the store (several benchmark processes may share it), no training
+        results = [row for seed in args.seeds for depth in args.depths for recipe in args.recipes
+                   if (row := run_recipe(args, data, recipe, depth, seed, train=False))]
+        report = table(results, args)
+        write_atomically(out / "recipes.md", report)
+        write_atomically(out / "recipes.json", json.dumps(results, indent=1))
+        print(report)
+        return 0
     results = []
     start = time.time()
     for seed in args.seeds:
