@@ -36,8 +36,7 @@ def build_model(spec: ModelSpec, task: Task, corpus: list[str], cache_dir: Path 
     except Exception as error:  # noqa: BLE001
         raise SpeedyError(f"model '{spec.name}' ({source}): cannot load ({first_line(error)})") from None
     if spec.kind == "truncate":
-        keep = list(range(spec.layers)) if isinstance(spec.layers, int) else list(spec.layers)
-        truncate_layers(model, keep)
+        truncate_layers(model, kept_layers(spec))
     if spec.prune_vocab:
         model, tokenizer = prune_vocabulary(model, tokenizer, corpus)
     return model, tokenizer
@@ -57,5 +56,10 @@ def build_from_teacher(spec: ModelSpec, task: Task, teacher_checkpoint: str, see
         raise SpeedyError(f"student '{spec.name}': cannot load the teacher {teacher_checkpoint} "
                           f"({first_line(error)})") from None
     if spec.layers is not None:
-        truncate_layers(model, list(range(spec.layers)) if isinstance(spec.layers, int) else list(spec.layers))
+        truncate_layers(model, kept_layers(spec))
     return model, tokenizer
+
+
+def kept_layers(spec: ModelSpec) -> list[int]:
+    """The layer indices a truncated model keeps: the first n, or the ones listed."""
+    return list(range(spec.layers)) if isinstance(spec.layers, int) else list(spec.layers)

@@ -1,6 +1,7 @@
 """Which trials a study keeps, read from the store and the config alone (no data, no models).
 
-Stage 2 keeps, per task, the teacher candidate with the lowest validation loss; evaluation, measurement and the
+Stage 2 keeps, per task, the teacher candidate with the lowest validation loss (or, with ``grid.select_by: metric``,
+the best validation metric; ``distill.teachers: k`` takes the next ones in that order); evaluation, measurement and the
 report keep, per teacher candidate, its best grid point (lowest validation loss) and, per student and mode (KD or
 gold labels only), its best grid point by the validation metric its early stopping followed (highest, or lowest
 for a loss: see :func:`speedy.tasks.base.selection_score`).

@@ -1,4 +1,5 @@
-"""Stage 2: per task, the teacher candidate with the lowest validation loss (the paper's rule)."""
+"""Stage 2: per task, the teacher candidate with the lowest validation loss (the paper's rule), or with the best
+validation metric (``grid.select_by: metric``)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ def run(study: Study) -> dict[str, Trial]:
         if not trials:
             raise SpeedyError(f"select: no finished fine-tuning trial for task '{task.name}': "
                               "run 'speedy finetune' first")
-        by = study.config.grid.select_by
-        best = best_teacher(trials, by, study.task(task).selection_metric)
+        by, metric = study.config.grid.select_by, study.task(task).selection_metric
+        best = best_teacher(trials, by, metric)
         study.store.select(task.name, best.key)
         chosen[task.name] = best
-        study.console.print(candidates_table(task.name, trials, best, by, study.task(task).selection_metric))
+        study.console.print(candidates_table(task.name, trials, best, by, metric))
     return chosen
 
 
