@@ -6,7 +6,7 @@
 # constraints.txt on purpose (then run `make test`); pyproject.toml keeps the loose ranges for embedders.
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= test,onnx,serve,postgres
+EXTRAS ?= train,test,onnx,serve,postgres
 BIN := $(VENV)/bin
 
 .PHONY: install demo test lock

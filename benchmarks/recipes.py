@@ -12,7 +12,8 @@ the same epoch cap, early stopping, learning rate and batch size; only the train
 * ``transfer``: + the unlabelled transfer text, labelled by the teacher (XtremeDistil);
 * ``teacher-init``: the student starts from the fine-tuned teacher's first n layers (DistilBERT);
 * ``two-teachers``: the top-2 teacher candidates of stage 1 (two seeds of the grid) averaged;
-* ``combined``: transfer + hidden + teacher-init together (chosen before any result, not tuned on them).
+* ``combined``: transfer + hidden + teacher-init together (chosen before any result, not tuned on them);
+* ``transfer-relation``: transfer + similarity relations (the two levers that won alone, combined afterwards).
 
 NER (the default task) trains on ``--labelled`` sentences of CoNLL-2002 ``esp.train`` and uses ``--transfer`` other
 sentences of ``esp.train`` as unlabelled text (their tags are never read); validation is a sample of ``esp.testa``
@@ -52,6 +53,7 @@ RECIPES = {  # in the order they run: the baseline, the paper's KD, then the lev
     "relation": ({"relation_weight": 1.0}, {}),
     "teacher-init": ({}, {"init": "teacher"}),
     "two-teachers": ({"teachers": 2}, {}),
+    "transfer-relation": ({"transfer": True, "relation_weight": 1.0}, {}),
 }
 
 

@@ -5,11 +5,19 @@ requests of one real Spanish sentence each from ``--concurrency`` clients at onc
 request when the previous one is answered), and prints requests per second and p50/p95/p99 latency, then stops
 the server with SIGTERM. It stops by itself and talks only to 127.0.0.1.
 
-Models come from a finished study (the selected teacher and one KD student of its first task); sentences from
-CoNLL-2002 ``esp.testa`` in ``../shared/data`` (read there, never copied). Targets (same concurrency): the int8
-student serves >= 10x the requests per second of the teacher in PyTorch fp32, with p95 under 50 ms. Example::
+Models come from a finished study (the selected teacher and one KD student of its first task: ``--study`` a
+study folder with its ``study.yaml``, or ``--config`` a study YAML); sentences from CoNLL-2002 ``esp.testa`` in
+``../shared/data`` (read there, never copied). Beside each served figure it measures the engine itself, in
+process, on the same sentences in batches of ``--concurrency`` (the most a server can gather from that many
+clients): served / engine is what HTTP, JSON, tokenisation and batching cost. ONNX engines are served by the
+torch-free runtime (``speedy.runtime``). With ``--lean-venv DIR`` it builds (once) a virtual environment with
+``pip install 'speedy[serve]'`` only, prints its size and the cold start of the int8 student (process start to the
+first answer), and serves the int8 student from it. Targets (same concurrency): the int8 student serves >= 10x
+the requests per second of the teacher in PyTorch fp32, with p95 under 50 ms, and >= 0.8 of its engine's batched
+throughput. Example::
 
-    python benchmarks/serving.py --study /tmp/bench/tagging/ner --student e5-2L --requests 400
+    python benchmarks/serving.py --config runs/bench-recipes/configs/transfer-4L-s1.yaml --requests 400 \
+        --lean-venv /tmp/speedy-serve
 
 Client and server share this machine's cores, so the figures include the client's own cost.
 """
@@ -31,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO
+from common import REPO, cpu_line
 
 ROUTES = {"classification": "/classify", "tagging": "/tag", "qa": "/answer"}
 
@@ -42,12 +50,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: str, engine: str, port: int, threads: int, max_batch: int, max_wait_ms: float):
-    command = [sys.executable, "-m", "speedy", "serve", model_dir, "--engine", engine, "--port", str(port),
+def start_server(model_dir: str, engine: str, port: int, threads: int, max_batch: int, max_wait_ms: float,
+                 speedy: list[str] | None = None):
+    command = [*(speedy or [sys.executable, "-m", "speedy"]), "serve", model_dir, "--engine", engine, "--port", str(port),
                "--threads", str(threads), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
                "--max-chars", "5000"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                              env={**os.environ, "PYTHONPATH": "" if speedy else str(REPO / "src")})
     deadline = time.time() + 300
     while time.time() < deadline:
         if server.poll() is not None:
@@ -97,9 +106,64 @@ async def load(port: int, route: str, sentences: list[str], requests: int, concu
             "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
 
 
+def engine_throughput(model_dir: str, engine: str, sentences: list[str], batch: int, threads: int,
+                      seconds: float = 10.0) -> float:
+    """Sentences per second of the engine alone, in process, in batches of ``batch`` (what serving adds nothing to)."""
+    from speedy.predictor import open_predictor
+
+    predictor = open_predictor(model_dir, engine, threads)
+    items = [predictor.task.input_item({"text": s}) for s in sentences]
+    predictor.run_each(items[:batch])  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        chunk = [items[(done + i) % len(items)] for i in range(batch)]
+        predictor.run_each(chunk)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def lean_environment(folder: Path) -> tuple[list[str], float]:
+    """A virtual environment with ``speedy[serve]`` only (built once, from constraints.txt): its ``speedy`` command
+    and its size in MB."""
+    speedy = folder / "bin" / "speedy"
+    if not speedy.is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        "-c", str(REPO / "constraints.txt"), f"{REPO}[serve]"], check=True)
+    size = sum(p.stat().st_size for p in (folder / "lib").rglob("*") if p.is_file()) / 1e6
+    tools = sum(p.stat().st_size for name in ("pip", "setuptools") for p in
+                next((folder / "lib").glob("python3*/site-packages")).glob(f"{name}*/**/*") if p.is_file()) / 1e6
+    return [str(speedy)], size - tools
+
+
+def cold_start(speedy: list[str], model_dir: str, route: str, text: str, threads: int) -> float:
+    """Seconds from starting ``speedy serve`` to its first answer."""
+    port = free_port()
+    body = json.dumps({"inputs": [{"text": text}]}).encode()
+    start = time.perf_counter()
+    server = subprocess.Popen([*speedy, "serve", model_dir, "--port", str(port), "--threads", str(threads)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": ""})
+    try:
+        while time.perf_counter() - start < 60:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}{route}", body,
+                                                 {"content-type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    response.read()
+                return time.perf_counter() - start
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError("no answer within 60 s")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--study", default="/tmp/bench/tagging/ner")
+    parser.add_argument("--config", default=None, help="a study YAML (instead of --study)")
+    parser.add_argument("--lean-venv", default=None, help="serve the int8 student from a speedy[serve]-only venv")
     parser.add_argument("--student", default=None, help="a KD student's name (default: the smallest)")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--requests", type=int, default=400, help="timed requests per configuration")
@@ -123,7 +187,7 @@ def main() -> int:
 
     quiet_libraries()
     console = Console(width=150)
-    study = Study(load_config(Path(args.study) / "study.yaml"), console)
+    study = Study(load_config(Path(args.config) if args.config else Path(args.study) / "study.yaml"), console)
     task_spec = study.config.tasks[0]
     teacher = study.selected_teacher(task_spec)
     students = sorted((t for t in study.store.trials("distill", task_spec.name) if t.params["mode"] == "kd"),
@@ -138,6 +202,14 @@ def main() -> int:
                       ("student " + student.params["model"]["name"], student, "onnx-int8")]
     for _, trial, engine in configurations:  # each engine's files, once (the servers only read them)
         get_engine(engine).prepare(trial.checkpoint)
+    lean = None
+    if args.lean_venv:
+        lean, size = lean_environment(Path(args.lean_venv))
+        seconds = [cold_start(lean, student.checkpoint, route, sentences[0], args.threads) for _ in range(3)]
+        console.print(f"speedy[serve] only (no torch): {size:.0f} MB installed (pip and setuptools left out); cold "
+                      f"start of the int8 student, process start to first answer: {min(seconds):.2f} s (best of 3; "
+                      f"{', '.join(f'{x:.2f}' for x in seconds)})")
+    console.print(f"CPU: {cpu_line()}")
     console.print(f"loopback, concurrency {args.concurrency}, one CoNLL-2002 sentence per request "
                   f"({np.mean([len(s.split()) for s in sentences]):.1f} words on average), server threads "
                   f"{args.threads}, dynamic batching max {args.max_batch} / {args.max_wait_ms} ms")
@@ -145,7 +217,9 @@ def main() -> int:
     for label, trial, engine in configurations:
         requests = args.teacher_requests or args.requests if label.startswith("teacher") else args.requests
         port = free_port()
-        server, health = start_server(trial.checkpoint, engine, port, args.threads, args.max_batch, args.max_wait_ms)
+        served_by = lean if lean and engine == "onnx-int8" and label.startswith("student") else None
+        server, health = start_server(trial.checkpoint, engine, port, args.threads, args.max_batch, args.max_wait_ms,
+                                      served_by)
         try:
             result = asyncio.run(load(port, route, sentences, requests, args.concurrency,
                                       warmup=2 * args.concurrency))
@@ -154,24 +228,28 @@ def main() -> int:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
+        engine_rate = engine_throughput(trial.checkpoint, engine, sentences, args.concurrency, args.threads)
         result.update(model=label, engine=engine, mean_batch=stats["items"] / max(1, stats["batches"]),
-                      largest_batch=stats["largest_batch"])
+                      largest_batch=stats["largest_batch"], engine_per_second=engine_rate,
+                      served_fraction=result["requests_per_second"] / engine_rate, lean=served_by is not None)
         results.append(result)
         console.print(f"  {label} [{engine}]: {result['requests_per_second']:.1f} requests/s, p95 "
                       f"{result['p95_ms']:.1f} ms", markup=False)
 
     base = results[0]["requests_per_second"]
     table = Table(title=f"Serving on loopback, concurrency {args.concurrency} (targets: int8 student >= 10x the "
-                        "teacher in PyTorch; student p95 < 50 ms)")
-    for column in ("model", "engine", "requests", "failures", "requests/s", "vs teacher torch", "p50 ms", "p95 ms",
-                   "p99 ms", "mean batch", "largest batch"):
+                        "teacher in PyTorch; student p95 < 50 ms; served >= 0.8 of the engine)")
+    for column in ("model", "engine", "requests", "failures", "requests/s", "vs teacher torch", "engine sent/s",
+                   "served / engine", "p50 ms", "p95 ms", "p99 ms", "mean batch", "largest batch"):
         table.add_column(column, justify="left" if column in ("model", "engine") else "right")
     for r in results:
-        table.add_row(r["model"], r["engine"], str(r["requests"]), str(r["failures"]), f"{r['requests_per_second']:.1f}",
-                      f"{r['requests_per_second'] / base:.1f}x", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
+        table.add_row(r["model"], r["engine"] + (" (lean)" if r["lean"] else ""), str(r["requests"]),
+                      str(r["failures"]), f"{r['requests_per_second']:.1f}", f"{r['requests_per_second'] / base:.1f}x",
+                      f"{r['engine_per_second']:.1f}", f"{r['served_fraction']:.2f}", f"{r['p50_ms']:.1f}",
+                      f"{r['p95_ms']:.1f}",
                       f"{r['p99_ms']:.1f}", f"{r['mean_batch']:.1f}", str(r["largest_batch"]))
     console.print(table)
-    out = Path(args.out or Path(args.study) / "serving.json")
+    out = Path(args.out or Path(study.config.output_dir) / "serving.json")
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=2), "utf-8")
     os.replace(tmp, out)

@@ -10,7 +10,7 @@ from speedy.data.readers import read_conll, read_conllu
 from speedy.distill.cache import TeacherCache
 from speedy.errors import SpeedyError
 from speedy.tasks import TaggingTask
-from speedy.tasks.alignment import first_subtokens, word_windows
+from speedy.runtime.alignment import first_subtokens, word_windows
 
 CONLL = """-DOCSTART- -X- O
 

@@ -15,6 +15,7 @@ from speedy.bench.cli import bench_app
 from speedy.bench.engines import get_engine, load_engine
 from speedy.console import fail, quiet_libraries
 from speedy.errors import SpeedyError
+from speedy.runtime.files import RUNTIME_ENGINES
 
 # The commands import the rest of speedy when they run (torch, transformers, datasets, SQLAlchemy: seconds), never
 # at the top: `speedy --help` imports only typer, rich and the torch-free engine registry (about 0.1 s).
@@ -92,7 +93,7 @@ def predict(model: Path = typer.Option(..., help="A model folder trained with sp
             engine: str = typer.Option("torch", help="torch | onnx | onnx-int8 (the ONNX files of 'speedy export')."),
             threads: Optional[int] = typer.Option(None, help="CPU threads (default: all).")):
     """Run a trained model on one input and print the result as JSON."""
-    quiet_libraries()
+    quiet_libraries(training=engine not in RUNTIME_ENGINES)
     try:
         print(json.dumps(_predict(model, text, text_pair, question, context, engine, threads), ensure_ascii=False))
     except SpeedyError as error:
@@ -100,14 +101,18 @@ def predict(model: Path = typer.Option(..., help="A model folder trained with sp
 
 
 def _predict(model_dir: Path, text, text_pair, question, context, engine: str = "torch", threads=None) -> dict:
-    # lazy: start-up time (these import torch and transformers)
-    from speedy.models.folder import loading
-    from speedy.predictor import Predictor
-    from speedy.trained import check_model_folder
+    from speedy.predictor import open_predictor  # lazy: start-up time (imports the ONNX runtime)
 
-    check_model_folder(model_dir, need_weights=get_engine(engine).needs_weights)
-    with loading(model_dir):
-        predictor = Predictor(model_dir, engine, threads)
+    if engine in RUNTIME_ENGINES:
+        predictor = open_predictor(model_dir, engine, threads)
+    else:
+        # lazy: the other engines only (these import torch and transformers; the ONNX engines never need them)
+        from speedy.models.folder import loading
+        from speedy.trained import check_model_folder
+
+        check_model_folder(model_dir, need_weights=get_engine(engine).needs_weights)
+        with loading(model_dir):
+            predictor = open_predictor(model_dir, engine, threads)
     task = predictor.task
     # the options are the task's input fields of these names; the type says which it takes and which it needs
     given = {"text": text, "text_pair": text_pair, "question": question, "context": context}
@@ -254,7 +259,9 @@ def serve(model: Path = typer.Argument(..., help="A model folder trained with sp
           port: int = typer.Option(8000, help="Port to listen on."),
           max_chars: int = typer.Option(2000, help="Longest text accepted (characters); longer ones get 413."),
           max_items: int = typer.Option(64, help="Most inputs in one request; more get 413."),
-          max_batch: int = typer.Option(32, help="Most inputs in one model call (dynamic batching)."),
+          max_batch: int = typer.Option(32, help="Most inputs gathered into one batch (dynamic batching)."),
+          max_batch_tokens: int = typer.Option(8192, help="Most padded tokens in one model call (ONNX engines): "
+                                                          "a batch is sorted by length and cut to fit."),
           max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more inputs (milliseconds)."),
           threads: Optional[int] = typer.Option(None, help="CPU threads of the model (default: all)."),
           graceful_seconds: int = typer.Option(30, help="On SIGTERM, how long requests under way may take."),
@@ -266,13 +273,14 @@ def serve(model: Path = typer.Argument(..., help="A model folder trained with sp
           read_seconds: float = typer.Option(30.0, help="A request whose head or body has not arrived by then "
                                                         "is answered 408 and closed.")):
     """Serve a model over HTTP (JSON): /classify, /tag or /answer by its task, /health, /docs (OpenAPI)."""
-    quiet_libraries()
+    quiet_libraries(training=engine not in RUNTIME_ENGINES)
     try:
-        from speedy.serve import run_server  # lazy: start-up time (imports torch; FastAPI is the serve extra)
+        from speedy.serve import run_server  # lazy: start-up time (FastAPI, uvicorn: the serve extra)
 
         run_server(model, host, port, graceful_seconds, engine=engine, max_chars=max_chars, max_items=max_items,
-                   max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads, max_body_bytes=max_body_bytes,
-                   max_header_bytes=max_header_bytes, idle_seconds=idle_seconds, read_seconds=read_seconds)
+                   max_batch=max_batch, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, threads=threads,
+                   max_body_bytes=max_body_bytes, max_header_bytes=max_header_bytes, idle_seconds=idle_seconds,
+                   read_seconds=read_seconds)
     except SpeedyError as error:
         fail(error)
 

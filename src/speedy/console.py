@@ -11,8 +11,12 @@ import typer
 from speedy.errors import SpeedyError
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(training: bool = True) -> None:
+    """Quiet transformers' and datasets' logs and progress bars; ``training=False`` (the torch-free runtime of
+    ``speedy serve`` and ``speedy predict`` with an ONNX engine) imports neither."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not training:
+        return
     # Lazy (start-up time): `speedy --help` imports this module; transformers and datasets take about a second.
     import transformers
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from speedy.errors import SpeedyError
+from speedy.runtime.files import ONNX_FILES, ONNX_FOLDER
 
 
 def _export():
@@ -94,9 +95,8 @@ class OnnxEngine(Engine):
     card = "ONNX Runtime fp32, attention, LayerNorm and GELU fused"
 
     @property
-    def file(self) -> str:  # the name the export writes (``export.ONNX_FILES``), kept in one place
-        export = _export()
-        return f"{export.ONNX_FOLDER}/{export.ONNX_FILES[self.name]}"
+    def file(self) -> str:  # the name the export writes (``runtime.ONNX_FILES``), kept in one place
+        return f"{ONNX_FOLDER}/{ONNX_FILES[self.name]}"
 
     def require(self) -> None:
         _export().require_onnxruntime()

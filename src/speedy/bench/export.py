@@ -28,11 +28,10 @@ from transformers.utils import ModelOutput
 
 from speedy.distill.cache import is_leftover, owner_tag
 from speedy.errors import SpeedyError
+from speedy.runtime.files import ONNX_FILES, ONNX_FOLDER
 from speedy.tasks import TASK_CLASSES
 from speedy.tasks.base import Task
 
-ONNX_FOLDER = "onnx"
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}  # in ONNX_FOLDER, by engine name
 
 
 def require_onnxruntime():

@@ -1,12 +1,14 @@
-"""``speedy serve``: an HTTP JSON API for one model, with dynamic batching (FastAPI on uvicorn)."""
+"""``speedy serve``: an HTTP JSON API for one model, with dynamic batching (FastAPI on uvicorn).
+
+With an ONNX engine (the default, ``onnx-int8``) the server runs in the torch-free runtime (``speedy.runtime``):
+``pip install 'speedy[serve]'`` is all it needs. ``--engine torch`` needs the training install as well.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from speedy.bench.engines import get_engine
 from speedy.errors import SpeedyError
-from speedy.trained import check_model_folder
 
 
 def require_serving():
@@ -24,13 +26,11 @@ def run_server(model_dir: Path, host: str, port: int, graceful_seconds: int = 30
     uvicorn = require_serving()
     from speedy.serve.app import ServeSettings, create_app, server_options  # lazy: optional (imports fastapi)
 
-    engine = get_engine(settings.get("engine", "onnx-int8"))
-    check_model_folder(model_dir, need_weights=engine.needs_weights)
-    for name in ("max_chars", "max_items", "max_batch", "max_body_bytes", "max_header_bytes", "idle_seconds",
-                 "read_seconds"):
+    for name in ("max_chars", "max_items", "max_batch", "max_batch_tokens", "max_body_bytes", "max_header_bytes",
+                 "idle_seconds", "read_seconds"):
         if settings.get(name) is not None and settings[name] <= 0:
             raise SpeedyError(f"--{name.replace('_', '-')}: must be positive")
     serve_settings = ServeSettings(**settings)
-    app = create_app(model_dir, serve_settings)
+    app = create_app(model_dir, serve_settings)  # the folder is checked here: a broken one is one line
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_seconds,
                 **server_options(serve_settings))

@@ -29,9 +29,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from speedy.errors import SpeedyError
-from speedy.predictor import Predictor
+from speedy.predictor import open_predictor
+from speedy.runtime.fields import InputError
 from speedy.serve.batcher import DynamicBatcher, InputFailed
-from speedy.tasks.base import InputError, Task
 
 
 @dataclass
@@ -39,7 +39,8 @@ class ServeSettings:
     engine: str = "onnx-int8"
     max_chars: int = 2000  # per text (a context, for QA)
     max_items: int = 64  # inputs per request
-    max_batch: int = 32  # inputs per model call
+    max_batch: int = 32  # inputs gathered per batch
+    max_batch_tokens: int = 8192  # padded tokens per model call (ONNX engines): a batch is cut by length
     max_wait_ms: float = 5.0  # how long the first input of a batch waits for company
     threads: int | None = None
     max_body_bytes: int | None = None  # None: room for max_items inputs at their longest (see below)
@@ -59,12 +60,12 @@ class Error(BaseModel):
     detail: str | list | dict | None = None
 
 
-def _schema_name(task: Task) -> str:
+def _schema_name(task) -> str:
     """The prefix of the route's schemas in the OpenAPI document (``/classify``: ``ClassifyRequest``...)."""
     return task.route.strip("/").title().replace("-", "").replace("_", "")
 
 
-def request_model(settings: ServeSettings, task: Task) -> type[BaseModel]:
+def request_model(settings: ServeSettings, task) -> type[BaseModel]:
     """The request body of ``task``'s route, from its ``inputs``, with the limits of ``settings`` in its schema (so
     fuzzing knows them): a text has a non-space character and at most ``max_chars`` characters; a request has 1
     to ``max_items`` inputs. Over a maximum is answered 413 by the route (payload too large), anything else
@@ -77,7 +78,7 @@ def request_model(settings: ServeSettings, task: Task) -> type[BaseModel]:
     return create_model(f"{_schema_name(task)}Request", inputs=(list[item], Field(**count)))
 
 
-def response_model(task: Task) -> type[BaseModel]:
+def response_model(task) -> type[BaseModel]:
     """The answer of ``task``'s route: one result per input, with the fields its ``results`` declares."""
     result = create_model(f"{_schema_name(task)}Result", **{name: (kind, ...) for name, kind in task.results.items()})
     return create_model(f"{_schema_name(task)}Response", results=(list[result], ...))
@@ -212,9 +213,10 @@ def server_options(settings: ServeSettings) -> dict:
             "timeout_keep_alive": settings.idle_seconds}
 
 
-def create_app(model_dir: str | Path, settings: ServeSettings | None = None, predictor: Predictor | None = None) -> FastAPI:
+def create_app(model_dir: str | Path, settings: ServeSettings | None = None, predictor=None) -> FastAPI:
+    """The app of one model folder. ``predictor``: one opened already (``speedy.predictor.open_predictor``)."""
     settings = settings or ServeSettings()
-    predictor = predictor or Predictor(model_dir, settings.engine, settings.threads)
+    predictor = predictor or open_predictor(model_dir, settings.engine, settings.threads, settings.max_batch_tokens)
     batcher = DynamicBatcher(predictor.run_each, settings.max_batch, settings.max_wait_ms / 1000)
 
     @asynccontextmanager
@@ -283,7 +285,7 @@ async def _answers(batcher: DynamicBatcher, items: list) -> JSONResponse:
         return _error(422, "input the model cannot take", f"{where}{refused.error}")
 
 
-def _add_task_route(app: FastAPI, task: Task, settings: ServeSettings, batcher: DynamicBatcher) -> None:
+def _add_task_route(app: FastAPI, task, settings: ServeSettings, batcher: DynamicBatcher) -> None:
     """The one route of the model's task. The handler returns its JSON directly: ``response_model`` still
     documents it (and the fuzzing tests check every answer against that schema), without validating each answer
     again."""

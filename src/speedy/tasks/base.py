@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -23,6 +22,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from speedy.errors import SpeedyError
+from speedy.runtime.fields import InputError, InputField  # noqa: F401 - part of the task contract
 
 
 MAX, MIN = "max", "min"
@@ -54,19 +54,6 @@ def device_of(model) -> torch.device:
 # Pads KD rows of different widths: a logit whose probability underflows to exactly 0 in float32, and which the
 # MSE loss recognises as padding (see speedy.distill.losses).
 PAD_LOGIT = -1e4
-
-
-class InputError(SpeedyError):
-    """An input the model cannot take; the message starts with the field at fault (``question: ...``)."""
-
-
-@dataclass(frozen=True)
-class InputField:
-    """One text field of a prediction input: a field of the server's request schema and, named ``text``,
-    ``text_pair``, ``question`` or ``context``, an option of ``speedy predict``."""
-
-    description: str | None = None
-    required: bool = True
 
 
 # KD bookkeeping in batches (tagging: words; QA: context units), never passed to the model.
@@ -112,6 +99,9 @@ class Task(ABC):
     per_token: ClassVar[bool] = False  # a head row per token (tagging, QA), not per sequence (the pooled first token)
     onnx_outputs: ClassVar[tuple[str, ...]] = ("logits",)  # the model outputs, as the ONNX graph names them
     pipeline_tag: ClassVar[str]  # the Hugging Face pipeline of the model card
+    # The torch-free half of the type (a ``speedy.runtime`` class): served and run from ONNX without torch. A type
+    # without one is served by the torch engine only. The four declarations below are usually taken from it.
+    runtime: ClassVar[type | None] = None
     route: ClassVar[str]  # the server's route for this type, e.g. "/classify"
     route_help: ClassVar[str]  # what the route does, for its OpenAPI description
     inputs: ClassVar[dict[str, InputField]]  # the fields of one prediction input

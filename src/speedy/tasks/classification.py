@@ -13,7 +13,8 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from speedy.data.readers import FORMATS, load_hub_split, read_labelled_texts
 from speedy.errors import SpeedyError, where
-from speedy.tasks.base import MAX, InputField, Task, signal_tensor
+from speedy.runtime.classification import ClassificationRuntime
+from speedy.tasks.base import MAX, Task, signal_tensor
 
 
 class ClassificationTask(Task):
@@ -26,10 +27,9 @@ class ClassificationTask(Task):
     min_labels = 2
     head_architecture = "ForSequenceClassification"
     pipeline_tag = "text-classification"
-    route, route_help = "/classify", "Classify each text (or pair of texts)."
-    inputs = {"text": InputField("The text."),
-              "text_pair": InputField("Classification of pairs: the second text.", required=False)}
-    results = {"label": str, "score": float, "scores": dict[str, float]}
+    runtime = ClassificationRuntime  # the route, its inputs and results, and prediction without torch
+    route, route_help, inputs, results = runtime.route, runtime.route_help, runtime.inputs, runtime.results
+    input_item = staticmethod(runtime.input_item)
 
     def model_class(self):
         return AutoModelForSequenceClassification
@@ -79,9 +79,6 @@ class ClassificationTask(Task):
         return {"accuracy": float(accuracy_score(label_ids, predicted)),
                 "macro_f1": float(f1_score(label_ids, predicted, average="macro", labels=list(range(len(self.labels))),
                                            zero_division=0))}
-
-    def input_item(self, fields: dict):
-        return fields["text"], fields.get("text_pair")
 
     def predict_items(self, model, tokenizer, items, max_length):
         """Items: ``(text, pair)``; a result: the best label, its probability and every label's."""

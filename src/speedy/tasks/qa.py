@@ -26,24 +26,17 @@ from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
 from speedy.data.squad import load_hub_squad, read_squad
 from speedy.errors import SpeedyError
-from speedy.tasks.base import MAX, PAD_LOGIT, InputError, InputField, Task, device_of
+from speedy.runtime.qa import MIN_CONTEXT, QARuntime, best_span, token_start
+from speedy.tasks.base import MAX, PAD_LOGIT, InputError, Task, device_of
 from speedy.tasks.squad_metric import squad_scores
 
 UNIT = re.compile(r"\w+|[^\w\s]")
 UNIT_KEYS = ("unit_index", "unit_first", "unit_last", "unit_owned")
-MIN_CONTEXT = 8  # the fewest tokens of context a window may hold beside its question
 
 
 def context_units(context: str) -> list[tuple[int, int]]:
     """Character spans of the context's units (words and single punctuation marks)."""
     return [(m.start(), m.end()) for m in UNIT.finditer(context)]
-
-
-def _token_start(context: str, start: int, end: int) -> int:
-    """A token's first non-space character (metaspace tokenizers include the space before a word)."""
-    while start < end and context[start].isspace():
-        start += 1
-    return start
 
 
 def window_units(context: str, units, offsets, sequence_ids) -> tuple[list[int], list[int], list[int]]:
@@ -54,7 +47,7 @@ def window_units(context: str, units, offsets, sequence_ids) -> tuple[list[int],
     for position, (offset, sequence) in enumerate(zip(offsets, sequence_ids)):
         if sequence != 1 or offset is None or offset[1] <= offset[0]:
             continue
-        s = _token_start(context, offset[0], offset[1])
+        s = token_start(context, offset[0], offset[1])
         if s >= offset[1]:
             continue
         span_start = s if span_start is None else span_start
@@ -94,9 +87,9 @@ class QATask(Task):
     per_token = True
     onnx_outputs = ("start_logits", "end_logits")
     pipeline_tag = "question-answering"
-    route, route_help = "/answer", "Answer each question with a span of its context."
-    inputs = {"question": InputField(), "context": InputField()}
-    results = {"answer": str | None, "start": int | None, "end": int | None, "score": float | None}
+    runtime = QARuntime  # the route, its inputs and results, and prediction without torch
+    route, route_help, inputs, results = runtime.route, runtime.route_help, runtime.inputs, runtime.results
+    input_item, check_result = staticmethod(runtime.input_item), staticmethod(runtime.check_result)
 
     def __init__(self, labels=None, normalization: str = "en", stride: int = 64, max_answer_length: int = 30,
                  max_windows: int = 64):
@@ -257,33 +250,12 @@ class QATask(Task):
                                 outputs.end_logits[b].float().cpu().numpy(), contexts, best)
         return best
 
-    def _best_span(self, encoded, row, start_logits, end_logits, contexts, best, top: int = 20) -> None:
+    def _best_span(self, encoded, row, start_logits, end_logits, contexts, best) -> None:
         example = encoded["overflow_to_sample_mapping"][row]
-        sequence_ids = encoded.sequence_ids(row)
-        offsets = encoded["offset_mapping"][row]
-        context_positions = [i for i, s in enumerate(sequence_ids) if s == 1]
-        if not context_positions:
-            return
-        allowed = np.full(len(start_logits), False)
-        allowed[context_positions] = True
-        start_logits = np.where(allowed, start_logits[: len(allowed)], -np.inf)
-        end_logits = np.where(allowed, end_logits[: len(allowed)], -np.inf)
-        for s in np.argsort(start_logits)[::-1][:top]:
-            if not allowed[s]:
-                break
-            for e in np.argsort(end_logits)[::-1][:top]:
-                if not allowed[e] or e < s or e - s + 1 > self.max_answer_length:
-                    continue
-                score = float(start_logits[s] + end_logits[e])
-                if example not in best or score > best[example]["score"]:
-                    context = contexts[example]
-                    char_start = _token_start(context, offsets[s][0], offsets[s][1])
-                    char_end = offsets[e][1]
-                    best[example] = {"text": context[char_start:char_end], "start": int(char_start),
-                                     "end": int(char_end), "score": score}
-
-    def input_item(self, fields: dict):
-        return fields["question"], fields["context"]
+        span = best_span(encoded.sequence_ids(row), encoded["offset_mapping"][row], start_logits, end_logits,
+                         contexts[example], self.max_answer_length)
+        if span is not None and (example not in best or span["score"] > best[example]["score"]):
+            best[example] = span
 
     def predict_items(self, model, tokenizer, items, max_length):
         """Items: ``(question, context)``; a result: the best span (all ``None`` when no span fits)."""
@@ -307,11 +279,6 @@ class QATask(Task):
                 if a := answers.get(k):
                     out[i] = {"answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"]}
         return out
-
-    def check_result(self, result: dict) -> dict:
-        if result["answer"] is None:
-            raise SpeedyError("predict: no answer span fits in the context")
-        return result
 
     def predictions(self, model, tokenizer, dataset, max_length: int) -> list:
         """One ``(start, end)`` span per question (``None`` where no span fits)."""

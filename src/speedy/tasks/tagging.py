@@ -27,8 +27,9 @@ from transformers import AutoModelForTokenClassification
 
 from speedy.data.readers import load_hub_tagging, read_tagged
 from speedy.errors import SpeedyError, where
-from speedy.tasks.alignment import first_subtokens, word_windows
-from speedy.tasks.base import MAX, InputField, Task, device_of, signal_tensor
+from speedy.runtime.alignment import first_subtokens, word_windows
+from speedy.runtime.tagging import TaggingRuntime
+from speedy.tasks.base import MAX, Task, device_of, signal_tensor
 
 IGNORE = -100
 
@@ -65,9 +66,9 @@ class TaggingTask(Task):
     head_architecture = "ForTokenClassification"
     per_token = True
     pipeline_tag = "token-classification"
-    route, route_help = "/tag", "Tag each sentence: one tag per word (words are split on white space)."
-    inputs = {"text": InputField("The sentence; words are split on white space.")}
-    results = {"words": list[str], "tags": list[str]}
+    runtime = TaggingRuntime  # the route, its inputs and results, and prediction without torch
+    route, route_help, inputs, results = runtime.route, runtime.route_help, runtime.inputs, runtime.results
+    input_item = staticmethod(runtime.input_item)
 
     def __init__(self, labels: list[str], scheme: str = "bio", fallback: str | None = None):
         super().__init__(labels)
@@ -240,9 +241,6 @@ class TaggingTask(Task):
                 for position in positions.tolist():
                     out[sentence][int(batch["word_index"][row, position])] = self.labels[int(predicted[row, position])]
         return out
-
-    def input_item(self, fields: dict):
-        return fields["text"].split()
 
     def predict_items(self, model, tokenizer, items, max_length):
         """Items: word lists; a result: the words and one tag per word."""

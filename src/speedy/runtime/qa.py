@@ -1,0 +1,122 @@
+"""Extractive question answering, served without torch: the best span of the context (start logit + end logit,
+at most ``max_answer_length`` tokens, inside the context) over the context's overlapping windows, which are cut
+as training and evaluation cut them. ``best_span`` is the one span search of speedy (``speedy.tasks.qa`` uses it
+too)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from speedy.errors import SpeedyError
+from speedy.runtime.base import RuntimeTask
+from speedy.runtime.fields import InputError, InputField
+
+MIN_CONTEXT = 8  # the fewest tokens of context a window may hold beside its question
+MAX_ANSWER_LENGTH = 30  # tokens
+
+
+def token_start(context: str, start: int, end: int) -> int:
+    """A token's first non-space character (metaspace tokenizers include the space before a word)."""
+    while start < end and context[start].isspace():
+        start += 1
+    return start
+
+
+def best_span(sequence_ids, offsets, start_logits: np.ndarray, end_logits: np.ndarray, context: str,
+              max_answer_length: int = MAX_ANSWER_LENGTH, top: int = 20) -> dict | None:
+    """The best span of one window (``{"text", "start", "end", "score"}``, character offsets in ``context``), or
+    None when the window holds no context. Candidates: the ``top`` best starts and ends inside the context."""
+    context_positions = [i for i, s in enumerate(sequence_ids) if s == 1]
+    if not context_positions:
+        return None
+    allowed = np.full(len(start_logits), False)
+    allowed[context_positions] = True
+    start_logits = np.where(allowed, start_logits[: len(allowed)], -np.inf)
+    end_logits = np.where(allowed, end_logits[: len(allowed)], -np.inf)
+    best = None
+    for s in np.argsort(start_logits)[::-1][:top]:
+        if not allowed[s]:
+            break
+        for e in np.argsort(end_logits)[::-1][:top]:
+            if not allowed[e] or e < s or e - s + 1 > max_answer_length:
+                continue
+            score = float(start_logits[s] + end_logits[e])
+            if best is None or score > best["score"]:
+                char_start = token_start(context, offsets[s][0], offsets[s][1])
+                char_end = offsets[e][1]
+                best = {"text": context[char_start:char_end], "start": int(char_start), "end": int(char_end),
+                        "score": score}
+    return best
+
+
+class QARuntime(RuntimeTask):
+    type = "qa"
+    route, route_help = "/answer", "Answer each question with a span of its context."
+    inputs = {"question": InputField(), "context": InputField()}
+    results = {"answer": str | None, "start": int | None, "end": int | None, "score": float | None}
+    onnx_outputs = ("start_logits", "end_logits")
+    fixed_labels = ("start", "end")
+
+    def __init__(self, labels=None, info=None):
+        super().__init__(list(self.fixed_labels), info)
+        self.stride = int(self.info.get("stride") or 64)
+        self.max_windows = int(self.info.get("max_windows") or 64)
+        self.max_answer_length = MAX_ANSWER_LENGTH
+
+    @staticmethod
+    def input_item(fields: dict):
+        return fields["question"], fields["context"]
+
+    @staticmethod
+    def check_result(result: dict) -> dict:
+        if result["answer"] is None:
+            raise SpeedyError("predict: no answer span fits in the context")
+        return result
+
+    def check_windows(self, tokenizer, items, questions: list[int], max_length: int, stride: int) -> None:
+        """At most ``max_windows`` windows per context, checked before the windows are made (a 10 MB context
+        would make ~100k); a huge context is counted a slice at a time, never tokenized whole."""
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        for i, ((_, context), question) in enumerate(zip(items, questions)):
+            room = max_length - question - specials
+            budget = room + (self.max_windows - 1) * (room - stride)  # context tokens that fit in max_windows
+            if len(context.encode("utf-8")) < budget:
+                continue  # no tokenizer makes more tokens than UTF-8 bytes (+1 word mark): it fits
+            count, size = 0, 4 * budget
+            for start in range(0, len(context), size):
+                count += tokenizer.count_tokens([context[start : start + size]])[0]
+                if count > budget:
+                    raise SpeedyError(f"qa: example {i + 1}: the context needs more than {self.max_windows} windows "
+                                      f"of {max_length} tokens (more than {budget} tokens); raise tasks.max_windows "
+                                      f"or shorten the context")
+
+    def predict(self, runner, tokenizer, items, max_length):
+        # The overlap of a context's windows is set by its question's length: one call per amount, so that an
+        # answer never depends on the other questions of its batch (as in training and evaluation).
+        empty = {"answer": None, "start": None, "end": None, "score": None}
+        out, calls = [empty] * len(items), {}
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        questions = tokenizer.count_tokens([question for question, _ in items])
+        for i, tokens in enumerate(questions):
+            room = max_length - tokens - specials  # tokens of context that fit beside the question
+            if room < MIN_CONTEXT:
+                out[i] = InputError(f"question: longer than the model's window ({max_length} tokens) allows: "
+                                    f"{tokens} tokens, at most {tokens - (MIN_CONTEXT - room)}")
+            else:
+                calls.setdefault(min(self.stride, room // 2), []).append(i)
+        for stride, rows in calls.items():
+            chosen = [items[i] for i in rows]
+            self.check_windows(tokenizer, chosen, [questions[i] for i in rows], max_length, stride)
+            encodings = tokenizer.encode_batch(chosen, max_length=max_length, strategy="only_second", stride=stride)
+            windows = [(k, window) for k, encoding in enumerate(encodings) for window in [encoding, *encoding.overflowing]]
+            best = {}
+            for (k, window), outputs in zip(windows, runner.run([window for _, window in windows])):
+                span = best_span(window.sequence_ids, window.offsets, outputs["start_logits"],
+                                 outputs["end_logits"], chosen[k][1], self.max_answer_length)
+                if span is not None and (k not in best or span["score"] > best[k]["score"]):
+                    best[k] = span
+            for k, i in enumerate(rows):
+                if answer := best.get(k):
+                    out[i] = {"answer": answer["text"], "start": answer["start"], "end": answer["end"],
+                              "score": answer["score"]}
+        return out
