@@ -58,6 +58,11 @@ def test_the_serve_install_has_no_torch_and_serves_an_exported_model(bert_dir, t
     assert predicted.returncode == 0, predicted.stderr
     assert json.loads(predicted.stdout)["label"] == expected[0]["label"]
 
+    training = subprocess.run([str(bin_dir / "speedy"), "demo", "--output", str(tmp_path / "demo")],
+                              capture_output=True, text=True, timeout=120)
+    assert training.returncode == 2 and "pip install 'speedy[train]'" in training.stderr
+    assert len(training.stderr.strip().splitlines()) == 1 and not (tmp_path / "demo").exists()
+
     port = free_port()
     start = time.perf_counter()
     server = subprocess.Popen([str(bin_dir / "speedy"), "serve", str(folder), "--port", str(port), "--threads", "1"],

@@ -17,8 +17,11 @@ def quiet_libraries(training: bool = True) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not training:
         return
-    # Lazy (start-up time): `speedy --help` imports this module; transformers and datasets take about a second.
-    import transformers
+    try:  # Lazy (start-up time): `speedy --help` imports this module; transformers and datasets take about a second.
+        import transformers
+    except ImportError:  # the serving install (`speedy[serve]`) has the runtime only
+        fail(SpeedyError("this command needs the training install, which is not here: pip install 'speedy[train]' "
+                         "(an exported model is served and predicted without it: --engine onnx-int8)"))
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # per-model "Loading weights" bars; training keeps its own
