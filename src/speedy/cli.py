@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -135,6 +135,12 @@ def export(model: Path = typer.Argument(..., help="A model folder trained with s
     """Write a Hugging Face folder with a model card, its ONNX model and the int8 version, checked against PyTorch."""
     quiet_libraries()
     try:
+        if (model / "modules.json").is_file():  # an embedding student (a sentence-transformers folder)
+            from speedy.embed.export import export_embedding  # lazy: start-up time (imports torch)
+
+            export_embedding(model, out)
+            console.print(f"exported to {out}/ (onnx/model.onnx, onnx/model-int8.onnx; serve it: speedy serve {out})")
+            return
         from speedy.publish import export_model  # lazy: start-up time (imports torch)
         from speedy.trained import check_model_folder  # lazy: start-up time (imports torch)
 
@@ -281,6 +287,29 @@ def serve(model: Path = typer.Argument(..., help="A model folder trained with sp
                    max_batch=max_batch, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, threads=threads,
                    max_body_bytes=max_body_bytes, max_header_bytes=max_header_bytes, idle_seconds=idle_seconds,
                    read_seconds=read_seconds)
+    except SpeedyError as error:
+        fail(error)
+
+
+@app.command()
+def embed(model: Path = typer.Argument(..., help="A distilled embedding student (a sentence-transformers folder), a "
+                                                "static student folder, or an encoder folder."),
+          files: List[Path] = typer.Argument(..., help="Text files, one text a line."),
+          out: Path = typer.Option(..., help="Vectors: .npy (float32, one row per text) or .parquet (text, embedding)."),
+          kind: str = typer.Option("passage", help="query | passage | none: the e5 prefix these texts get."),
+          batch_size: int = typer.Option(256, help="Texts per model call."),
+          max_length: int = typer.Option(256, help="Longest text in tokens (longer ones are cut).")):
+    """Embed text files as unit vectors (semantic search, retrieval-augmented generation)."""
+    from rich.progress import Progress
+
+    from speedy.embed.files import embed_files  # lazy: start-up time (a transformer student imports torch)
+
+    try:
+        with Progress(console=Console(stderr=True), transient=True) as progress:
+            bar = progress.add_task("embedding", total=None)
+            count = embed_files(model, list(files), out, kind, batch_size, max_length,
+                                progress=lambda done, total: progress.update(bar, completed=done, total=total))
+        console.print(f"{count} vectors: {out}")
     except SpeedyError as error:
         fail(error)
 

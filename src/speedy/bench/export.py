@@ -90,7 +90,7 @@ class OnnxModel(nn.Module):
             if differ:
                 shown = "; ".join(f"{k}: {a} in the ONNX file, {b} in config.json" for k, (a, b) in differ.items())
                 raise SpeedyError(f"{self.path}: does not match its config.json ({shown}): export it again")
-        wanted = list(_task_class(expected["task"]).onnx_outputs)
+        wanted = list(ENCODER_TYPES.get(expected["task"]) or _task_class(expected["task"]).onnx_outputs)
         if self.output_names != wanted:
             raise SpeedyError(f"{self.path}: outputs {self.output_names}, but config.json describes a "
                               f"{expected['task']} model with outputs {wanted}: export it again")
@@ -117,10 +117,23 @@ def _task_class(task_type: str | None) -> type[Task]:
     return TASK_CLASSES.get(task_type, Task)
 
 
+# Encoders without a task head that the runtime serves (speedy.embed's students): their graph's outputs.
+ENCODER_TYPES = {"embedding": ("last_hidden_state",)}
+
+
+def _graph_outputs(task: str) -> tuple[tuple[str, ...], bool]:
+    """The output names of a task type's graph, and whether they are per token."""
+    if task in ENCODER_TYPES:
+        return ENCODER_TYPES[task], True
+    return TASK_CLASSES[task].onnx_outputs, TASK_CLASSES[task].per_token
+
+
 def check_head(model) -> str:
     """The task type of a model's head; an error naming the head when speedy cannot export it."""
     task = (getattr(model.config, "speedy_task", None) or {}).get("type")
     head = type(model).__name__
+    if task in ENCODER_TYPES and head.endswith("Model"):  # a bare encoder: its token states are the output
+        return task
     if task not in TASK_CLASSES or not head.endswith(TASK_CLASSES[task].head_architecture):
         known = ", ".join(f"{t} (*{c.head_architecture})" for t, c in TASK_CLASSES.items())
         raise SpeedyError(f"export: unknown task head '{head}' for task '{task}' (known: {known})")
@@ -162,11 +175,11 @@ def export_onnx(model, folder: str | Path, opset: int = 17) -> dict[str, Path]:
     previous = config._attn_implementation
     model.set_attn_implementation("eager")
     names = input_names(config)
-    outputs = list(TASK_CLASSES[task].onnx_outputs)
+    graph_outputs, per_token = _graph_outputs(task)
+    outputs = list(graph_outputs)
     dummy = {"input_ids": torch.randint(5, max(6, config.vocab_size), (2, 16)),
              "attention_mask": torch.ones(2, 16, dtype=torch.long), "token_type_ids": torch.zeros(2, 16, dtype=torch.long)}
     axes = {name: {0: "batch", 1: "length"} for name in names}
-    per_token = TASK_CLASSES[task].per_token
     axes.update({name: ({0: "batch", 1: "length"} if per_token else {0: "batch"}) for name in outputs})
     _remove_leftovers(folder)
     # unique: two workers exporting one model never share a temporary file; the tag names this process

@@ -7,6 +7,7 @@ from pathlib import Path
 from speedy.errors import SpeedyError
 from speedy.runtime.base import RuntimeTask
 from speedy.runtime.classification import ClassificationRuntime
+from speedy.runtime.embedding import EmbeddingRuntime
 from speedy.runtime.fields import InputError
 from speedy.runtime.files import ONNX_FILES, ONNX_FOLDER
 from speedy.runtime.folder import read_json, signature, task_info
@@ -16,7 +17,8 @@ from speedy.runtime.tagging import TaggingRuntime
 from speedy.runtime.tokenizer import FastTokenizer
 
 # The task types servable without torch: name -> runtime class.
-RUNTIME_TASKS: dict[str, type[RuntimeTask]] = {t.type: t for t in (ClassificationRuntime, TaggingRuntime, QARuntime)}
+RUNTIME_TASKS: dict[str, type[RuntimeTask]] = {t.type: t for t in (ClassificationRuntime, TaggingRuntime, QARuntime,
+                                                                 EmbeddingRuntime)}
 
 
 class RuntimePredictor:

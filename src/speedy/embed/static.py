@@ -1,0 +1,205 @@
+"""A static (model2vec-style) student: one vector per vocabulary token, distilled from a transformer encoder.
+
+:func:`token_vectors` runs every token alone through the encoder (``[CLS] token [SEP]``, the tokenizer's own
+template) and keeps the output at the token's position; :func:`distill_static` reduces those vectors with PCA and
+weighs tokens by their rank. A sentence is then the weighted mean of its tokens' vectors, L2-normalised: no
+attention, no network, thousands of sentences a second on one core.
+
+:class:`StaticEmbedder` loads and encodes with numpy and ``tokenizers`` alone (no torch, no transformers); its
+folder holds ``vectors.npy``, ``weights.npy``, ``tokenizer.json`` and ``static.json`` (the settings).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from speedy.errors import SpeedyError
+
+VECTORS, WEIGHTS, TOKENIZER, SETTINGS = "vectors.npy", "weights.npy", "tokenizer.json", "static.json"
+WEIGHTINGS = ("zipf", "none")
+PROBE = "hola"  # a text any tokenizer splits into ordinary tokens: shows where its template puts the special tokens
+
+
+def _special_template(tokenizer) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer's own template puts before and after a single sequence
+    (``[CLS]`` / ``[SEP]``, ``<s>`` / ``</s>``, or none)."""
+    if hasattr(tokenizer, "build_inputs_with_special_tokens"):  # transformers 4 and slow tokenizers
+        marker = -1
+        ids = tokenizer.build_inputs_with_special_tokens([marker])
+        return ids[: ids.index(marker)], ids[ids.index(marker) + 1 :]
+    # transformers 5's tokenizers backend has no such method: find the bare probe inside the templated one.
+    full = tokenizer(PROBE, add_special_tokens=True)["input_ids"]
+    bare = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if bare and full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    raise SpeedyError(f"the tokenizer's special-token template could not be read (it turns '{PROBE}' into {full})")
+
+
+def token_vectors(model_dir: str | Path, batch_size: int = 256, max_tokens: int | None = None,
+                  prefix: str = "") -> tuple[np.ndarray, str]:
+    """One vector per vocabulary id of the encoder in ``model_dir`` (a folder or a speedy model name): the
+    encoder's last hidden state at the token's own position when it runs ``[CLS] prefix token [SEP]`` (the
+    tokenizer's template; ``prefix``, e.g. e5's ``"query: "``, is optional and not pooled). Special tokens get a
+    zero vector. Returns ``(vectors [vocab, hidden] float32, path of the tokenizer.json)``; ``max_tokens`` keeps
+    the first ``max_tokens`` ids only (for tests)."""
+    # Lazy: loading and encoding a static model must import neither torch nor transformers.
+    import torch
+    from rich.progress import track
+    from transformers import AutoModel
+
+    from speedy.models.folder import load_tokenizer_folder, loading
+    from speedy.models.registry import resolve
+
+    if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        raise SpeedyError(f"token_vectors: batch_size ({batch_size}) and max_tokens ({max_tokens}) must be positive")
+    folder = Path(resolve(str(model_dir)))
+    if not folder.is_dir():
+        raise SpeedyError(f"{model_dir}: not a model folder")
+    tokenizer = load_tokenizer_folder(folder)
+    if not getattr(tokenizer, "is_fast", False):
+        raise SpeedyError(f"model folder {folder}: a static model needs a fast tokenizer (tokenizer.json)")
+    with loading(folder):
+        model = AutoModel.from_pretrained(folder).eval()
+    rows = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
+    vocab = rows if max_tokens is None else min(rows, max_tokens)
+    before, after = _special_template(tokenizer)
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    position = len(before) + len(prefix_ids)  # where the token sits in every sequence
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(vocab) if i not in special]
+    vectors = np.zeros((vocab, model.config.hidden_size), dtype=np.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    batches = range(0, len(ids), batch_size)
+    with torch.inference_mode():
+        for start in track(batches, description=f"token vectors of {folder.name}", total=len(batches)):
+            chunk = ids[start : start + batch_size]
+            inputs = torch.tensor([before + prefix_ids + [i] + after for i in chunk], device=device)
+            hidden = model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).last_hidden_state
+            vectors[chunk] = hidden[:, position].float().cpu().numpy()
+    return vectors, str(_tokenizer_json(folder, tokenizer))
+
+
+def _tokenizer_json(folder: Path, tokenizer) -> Path:
+    """The folder's ``tokenizer.json``, or the fast tokenizer written to a temporary folder when it has none
+    (one made from ``sentencepiece.bpe.model`` and the like)."""
+    if (folder / TOKENIZER).is_file():
+        return folder / TOKENIZER
+    path = Path(tempfile.mkdtemp(prefix="speedy-static-")) / TOKENIZER
+    tokenizer.backend_tokenizer.save(str(path))
+    return path
+
+
+def zipf_weights(vocab: int) -> np.ndarray:
+    """``log(1 + id)`` per vocabulary id, model2vec's Zipf weighting. It assumes the vocabulary is ordered by
+    frequency, as BPE merges and trained WordPiece/Unigram vocabularies roughly are: a larger id is a rarer, more
+    telling token and weighs more (id 0, a special token in every common vocabulary, weighs nothing)."""
+    return np.log1p(np.arange(vocab, dtype=np.float64)).astype(np.float32)
+
+
+def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "zipf", max_tokens: int | None = None,
+                   prefix: str = "", batch_size: int = 256) -> StaticEmbedder:
+    """A static embedder distilled from the encoder in ``model_dir``: :func:`token_vectors`, then PCA (scikit-learn)
+    to ``dims`` when that is fewer than the encoder's width (fit on the non-special tokens; special tokens stay
+    zero), then the token weights (``weighting``: ``zipf`` or ``none``)."""
+    if weighting not in WEIGHTINGS:
+        raise SpeedyError(f"distill_static: unknown weighting '{weighting}' (allowed: {', '.join(WEIGHTINGS)})")
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+        raise SpeedyError(f"distill_static: dims must be a positive whole number, not {dims!r}")
+    vectors, tokenizer_path = token_vectors(model_dir, batch_size=batch_size, max_tokens=max_tokens, prefix=prefix)
+    used = np.any(vectors != 0, axis=1)
+    pca = dims < vectors.shape[1]
+    if pca:
+        if dims > used.sum():
+            raise SpeedyError(f"distill_static: dims {dims} is more than the {int(used.sum())} token vectors PCA "
+                              "is fitted on")
+        from sklearn.decomposition import PCA  # lazy, as torch above: loading a static model needs no sklearn
+
+        reduced = np.zeros((len(vectors), dims), dtype=np.float32)
+        reduced[used] = PCA(n_components=dims, svd_solver="full").fit_transform(vectors[used])
+        vectors = reduced
+    weights = zipf_weights(len(vectors)) if weighting == "zipf" else np.ones(len(vectors), dtype=np.float32)
+    info = {"source_model": str(model_dir), "pca": pca, "weighting": weighting, "prefix": prefix}
+    return StaticEmbedder(vectors, weights, Tokenizer.from_file(tokenizer_path), info=info)
+
+
+class StaticEmbedder:
+    """Sentence embeddings as the weighted mean of token vectors, L2-normalised (numpy and ``tokenizers`` only).
+
+    ``vectors`` is ``[vocab, dims]``, ``weights`` ``[vocab]``; ``tokenizer`` a ``tokenizers.Tokenizer`` whose ids
+    index them. Ids past the vectors count as unknown, as do tokens whose vector is zero (special tokens)."""
+
+    def __init__(self, vectors: np.ndarray, weights: np.ndarray, tokenizer: Tokenizer, info: dict | None = None):
+        vectors = np.asarray(vectors, dtype=np.float32)
+        weights = np.asarray(weights, dtype=np.float32)
+        if vectors.ndim != 2 or weights.shape != (len(vectors),):
+            raise SpeedyError(f"static embedder: vectors {vectors.shape} must be [vocab, dims] and weights "
+                              f"{weights.shape} [vocab]")
+        self.vectors, self.weights = vectors, weights
+        self.weighted = vectors * weights[:, None]  # what encode sums
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy: padding and truncation are switched off
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.info = dict(info or {})
+
+    @property
+    def dims(self) -> int:
+        return self.vectors.shape[1]
+
+    def encode(self, texts: list[str], batch_size: int = 1024) -> np.ndarray:
+        """``[len(texts), dims]`` float32, each row L2-normalised (a zero row for a text with no known token).
+        Tokenized without special tokens; each batch is summed in one ``np.add.reduceat``."""
+        if isinstance(texts, str):
+            raise SpeedyError("static embedder: encode takes a list of texts, not one string")
+        out = np.zeros((len(texts), self.dims), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start : start + batch_size])
+            encodings = self.tokenizer.encode_batch(batch, add_special_tokens=False)
+            ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+            ids = [row[row < len(self.vectors)] for row in ids]  # ids past the vectors: unknown
+            lengths = np.array([len(row) for row in ids])
+            nonempty = np.flatnonzero(lengths)
+            if len(nonempty):
+                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[nonempty]
+                # Segments of the texts with tokens; empty texts lie between them and add nothing.
+                out[start + nonempty] = np.add.reduceat(self.weighted[np.concatenate(ids)], starts, axis=0)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``vectors.npy``, ``weights.npy``, ``tokenizer.json`` and ``static.json`` to ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / VECTORS, self.vectors)
+        np.save(folder / WEIGHTS, self.weights)
+        self.tokenizer.save(str(folder / TOKENIZER))
+        settings = {"dims": self.dims, "vocab": len(self.vectors), **self.info}
+        (folder / SETTINGS).write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> StaticEmbedder:
+        """A static embedder saved by :meth:`save`; a missing or broken file is one line naming it."""
+        folder = Path(folder)
+        for name in (VECTORS, WEIGHTS, TOKENIZER, SETTINGS):
+            if not (folder / name).is_file():
+                raise SpeedyError(f"static model {folder}: {name} missing (not a folder written by "
+                                  "StaticEmbedder.save)")
+        try:
+            info = json.loads((folder / SETTINGS).read_text("utf-8"))
+            vectors = np.load(folder / VECTORS, allow_pickle=False)
+            weights = np.load(folder / WEIGHTS, allow_pickle=False)
+            tokenizer = Tokenizer.from_file(str(folder / TOKENIZER))
+        except Exception as error:  # noqa: BLE001 - json, numpy and tokenizers raise their own types: one line
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise SpeedyError(f"static model {folder}: cannot be loaded ({message})") from None
+        if not isinstance(info, dict) or info.get("dims") != (vectors.shape[1] if vectors.ndim == 2 else None):
+            raise SpeedyError(f"static model {folder}: {SETTINGS} does not match {VECTORS} {vectors.shape}")
+        info = {key: value for key, value in info.items() if key not in ("dims", "vocab")}
+        return cls(vectors, weights, tokenizer, info=info)
