@@ -189,8 +189,9 @@ def main() -> int:
     console = Console(width=150)
     study = Study(load_config(Path(args.config) if args.config else Path(args.study) / "study.yaml"), console)
     task_spec = study.config.tasks[0]
-    teacher = study.selected_teacher(task_spec)
-    students = sorted((t for t in study.store.trials("distill", task_spec.name) if t.params["mode"] == "kd"),
+    teacher = study.store.selection(task_spec.name)
+    students = sorted((t for t in study.store.trials("distill", task_spec.name) if t.params.get("mode") == "kd" and
+                       t.status == "done" and t.checkpoint and Path(t.checkpoint).is_dir()),
                       key=lambda t: AutoConfig.from_pretrained(t.checkpoint).num_hidden_layers)
     student = next(t for t in students if args.student in (None, t.params["model"]["name"]))
     route = ROUTES[study.task(task_spec).type]
