@@ -219,3 +219,40 @@ def test_a_qa_study_keeps_and_reports_the_student_with_the_lowest_validation_los
     assert [t.val_loss for t in kept] == [1.0]
     assert selection_score({"loss": 1.0}, 1.0, "loss") > selection_score({"loss": 3.0}, 3.0, "loss")
     assert selection_score({"f1": 0.9}, 1.0, "f1") > selection_score({"f1": 0.5}, 0.1, "f1")
+
+
+def test_qa_transfer_pairs_are_labelled_by_the_teacher_and_distilled(tmp_path, bert_dir):
+    """Unlabelled (question, context) pairs, one JSON object a line, join the KD students' training set."""
+    import yaml
+
+    from speedy.configfile import load_config
+    from speedy.pipeline import Study
+
+    questions = [qa(f"q{i}", question, (answer, CONTEXT.index(answer))) for i, (question, answer) in enumerate(
+        [("¿Quién ganó?", "El Real Madrid"), ("¿Dónde fue la final?", "Lisboa"),
+         ("¿Quién era el entrenador?", "Carlo Ancelotti"), ("¿Qué ciudad festejó?", "la ciudad de Madrid")])]
+    files = {split: str(squad_file(tmp_path / f"{split}.json", questions[:n])) for split, n in
+             (("train", 4), ("validation", 2), ("test", 2))}
+    transfer = tmp_path / "pairs.jsonl"
+    transfer.write_text("".join(json.dumps({"question": q, "context": CONTEXT}, ensure_ascii=False) + "\n" for q in
+                                ("¿En qué año?", "¿Quién celebró?", "¿Qué festejó la ciudad?")), "utf-8")
+    config = {"name": "qa-transfer", "output_dir": str(tmp_path / "out"), "seed": 1,
+              "tasks": [{"name": "qa", "type": "qa", "max_length": 64, "data": files,
+                         "transfer_files": [str(transfer)]}],
+              "teachers": [{"name": "t", "base": str(bert_dir)}],
+              "students": [{"name": "s", "base": str(bert_dir), "kind": "truncate", "layers": 2}],
+              "grid": {"batch_size": [4], "epochs": [1], "learning_rate": [1e-3]},
+              "distill": {"epochs": 1, "patience": 1, "batch_size": 4, "learning_rate": 1e-3}}
+    (tmp_path / "qa.yaml").write_text(yaml.safe_dump(config), "utf-8")
+    study = Study(load_config(tmp_path / "qa.yaml"))
+    study.run(["finetune", "select", "distill"])
+    kd = next(t for t in study.store.trials("distill", "qa") if t.params["mode"] == "kd")
+    gold = len(study.data(study.config.tasks[0]).splits["train"])
+    assert kd.status == "done" and kd.info["train_examples"] == gold + 3  # gold, then the transfer pairs
+
+    task = QATask()
+    with pytest.raises(SpeedyError, match=r"pairs\.jsonl:2: QA transfer text is one JSON object a line"):
+        task.unlabelled_rows([("pairs.jsonl", 1, '{"question": "a", "context": "b"}'), ("pairs.jsonl", 2, "a b")],
+                             ["id", "title", "context", "question", "answers"])
+    with pytest.raises(SpeedyError, match=r"x\.jsonl:5: .* non-empty \"question\""):
+        task.unlabelled_rows([("x.jsonl", 5, '{"question": " ", "context": "b"}')], [])

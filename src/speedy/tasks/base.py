@@ -174,7 +174,7 @@ class Task(ABC):
         """Examples of the gold split's ``columns``, without gold labels, from lines of transfer text (``(file,
         line number, text)``): what the teacher labels for KD (see :mod:`speedy.data.transfer`)."""
         raise SpeedyError(f"{lines[0][0] if lines else 'transfer_files'}: a {self.type} task takes no transfer "
-                          f"text (plain lines: classification of single texts and tagging)")
+                          f"text (plain lines: classification of single texts and tagging; QA: JSON lines)")
 
     @abstractmethod
     def model_class(self):

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from bisect import bisect_right
 
@@ -25,7 +26,7 @@ from datasets import Dataset
 from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
 from speedy.data.squad import load_hub_squad, read_squad
-from speedy.errors import SpeedyError
+from speedy.errors import SpeedyError, where
 from speedy.runtime.qa import MIN_CONTEXT, QARuntime, best_span, token_start
 from speedy.tasks.base import MAX, PAD_LOGIT, InputError, Task, device_of
 from speedy.tasks.squad_metric import squad_scores
@@ -294,6 +295,25 @@ class QATask(Task):
         return {"f1": scores["f1"] / 100, "exact_match": scores["exact_match"] / 100}
 
     # ------------------------------------------------------------------ distillation
+    def unlabelled_rows(self, lines, columns):
+        """QA transfer text: one JSON object a line, ``{"question": ..., "context": ...}`` (a question the user
+        asks of a paragraph, no answer): the teacher's start and end distributions over its windows are the
+        targets; there is no gold span (its positions are the first token, which the KD rows ignore)."""
+        rows = []
+        for path, number, text in lines:
+            try:
+                item = json.loads(text)
+            except json.JSONDecodeError:
+                item = None
+            if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip()
+                                                     for k in ("question", "context")):
+                raise SpeedyError(f"{where(path, number)}: QA transfer text is one JSON object a line with a "
+                                  f"non-empty \"question\" and \"context\"")
+            rows.append({"id": f"transfer:{number}:{len(rows)}", "title": str(item.get("title", "")),
+                         "context": item["context"], "question": item["question"],
+                         "answers": {"text": [], "answer_start": []}, "line": number})
+        return rows
+
     def teacher_rows(self, outputs, batch, signal: str = "logits"):
         self.row_dim(signal)
         start = outputs.start_logits.detach().float().cpu().numpy()
