@@ -184,7 +184,7 @@ def lever_study(tmp_path, bert_dir, student_dir, **distill):
 def test_a_study_with_every_lever(tmp_path, bert_dir, unigram_dir, capsys):
     tiny_bert(tmp_path / "wide-base", AutoTokenizer.from_pretrained(unigram_dir), layers=3, hidden=48)
     path = lever_study(tmp_path, bert_dir, tmp_path / "wide-base", teachers=2, hidden_weight=1.0,
-                       relation_weight=0.5)
+                       relation_weight=0.5, teacher_weighting="score")
     study = Study(load_config(path))
     study.run(["finetune", "select", "distill"])
     teachers = study.store.trials("finetune", "ner")

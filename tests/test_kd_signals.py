@@ -242,6 +242,23 @@ def test_terms_are_weighted_and_summed_and_each_is_averaged_over_the_teachers():
     torch.testing.assert_close(loss, 0.25 * gold + 0.75 * kd, rtol=1e-6, atol=0)
 
 
+def test_teachers_weighted_by_their_scores_give_the_weighted_mean_of_each_term():
+    s1, t1, labels = random_rows(0, pad=False)
+    _, t2, _ = random_rows(1, pad=False)
+    caches = [{"logits": (s1, t1, labels)}, {"logits": (s1, t2, labels)}]
+    kl = DistillationLoss("kl", 0.0, 1.0)
+    weighted = DistillationObjective([KDTerm("logits", "kl", 1.0)], teacher_weights=[0.9, 0.3])  # scores 90 / 30
+    torch.testing.assert_close(weighted(RowsTask(), None, None, None, caches),
+                               0.75 * kl(s1, t1) + 0.25 * kl(s1, t2), rtol=1e-6, atol=0)
+    equal = DistillationObjective([KDTerm("logits", "kl", 1.0)], teacher_weights=[2.0, 2.0])
+    torch.testing.assert_close(equal(RowsTask(), None, None, None, caches),
+                               DistillationObjective([KDTerm("logits", "kl", 1.0)])(RowsTask(), None, None, None, caches))
+    with pytest.raises(SpeedyError, match="non-negative with a positive sum"):
+        DistillationObjective([KDTerm()], teacher_weights=[0.0, 0.0])
+    with pytest.raises(SpeedyError, match="3 teacher weights for 2 teachers"):
+        DistillationObjective([KDTerm()], teacher_weights=[1, 1, 1])(RowsTask(), None, None, None, caches)
+
+
 def test_objective_settings_are_checked():
     with pytest.raises(SpeedyError, match="distill.weight"):
         KDTerm(weight=-1.0)

@@ -105,6 +105,7 @@ def _check_kd_levers(config: StudyConfig) -> None:
             raise SpeedyError(f"students[{i}].init: 'teacher' takes the teacher's layers: use kind truncate")
     distill = config.distill
     _choice("distill.hidden_loss", "hidden-state loss", distill.hidden_loss, HIDDEN_LOSSES)
+    _choice("distill.teacher_weighting", "teacher weighting", distill.teacher_weighting, ("equal", "score"))
     if isinstance(distill.hidden_layers, str):
         _choice("distill.hidden_layers", "layer map", distill.hidden_layers, HIDDEN_LAYER_MAPS)
     uses_hidden = distill.hidden_weight > 0 or distill.relation_weight > 0

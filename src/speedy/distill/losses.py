@@ -182,7 +182,8 @@ class DistillationLoss(nn.Module):
 
 
 class DistillationObjective(nn.Module):
-    """``alpha * CE(gold) + (1 - alpha) * sum_i weight_i * mean_teachers term_i``, on a batch.
+    """``alpha * CE(gold) + (1 - alpha) * sum_i weight_i * mean_teachers term_i``, on a batch (``teacher_weights``:
+    a weighted mean over the teachers instead, e.g. by their validation scores; normalised to sum to 1).
 
     Each term asks the task for the student's and each teacher's rows of its signal
     (``task.kd_rows(outputs, inputs, extras, cache, signal)``); the gold CE is taken on the ``logits`` rows of the
@@ -190,13 +191,20 @@ class DistillationObjective(nn.Module):
     teacher this computes exactly what :class:`DistillationLoss` computes, operation for operation.
     """
 
-    def __init__(self, terms, alpha: float = 0.0):
+    def __init__(self, terms, alpha: float = 0.0, teacher_weights=None):
         super().__init__()
         self.terms = tuple(terms)
         if not self.terms:
             raise SpeedyError("distill: the KD objective needs at least one term")
         _check_alpha(alpha)
         self.alpha = alpha
+        self.teacher_weights = None
+        if teacher_weights is not None:
+            weights = torch.as_tensor(list(teacher_weights), dtype=torch.float32)
+            if weights.ndim != 1 or len(weights) == 0 or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+                raise SpeedyError(f"distill: teacher weights must be non-negative with a positive sum, not "
+                                  f"{list(teacher_weights)}")
+            self.teacher_weights = weights / weights.sum()
         # Learned maps from a student's hidden width to a teacher's, one per term that compares vectors of
         # different widths: trained with the student (the trainer's optimizer gets them), never exported.
         self.projections = nn.ModuleDict()
@@ -241,12 +249,19 @@ class DistillationObjective(nn.Module):
         kd = None
         for i, term in enumerate(self.terms):
             values = []
+            if self.teacher_weights is not None and len(self.teacher_weights) != len(caches):
+                raise SpeedyError(f"distill: {len(self.teacher_weights)} teacher weights for {len(caches)} teachers")
             for t in range(len(caches)):
                 student, teacher, _ = paired(term.signal, t, term.student_signal)
                 if str(i) in self.projections:
                     student = self.projections[str(i)](student)
                 values.append(term(student, teacher))
-            value = values[0] if len(values) == 1 else torch.stack(values).mean()
+            if len(values) == 1:
+                value = values[0]
+            elif self.teacher_weights is None:
+                value = torch.stack(values).mean()
+            else:  # weighted by the teachers' validation scores (they sum to 1)
+                value = (torch.stack(values) * self.teacher_weights.to(values[0].device)).sum()
             value = value if term.weight == 1.0 else term.weight * value
             kd = value if kd is None else kd + value
         if self.alpha == 0.0:

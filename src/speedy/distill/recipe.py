@@ -42,8 +42,10 @@ def layer_map(layers: str | list, student_layers: int, teacher_layers: int) -> l
     return pairs
 
 
-def objective_for(settings: DistillSettings, student_layers: int, teacher_layers: int) -> DistillationObjective:
-    """The weighted KD terms of ``settings`` for a student of ``student_layers`` layers and its teacher."""
+def objective_for(settings: DistillSettings, student_layers: int, teacher_layers: int,
+                  teacher_scores: list[float] | None = None) -> DistillationObjective:
+    """The weighted KD terms of ``settings`` for a student of ``student_layers`` layers and its teacher(s);
+    ``teacher_scores``: the teachers' validation scores (higher is better), for ``teacher_weighting: score``."""
     terms = [KDTerm("logits", settings.loss, 1.0, settings.temperature)]
     pairs = layer_map(settings.hidden_layers, student_layers, teacher_layers)
     if settings.hidden_weight > 0:
@@ -52,4 +54,5 @@ def objective_for(settings: DistillSettings, student_layers: int, teacher_layers
     if settings.relation_weight > 0:
         s, t = pairs[-1]
         terms.append(KDTerm(f"hidden.{t}", "relation", settings.relation_weight, student_signal=f"hidden.{s}"))
-    return DistillationObjective(terms, settings.alpha)
+    weights = teacher_scores if settings.teacher_weighting == "score" and teacher_scores else None
+    return DistillationObjective(terms, settings.alpha, weights)

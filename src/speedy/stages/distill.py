@@ -29,7 +29,7 @@ from speedy.errors import SpeedyError
 from speedy.models.build import check_layers, load_tokenizer
 from speedy.selection import ranked_teachers
 from speedy.store import Trial
-from speedy.tasks.base import selection_score
+from speedy.tasks.base import lower_is_better, selection_score
 from speedy.training import fit
 from speedy.trials import DISTILL, FINETUNE, GOLD, KD, TrialSpec, distill_space, distill_spec, student_modes
 
@@ -165,7 +165,8 @@ def train_student(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache
     objective = teacher_caches = None
     if kd:
         teacher_layers = _layers_of(caches[0].teacher.checkpoint)
-        objective = objective_for(settings, model.config.num_hidden_layers, teacher_layers)
+        objective = objective_for(settings, model.config.num_hidden_layers, teacher_layers,
+                                  teacher_scores=[teacher_score(study, spec.task, c.teacher) for c in caches])
         teacher_caches = [cache.get(objective.signals) for cache in caches]
         for signal in objective.signals:  # one projection per term serves every teacher: their widths must agree
             widths = {cache.dim(signal) for cache in teacher_caches}
@@ -188,6 +189,16 @@ def train_student(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache
                               teachers=[cache.teacher.name for cache in caches],
                               train_examples=len(first))
     return result
+
+
+def teacher_score(study: Study, task: TaskSpec, teacher: Trial) -> float:
+    """A teacher's validation score for weighting (positive, higher is better): its task metric, or the inverse of
+    a metric that is better lower (the loss, when the task selects by it)."""
+    metric = study.task(task).selection_metric
+    value = (teacher.val_metrics or {}).get(metric, teacher.val_loss if metric == "loss" else None)
+    if value is None:
+        return 1.0
+    return 1.0 / max(value, 1e-6) if lower_is_better(metric) else max(value, 1e-6)
 
 
 def _layers_of(checkpoint: str) -> int:
