@@ -61,18 +61,7 @@ def stage_line(minutes: dict) -> str:
 
 
 def cpu_line() -> str:
-    """The CPU and the vector instructions the speed ratios depend on (int8 dot products: VNNI, AMX)."""
-    name, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == "unknown CPU":
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    shown = [label for flag, label in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"),
-                                       ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8")) if flag in flags]
-    import os
+    """The CPU and the vector instructions the speed ratios depend on (``speedy.bench.cpu``)."""
+    from speedy.bench.cpu import cpu_description
 
-    return f"{name}, {os.cpu_count()} cores; {', '.join(shown) or 'no AVX2'}"
+    return cpu_description()

@@ -182,3 +182,19 @@ def test_the_shape_formula_equals_the_counted_macs(head):
             "qa": AutoModelForQuestionAnswering}[head]
     counted = count_macs(auto.from_config(config), batch_size=2, length=20)["macs"]
     assert encoder_macs(3, 32, 64, 16, 20, 2, head, outputs=5) == counted
+
+
+def test_the_cpu_is_named_with_its_vector_instructions(monkeypatch):
+    import speedy.bench.cpu as cpu
+
+    class FakeInfo:
+        def __init__(self, _path):
+            pass
+
+        def read_text(self):
+            return ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+                    "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_int8\nprocessor\t: 1\n")
+
+    monkeypatch.setattr(cpu, "Path", FakeInfo)
+    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 8)
+    assert cpu.cpu_description() == "Intel(R) Xeon(R) Platinum 8480+, 8 cores; AVX2, AVX-512, AVX-512 VNNI, AMX-INT8"

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.markdown import Markdown
 
+from speedy.bench.cpu import cpu_description
 from speedy.bench.engines import ENGINES
 from speedy.config import StudyConfig
 from speedy.data.load import data_source
@@ -278,7 +279,7 @@ def write_report(store: Store, config: StudyConfig, console: Console | None = No
     rows = report_rows(store, config)
     globals_ = global_rows(rows, [t.name for t in config.tasks])
     speed = config.speed
-    note = (f"Speed: this machine, batch {speed.batch_size}, length {speed.length}, random ids, {speed.warmup} "
+    note = (f"Speed: this machine ({cpu_description()}), batch {speed.batch_size}, length {speed.length}, random ids, {speed.warmup} "
             f"warm-up and {speed.runs} measured runs, outliers dropped by modified Z-score > 0.75 (the paper's "
             "protocol); speed-up is against the selected teacher in PyTorch, measured in the same run. MACs at the "
             "same batch and length; GMACs (THOP) is what THOP 0.1.1 counts (linear layers and LayerNorm, no attention products).")

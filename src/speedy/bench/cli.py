@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from speedy.bench.cpu import cpu_description
 from speedy.bench.engines import ENGINES, get_engine, load_engine
 from speedy.bench.size import count_parameters
 from speedy.console import fail, quiet_libraries
@@ -125,7 +126,8 @@ def speed(models: List[str] = typer.Argument(..., help="Model folders (ONNX engi
 
 
 def print_speed_table(results: list[dict], reference: str) -> None:
-    table = Table(title=f"Speed (speed-up: against {reference} in PyTorch, same workload, this run)")
+    table = Table(title=f"Speed (speed-up: against {reference} in PyTorch, same workload, this run)",
+                  caption=f"CPU: {cpu_description()}")
     for column in ("model", "engine", "workload", "inferences/s (paper)", "inferences/s (median)", "IQR (ms)",
                    "kept runs", "speed-up"):
         table.add_column(column, justify="left" if column in ("model", "engine", "workload") else "right")
