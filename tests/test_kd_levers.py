@@ -252,3 +252,11 @@ def test_projections_learn_with_the_student_and_survive_a_resume(words, bert_dir
         objective.projections["1"].weight.zero_()
     trainer._load_from_checkpoint(str(folder))
     assert torch.equal(objective.projections["1"].weight, saved)
+
+
+def test_transfer_lines_split_on_newlines_only(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('\ufeff{"question": "¿Qué?", "context": "Uno\u2028dos."}\r\n{"question": "b", "context": "c"}\n',
+                    "utf-8")
+    lines = read_transfer_lines([str(path)])
+    assert [n for _, n, _ in lines] == [1, 2] and lines[0][2].startswith('{"question"') and "\u2028" in lines[0][2]

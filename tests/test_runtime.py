@@ -157,3 +157,21 @@ def test_the_server_answers_from_the_runtime_with_its_limits(exported):
         assert [len(t) for t in tags] == [len(LONG.split()), 3]
         alone = RuntimePredictor(exported["tagging"], "onnx")
         assert tags == [alone.run_each([words])[0]["tags"] for words in (LONG.split(), ["El", "gol", "."])]
+
+
+def test_a_context_of_too_many_windows_fails_alone_and_a_bad_stride_is_one_line(exported, tmp_path):
+    folder = exported["qa"]
+    predictor = RuntimePredictor(folder, "onnx")
+    predictor.task.max_windows = 2
+    answers = predictor.run_each([ITEMS["qa"][0], ("¿Qué pasó?", LONG * 3)])
+    assert answers[0]["answer"] and isinstance(answers[1], SpeedyError)
+    assert str(answers[1]).startswith("context: longer than 2 windows")
+    copy = tmp_path / "qa"
+    copy.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    raw = json.loads((folder / "config.json").read_text("utf-8"))
+    raw["speedy_task"]["stride"] = 0
+    (copy / "config.json").write_text(json.dumps(raw), "utf-8")
+    with pytest.raises(SpeedyError, match=r"speedy_task\.stride must be a positive whole number, not 0"):
+        RuntimePredictor(copy, "onnx")

@@ -23,7 +23,8 @@ def read_transfer_lines(paths: list[str]) -> list[tuple[str, int, str]]:
         if not path.is_file():
             raise SpeedyError(f"{path}: transfer file not found (tasks[].transfer_files)")
         try:
-            lines = path.read_text("utf-8").splitlines()
+            # "\n" only: JSON lines (QA) may hold U+2028/U+2029 unescaped, which splitlines() would cut at
+            lines = path.read_text("utf-8-sig").split("\n")
         except UnicodeDecodeError as error:
             raise SpeedyError(f"{path}: not UTF-8 text (byte {error.start})") from None
         before = len(out)

@@ -21,8 +21,8 @@ from speedy.embed.encoder import encode
 from speedy.errors import SpeedyError
 
 
-def _fingerprint(folder: Path, texts: list[str]) -> str:
-    digest = hashlib.sha256()
+def _fingerprint(folder: Path, texts: list[str], settings: str = "") -> str:
+    digest = hashlib.sha256(settings.encode())
     for path in sorted(folder.glob("*")):
         if path.is_file() and path.suffix in (".json", ".safetensors", ".bin"):
             stat = path.stat()
@@ -32,11 +32,22 @@ def _fingerprint(folder: Path, texts: list[str]) -> str:
     return digest.hexdigest()[:24]
 
 
+def _swap(new: Path, out: Path) -> None:
+    """Put the finished folder ``new`` at ``out``: the old one is moved aside first, so ``out`` is never half
+    written (at worst, between the two renames, it is briefly absent)."""
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def teacher_vectors(teacher, folder: str | Path, texts: list[str], cache_dir: str | Path,
                     batch_size: int = 64) -> np.ndarray:
     """The teacher's unit vectors of ``texts`` (prefixes included), from the cache when it has them."""
     cache = Path(cache_dir) / "teacher-vectors"
-    path = cache / f"{_fingerprint(Path(folder), texts)}.npy"
+    path = cache / f"{_fingerprint(Path(folder), texts, f'max_length={teacher.max_seq_length}')}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
     vectors = encode(teacher, texts, batch_size=batch_size, progress=True)
@@ -81,7 +92,14 @@ def distill_student(student, texts: list[str], targets: np.ndarray, val_texts: l
     trainer = SentenceTransformerTrainer(model=student, args=arguments, train_dataset=train, eval_dataset=held_out,
                                          loss=losses.MSELoss(student),
                                          callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)])
-    resume = any(work.glob("checkpoint-*")) if work.is_dir() else False
+    # a killed run resumes from its checkpoints only when it was the same run (texts, targets, settings)
+    signature = hashlib.sha256(json.dumps([texts, val_texts, epochs, learning_rate, batch_size, patience, seed,
+                                           freeze_embeddings]).encode() + np.asarray(targets).tobytes()).hexdigest()
+    if work.is_dir() and (work / "speedy_run.txt").is_file() and (work / "speedy_run.txt").read_text() != signature:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "speedy_run.txt").write_text(signature)
+    resume = any(work.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=resume or None)
     history = [row for row in trainer.state.log_history if "eval_loss" in row]
     tmp = out.with_name(out.name + ".tmp")
@@ -90,7 +108,6 @@ def distill_student(student, texts: list[str], targets: np.ndarray, val_texts: l
     summary = {"epochs_run": len(history), "best_eval_loss": min(r["eval_loss"] for r in history),
                "history": [{"epoch": r["epoch"], "eval_loss": r["eval_loss"]} for r in history]}
     (tmp / "speedy_embedding.json").write_text(json.dumps(summary, indent=1), "utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    _swap(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
     return summary

@@ -4,6 +4,10 @@ texts themselves, so that every model, the static one included, sees the same st
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +44,11 @@ def build_student(teacher: str | Path, layers: int, out: str | Path, prune_texts
     from transformers import AutoModel, AutoTokenizer  # lazy: as above
 
     out = Path(out)
-    if (out / "config.json").is_file():
-        return out
+    recipe = {"teacher": str(teacher), "layers": layers, "pruned_to": None if not prune_texts else
+              hashlib.sha256("\n".join(prune_texts).encode()).hexdigest()}
+    if (out / "config.json").is_file() and (out / "speedy_student.json").is_file() and \
+            json.loads((out / "speedy_student.json").read_text("utf-8")) == recipe:
+        return out  # built before from the same teacher, layers and text
     model, tokenizer = AutoModel.from_pretrained(str(teacher)), AutoTokenizer.from_pretrained(str(teacher))
     total = len(encoder_layers(model))
     if not 1 <= layers <= total:
@@ -50,9 +57,12 @@ def build_student(teacher: str | Path, layers: int, out: str | Path, prune_texts
     if prune_texts:
         model, tokenizer = prune_vocabulary(model, tokenizer, prune_texts)
     tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
+    (tmp / "speedy_student.json").write_text(json.dumps(recipe), "utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
     return out
 
 

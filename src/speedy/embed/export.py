@@ -25,7 +25,11 @@ def check_pooling(folder: Path) -> None:
         raise SpeedyError(f"{folder / 'modules.json'}: modules {kinds}; the export serves Transformer, Pooling (mean), "
                           f"Normalize")
     pooling = next(m for m in modules if m["type"].endswith("Pooling"))
-    settings = json.loads((folder / pooling["path"] / "config.json").read_text("utf-8"))
+    path = folder / pooling["path"] / "config.json"
+    try:
+        settings = json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise SpeedyError(f"{path}: not readable ({str(error).splitlines()[0]})") from None
     modes = settings.get("pooling_mode")  # sentence-transformers 6: a list of names; before: one flag per mode
     modes = [modes] if isinstance(modes, str) else modes if modes is not None else \
         [k.removeprefix("pooling_mode_").removesuffix("_tokens") for k, v in settings.items()
@@ -54,9 +58,10 @@ def _encoder_model(model):
     return EncoderModel(model).eval()
 
 
-def export_embedding(model_dir: str | Path, out: str | Path, max_length: int = 256) -> Path:
+def export_embedding(model_dir: str | Path, out: str | Path, max_length: int | None = None) -> Path:
     """Write ``out`` (replaced atomically): the student's encoder and tokenizer with ``speedy_task`` (type
-    ``embedding``, its length and prefixes), ``onnx/`` (fp32, int8) and the sentence-transformers files."""
+    ``embedding``, its length and prefixes), ``onnx/`` (fp32, int8) and the sentence-transformers files.
+    ``max_length``: default, the folder's own (``sentence_bert_config.json``), so both paths cut texts alike."""
     from transformers import AutoModel, AutoTokenizer  # lazy: the training install
 
     from speedy.bench.export import export_onnx  # lazy: imports torch and the onnx extra
@@ -66,6 +71,11 @@ def export_embedding(model_dir: str | Path, out: str | Path, max_length: int = 2
         raise SpeedyError(f"model folder {model_dir}: no modules.json (a sentence-transformers folder, as "
                           f"speedy.embed saves its students)")
     check_pooling(model_dir)
+    if max_length is None:
+        try:
+            max_length = json.loads((model_dir / "sentence_bert_config.json").read_text("utf-8"))["max_seq_length"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError):
+            max_length = 256
     model = AutoModel.from_pretrained(str(model_dir)).eval()
     model.config.speedy_task = {"type": "embedding", "max_length": max_length, "prefixes": dict(PREFIXES)}
     tmp = out.with_name(out.name + ".tmp")

@@ -42,8 +42,12 @@ def write_vectors(out: Path, vectors: np.ndarray, texts: list[str]) -> None:
         with open(tmp, "wb") as handle:
             np.save(handle, vectors.astype(np.float32))
     else:
-        import pyarrow as pa  # lazy: Parquet only
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow as pa  # lazy: Parquet only
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SpeedyError("--out: Parquet needs pyarrow, which is not installed: write .npy, or "
+                              "pip install pyarrow") from None
 
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), vectors.shape[1])
         pq.write_table(pa.table({"text": texts, "embedding": column}), tmp)
@@ -60,10 +64,14 @@ def encoder_of(model_dir: Path, max_length: int = 256):
     if not (model_dir / "config.json").is_file():
         raise SpeedyError(f"model folder {model_dir}: neither a static student (static.json) nor an encoder "
                           f"(config.json)")
-    from speedy.embed.encoder import encode, sentence_model
+    try:  # lazy: a transformer student needs the training install (a static one does not)
+        from sentence_transformers import SentenceTransformer
 
+        from speedy.embed.encoder import encode, sentence_model
+    except ImportError:
+        raise SpeedyError(f"model folder {model_dir}: a transformer student needs the training install: pip install "
+                          f"'speedy[train]' (a static student does not)") from None
     if (model_dir / "modules.json").is_file():
-        from sentence_transformers import SentenceTransformer  # lazy: training install
 
         model = SentenceTransformer(str(model_dir), device="cpu")
         model.max_seq_length = max_length

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from speedy.errors import SpeedyError
@@ -45,9 +46,11 @@ class RuntimePredictor:
         check_signature(session, path, signature(raw), self.task.onnx_outputs, len(labels))
         self.runner = OnnxRunner(session, self.tokenizer.pad_id, self.tokenizer.type_ids, max_tokens)
         self.engine, self.path = engine, path
+        self.lock = threading.Lock()  # the tokenizer's truncation is set per call: one call at a time
 
     def run_each(self, items: list) -> list:
-        return self.task.predict(self.runner, self.tokenizer, items, self.max_length)
+        with self.lock:
+            return self.task.predict(self.runner, self.tokenizer, items, self.max_length)
 
     def run_batch(self, items: list) -> list:
         results = self.run_each(items)

@@ -59,8 +59,12 @@ class QARuntime(RuntimeTask):
 
     def __init__(self, labels=None, info=None):
         super().__init__(list(self.fixed_labels), info)
-        self.stride = int(self.info.get("stride") or 64)
-        self.max_windows = int(self.info.get("max_windows") or 64)
+        self.stride = self.info.get("stride", 64)
+        self.max_windows = self.info.get("max_windows", 64)
+        for name in ("stride", "max_windows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpeedyError(f"config.json: speedy_task.{name} must be a positive whole number, not {value!r}")
         self.max_answer_length = MAX_ANSWER_LENGTH
 
     @staticmethod
@@ -73,22 +77,19 @@ class QARuntime(RuntimeTask):
             raise SpeedyError("predict: no answer span fits in the context")
         return result
 
-    def check_windows(self, tokenizer, items, questions: list[int], max_length: int, stride: int) -> None:
-        """At most ``max_windows`` windows per context, checked before the windows are made (a 10 MB context
-        would make ~100k); a huge context is counted a slice at a time, never tokenized whole."""
-        specials = tokenizer.num_special_tokens_to_add(pair=True)
-        for i, ((_, context), question) in enumerate(zip(items, questions)):
-            room = max_length - question - specials
-            budget = room + (self.max_windows - 1) * (room - stride)  # context tokens that fit in max_windows
-            if len(context.encode("utf-8")) < budget:
-                continue  # no tokenizer makes more tokens than UTF-8 bytes (+1 word mark): it fits
-            count, size = 0, 4 * budget
-            for start in range(0, len(context), size):
-                count += tokenizer.count_tokens([context[start : start + size]])[0]
-                if count > budget:
-                    raise SpeedyError(f"qa: example {i + 1}: the context needs more than {self.max_windows} windows "
-                                      f"of {max_length} tokens (more than {budget} tokens); raise tasks.max_windows "
-                                      f"or shorten the context")
+    def too_many_windows(self, tokenizer, context: str, question: int, max_length: int, stride: int) -> bool:
+        """Whether a context needs more than ``max_windows`` windows, found before the windows are made (a 10 MB
+        context would make ~100k); a huge context is counted a slice at a time, never tokenized whole."""
+        room = max_length - question - tokenizer.num_special_tokens_to_add(pair=True)
+        budget = room + (self.max_windows - 1) * (room - stride)  # context tokens that fit in max_windows
+        if len(context.encode("utf-8")) < budget:
+            return False  # no tokenizer makes more tokens than UTF-8 bytes (+1 word mark): it fits
+        count, size = 0, 4 * budget
+        for start in range(0, len(context), size):
+            count += tokenizer.count_tokens([context[start : start + size]])[0]
+            if count > budget:
+                return True
+        return False
 
     def predict(self, runner, tokenizer, items, max_length):
         # The overlap of a context's windows is set by its question's length: one call per amount, so that an
@@ -105,8 +106,14 @@ class QARuntime(RuntimeTask):
             else:
                 calls.setdefault(min(self.stride, room // 2), []).append(i)
         for stride, rows in calls.items():
+            for i in [i for i in rows if self.too_many_windows(tokenizer, items[i][1], questions[i], max_length,
+                                                                stride)]:
+                out[i] = InputError(f"context: longer than {self.max_windows} windows of {max_length} tokens; "
+                                    f"shorten it")
+                rows.remove(i)
+            if not rows:
+                continue
             chosen = [items[i] for i in rows]
-            self.check_windows(tokenizer, chosen, [questions[i] for i in rows], max_length, stride)
             encodings = tokenizer.encode_batch(chosen, max_length=max_length, strategy="only_second", stride=stride)
             windows = [(k, window) for k, encoding in enumerate(encodings) for window in [encoding, *encoding.overflowing]]
             best = {}

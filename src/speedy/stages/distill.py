@@ -165,8 +165,9 @@ def train_student(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache
     objective = teacher_caches = None
     if kd:
         teacher_layers = _layers_of(caches[0].teacher.checkpoint)
-        objective = objective_for(settings, model.config.num_hidden_layers, teacher_layers,
-                                  teacher_scores=[teacher_score(study, spec.task, c.teacher) for c in caches])
+        scores = ([teacher_score(study, spec.task, c.teacher, settings.metric) for c in caches]
+                  if settings.teacher_weighting == "score" and len(caches) > 1 else None)
+        objective = objective_for(settings, model.config.num_hidden_layers, teacher_layers, teacher_scores=scores)
         teacher_caches = [cache.get(objective.signals) for cache in caches]
         for signal in objective.signals:  # one projection per term serves every teacher: their widths must agree
             widths = {cache.dim(signal) for cache in teacher_caches}
@@ -191,10 +192,10 @@ def train_student(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache
     return result
 
 
-def teacher_score(study: Study, task: TaskSpec, teacher: Trial) -> float:
+def teacher_score(study: Study, task: TaskSpec, teacher: Trial, metric: str | None = None) -> float:
     """A teacher's validation score for weighting (positive, higher is better): its task metric, or the inverse of
     a metric that is better lower (the loss, when the task selects by it)."""
-    metric = study.task(task).selection_metric
+    metric = metric or study.task(task).selection_metric  # distill.metric, else the task's
     value = (teacher.val_metrics or {}).get(metric, teacher.val_loss if metric == "loss" else None)
     if value is None:
         return 1.0
