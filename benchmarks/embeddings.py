@@ -113,6 +113,7 @@ def main() -> int:
     parser.add_argument("--speed-texts", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phase", choices=["train", "time", "all"], default="all")
+    parser.add_argument("--no-pruned", action="store_true", help="leave out the pruned-vocabulary student")
     parser.add_argument("--model2vec-python", default="/work/m2v/bin/python",
                         help="a Python with 'model2vec[distill]' (it needs transformers < 5.4: its own venv)")
     args = parser.parse_args()
@@ -151,7 +152,8 @@ def main() -> int:
     models = {"teacher e5-small (12 layers)": ("st", teacher_dir)}
     for depth in args.depths:
         models[f"student {depth} layers"] = ("st", out / "models" / f"e5-{depth}L")
-    models["student 4 layers, pruned vocabulary"] = ("st", out / "models" / "e5-4L-pruned")
+    if not args.no_pruned:
+        models["student 4 layers, pruned vocabulary"] = ("st", out / "models" / "e5-4L-pruned")
     models[f"static ({args.static_dims} dims)"] = ("static", out / "models" / "static")
     models["model2vec (its own distillation)"] = ("model2vec", out / "models" / "model2vec")
 
