@@ -29,6 +29,7 @@ from transformers.utils import ModelOutput
 from speedy.distill.cache import is_leftover, owner_tag
 from speedy.errors import SpeedyError
 from speedy.runtime.files import ONNX_FILES, ONNX_FOLDER
+from speedy.runtime.session import check_signature, open_session
 from speedy.tasks import TASK_CLASSES
 from speedy.tasks.base import Task
 
@@ -58,47 +59,20 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: str | Path, config, threads: int | None = None):
         super().__init__()
-        ort = require_onnxruntime()
+        require_onnxruntime()  # the onnx extra's message, before the runtime's
         self.path = Path(path)
-        if not self.path.is_file():
-            raise SpeedyError(f"{self.path}: no such ONNX model (write it with 'speedy export')")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.inter_op_num_threads = 1
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise SpeedyError(f"{self.path}: not a loadable ONNX model: {str(error).splitlines()[0]}") from None
+        self.session = open_session(self.path, threads)  # the runtime's session: the same options everywhere
         self.config = config
         self.threads = threads or torch.get_num_threads()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self._check_matches_config()
+        expected = config_signature(config)
+        wanted = ENCODER_TYPES.get(expected["task"]) or _task_class(expected["task"]).onnx_outputs
+        check_signature(self.session, self.path, expected, tuple(wanted), config.num_labels)
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
-
-    def _check_matches_config(self) -> None:
-        stored = self.session.get_modelmeta().custom_metadata_map.get("speedy_config")
-        expected = config_signature(self.config)
-        if stored is not None:
-            stored = json.loads(stored)
-            differ = {k: (stored.get(k), v) for k, v in expected.items() if stored.get(k) != v}
-            if differ:
-                shown = "; ".join(f"{k}: {a} in the ONNX file, {b} in config.json" for k, (a, b) in differ.items())
-                raise SpeedyError(f"{self.path}: does not match its config.json ({shown}): export it again")
-        wanted = list(ENCODER_TYPES.get(expected["task"]) or _task_class(expected["task"]).onnx_outputs)
-        if self.output_names != wanted:
-            raise SpeedyError(f"{self.path}: outputs {self.output_names}, but config.json describes a "
-                              f"{expected['task']} model with outputs {wanted}: export it again")
-        if wanted == ["logits"]:
-            width = self.session.get_outputs()[0].shape[-1]
-            if isinstance(width, int) and width != self.config.num_labels:
-                raise SpeedyError(f"{self.path}: gives {width} labels, config.json has {self.config.num_labels}: "
-                                  "export it again")
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_ignored):
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}

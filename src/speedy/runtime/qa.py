@@ -22,6 +22,20 @@ def token_start(context: str, start: int, end: int) -> int:
     return start
 
 
+def plan_calls(question_tokens: list[int], specials: int, max_length: int, stride: int) -> tuple[dict, dict]:
+    """Which questions fit beside some context (``{stride: [indices]}``: one call per overlap, so an answer never
+    depends on the other questions of its batch), and an ``InputError`` for each one that fills the window."""
+    errors, calls = {}, {}
+    for i, tokens in enumerate(question_tokens):
+        room = max_length - tokens - specials  # tokens of context that fit beside the question
+        if room < MIN_CONTEXT:
+            errors[i] = InputError(f"question: longer than the model's window ({max_length} tokens) allows: "
+                                   f"{tokens} tokens, at most {tokens - (MIN_CONTEXT - room)}")
+        else:
+            calls.setdefault(min(stride, room // 2), []).append(i)
+    return errors, calls
+
+
 def best_span(sequence_ids, offsets, start_logits: np.ndarray, end_logits: np.ndarray, context: str,
               max_answer_length: int = MAX_ANSWER_LENGTH, top: int = 20) -> dict | None:
     """The best span of one window (``{"text", "start", "end", "score"}``, character offsets in ``context``), or
@@ -92,19 +106,10 @@ class QARuntime(RuntimeTask):
         return False
 
     def predict(self, runner, tokenizer, items, max_length):
-        # The overlap of a context's windows is set by its question's length: one call per amount, so that an
-        # answer never depends on the other questions of its batch (as in training and evaluation).
         empty = {"answer": None, "start": None, "end": None, "score": None}
-        out, calls = [empty] * len(items), {}
-        specials = tokenizer.num_special_tokens_to_add(pair=True)
         questions = tokenizer.count_tokens([question for question, _ in items])
-        for i, tokens in enumerate(questions):
-            room = max_length - tokens - specials  # tokens of context that fit beside the question
-            if room < MIN_CONTEXT:
-                out[i] = InputError(f"question: longer than the model's window ({max_length} tokens) allows: "
-                                    f"{tokens} tokens, at most {tokens - (MIN_CONTEXT - room)}")
-            else:
-                calls.setdefault(min(self.stride, room // 2), []).append(i)
+        errors, calls = plan_calls(questions, tokenizer.num_special_tokens_to_add(pair=True), max_length, self.stride)
+        out = [errors.get(i, empty) for i in range(len(items))]
         for stride, rows in calls.items():
             for i in [i for i in rows if self.too_many_windows(tokenizer, items[i][1], questions[i], max_length,
                                                                 stride)]:

@@ -6,10 +6,10 @@ so the ids, word ids, sequence ids, offsets and overflowing windows are the same
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from speedy.errors import SpeedyError
+from speedy.runtime.folder import read_json
 
 
 TYPE_ID_TOKENIZERS = {"BertTokenizer", "ElectraTokenizer", "FunnelTokenizer", "MobileBertTokenizer", "SqueezeBertTokenizer",
@@ -34,15 +34,8 @@ class FastTokenizer:
             self.tokenizer = Tokenizer.from_file(str(path))
         except Exception as error:  # noqa: BLE001 - tokenizers raises its own exception types
             raise SpeedyError(f"{path}: not a readable tokenizer ({str(error).splitlines()[0]})") from None
-        settings = {}
         config = folder / "tokenizer_config.json"
-        if config.is_file():
-            try:
-                settings = json.loads(config.read_text("utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise SpeedyError(f"{config}: not valid JSON ({error})") from None
-        if not isinstance(settings, dict):
-            raise SpeedyError(f"{config}: not a JSON object")
+        settings = read_json(config) if config.is_file() else {}
         # Whether the model is fed token type ids, by transformers' own rule: the names saved with the tokenizer,
         # else its class's (only BERT-style tokenizers give them; transformers' generic backend does not).
         names = settings.get("model_input_names")

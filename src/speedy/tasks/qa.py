@@ -27,8 +27,8 @@ from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
 from speedy.data.squad import load_hub_squad, read_squad
 from speedy.errors import SpeedyError, where
-from speedy.runtime.qa import MIN_CONTEXT, QARuntime, best_span, token_start
-from speedy.tasks.base import MAX, PAD_LOGIT, InputError, Task, device_of
+from speedy.runtime.qa import MIN_CONTEXT, QARuntime, best_span, plan_calls, token_start
+from speedy.tasks.base import MAX, PAD_LOGIT, Task, device_of
 from speedy.tasks.squad_metric import squad_scores
 
 UNIT = re.compile(r"\w+|[^\w\s]")
@@ -260,19 +260,10 @@ class QATask(Task):
 
     def predict_items(self, model, tokenizer, items, max_length):
         """Items: ``(question, context)``; a result: the best span (all ``None`` when no span fits)."""
-        # The overlap of a context's windows is set by the longest question of a call: one call per amount, so
-        # that an answer never depends on the other questions of its batch.
         empty = {"answer": None, "start": None, "end": None, "score": None}
-        out, calls = [empty] * len(items), {}
-        specials = tokenizer.num_special_tokens_to_add(pair=True)
-        for i, (question, _) in enumerate(items):
-            tokens = len(tokenizer(question, add_special_tokens=False)["input_ids"])
-            room = max_length - tokens - specials  # tokens of context that fit beside the question
-            if room < MIN_CONTEXT:
-                out[i] = InputError(f"question: longer than the model's window ({max_length} tokens) allows: "
-                                    f"{tokens} tokens, at most {tokens - (MIN_CONTEXT - room)}")
-            else:
-                calls.setdefault(min(self.stride, room // 2), []).append(i)
+        tokens = [len(tokenizer(question, add_special_tokens=False)["input_ids"]) for question, _ in items]
+        errors, calls = plan_calls(tokens, tokenizer.num_special_tokens_to_add(pair=True), max_length, self.stride)
+        out = [errors.get(i, empty) for i in range(len(items))]
         for rows in calls.values():
             data = Dataset.from_dict({"question": [items[i][0] for i in rows], "context": [items[i][1] for i in rows]})
             answers = self.predict_answers(model, tokenizer, data, max_length)
