@@ -209,7 +209,7 @@ def main() -> int:
         seconds = [cold_start(lean, student.checkpoint, route, sentences[0], args.threads) for _ in range(3)]
         console.print(f"speedy[serve] only (no torch): {size:.0f} MB installed (pip and setuptools left out); cold "
                       f"start of the int8 student, process start to first answer: {min(seconds):.2f} s (best of 3; "
-                      f"{', '.join(f'{x:.2f}' for x in seconds)})")
+                      f"{', '.join(f'{x:.2f}' for x in seconds)})", markup=False, soft_wrap=True)
     console.print(f"CPU: {cpu_line()}")
     console.print(f"loopback, concurrency {args.concurrency}, one CoNLL-2002 sentence per request "
                   f"({np.mean([len(s.split()) for s in sentences]):.1f} words on average), server threads "
