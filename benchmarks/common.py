@@ -59,9 +59,3 @@ def run_stages(config_path: Path) -> tuple[object, dict]:
 def stage_line(minutes: dict) -> str:
     return "stage minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items())
 
-
-def cpu_line() -> str:
-    """The CPU and the vector instructions the speed ratios depend on (``speedy.bench.cpu``)."""
-    from speedy.bench.cpu import cpu_description
-
-    return cpu_description()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, cpu_line
+from common import REPO
 
 SQUAD = Path("squad-es") / "squad-es-v1.1-dev-small-minus-xquad.json"
 
@@ -224,30 +224,15 @@ def main() -> int:
 
 
 def loader(kind: str, folder: Path, max_length: int):
-    """``texts -> unit vectors`` for a model folder of one kind."""
-    if kind == "static":
-        from speedy.embed.static import StaticEmbedder
-
-        model = StaticEmbedder.load(folder)
-        return model.encode
+    """``texts -> unit vectors`` for a model folder of one kind (speedy's own: what ``speedy embed`` loads)."""
     if kind == "model2vec":
         from model2vec import StaticModel
 
         model = StaticModel.from_pretrained(str(folder))
         return lambda texts: _unit(model.encode(texts))
-    from speedy.embed.encoder import encode, sentence_model
+    from speedy.embed.files import encoder_of
 
-    model = sentence_model(folder, max_length) if (Path(folder) / "config.json").is_file() and not \
-        (Path(folder) / "modules.json").is_file() else _load_st(folder, max_length)
-    return lambda texts: encode(model, texts, batch_size=32)
-
-
-def _load_st(folder: Path, max_length: int):
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(folder), device="cpu")
-    model.max_seq_length = max_length
-    return model
+    return encoder_of(folder, max_length, batch_size=32)
 
 
 def _unit(vectors) -> np.ndarray:
@@ -256,6 +241,8 @@ def _unit(vectors) -> np.ndarray:
 
 
 def table(results: dict, args, queries: int, passages: int, train: int) -> str:
+    from speedy.bench.cpu import cpu_description
+
     teacher = results.get("teacher e5-small (12 layers)", {})
     lines = ["| model | nDCG@10 | MRR@10 | R@1 | R@10 | of teacher nDCG | texts/s | speed-up | MB on disk |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -276,7 +263,7 @@ def table(results: dict, args, queries: int, passages: int, train: int) -> str:
              f"the other articles, unpaired) + held-out text for early stopping; up to {args.epochs} epochs, "
              f"patience {args.patience}, lr {args.learning_rate:g}, batch {args.batch_size}, max length "
              f"{args.max_length}. Speed: {args.speed_texts} texts (half questions, half paragraphs), "
-             f"{args.threads} threads, CPU: {cpu_line()}.")
+             f"{args.threads} threads, CPU: {cpu_description()}.")
     if hnsw is not None:
         notes += f" HNSW (faiss, M 32, efSearch 64) keeps {hnsw:.1%} of the 4-layer student's exact top 10."
     return "\n".join(lines) + "\n" + notes + "\n"

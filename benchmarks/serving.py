@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, cpu_line
+from common import REPO
 
 ROUTES = {"classification": "/classify", "tagging": "/tag", "qa": "/answer"}
 
@@ -179,6 +179,7 @@ def main() -> int:
     from rich.table import Table
     from transformers import AutoConfig
 
+    from speedy.bench.cpu import cpu_description
     from speedy.bench.engines import get_engine
     from speedy.configfile import load_config
     from speedy.console import quiet_libraries
@@ -210,7 +211,7 @@ def main() -> int:
         console.print(f"speedy[serve] only (no torch): {size:.0f} MB installed (pip and setuptools left out); cold "
                       f"start of the int8 student, process start to first answer: {min(seconds):.2f} s (best of 3; "
                       f"{', '.join(f'{x:.2f}' for x in seconds)})", markup=False, soft_wrap=True)
-    console.print(f"CPU: {cpu_line()}")
+    console.print(f"CPU: {cpu_description()}")
     console.print(f"loopback, concurrency {args.concurrency}, one CoNLL-2002 sentence per request "
                   f"({np.mean([len(s.split()) for s in sentences]):.1f} words on average), server threads "
                   f"{args.threads}, dynamic batching max {args.max_batch} / {args.max_wait_ms} ms")

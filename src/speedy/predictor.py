@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from speedy.runtime.fields import InputError
+from speedy.runtime.fields import raise_first_input_error
 from speedy.runtime.files import RUNTIME_ENGINES
 from speedy.runtime.predictor import RuntimePredictor
 
@@ -39,11 +39,7 @@ class Predictor:
     def run_batch(self, items: list) -> list:
         """The results of ``items`` (what the task's ``input_item`` makes: ``(text, pair)``, a word list, a
         ``(question, context)``...). Raises the ``InputError`` of the first input the model cannot take."""
-        results = self.run_each(items)
-        for result in results:
-            if isinstance(result, InputError):
-                raise result
-        return results
+        return raise_first_input_error(self.run_each(items))
 
     def run_each(self, items: list) -> list:
         """``run_batch``'s results, with an ``InputError`` in place of each input the model cannot take: one

@@ -54,7 +54,7 @@ def write_vectors(out: Path, vectors: np.ndarray, texts: list[str]) -> None:
     os.replace(tmp, out)
 
 
-def encoder_of(model_dir: Path, max_length: int = 256):
+def encoder_of(model_dir: Path, max_length: int = 256, batch_size: int = 64):
     """``texts -> unit vectors`` of a static student folder (torch-free) or a sentence-transformers folder."""
     model_dir = Path(model_dir)
     if (model_dir / "static.json").is_file():
@@ -77,7 +77,7 @@ def encoder_of(model_dir: Path, max_length: int = 256):
         model.max_seq_length = max_length
     else:
         model = sentence_model(model_dir, max_length)
-    return lambda texts: encode(model, texts)
+    return lambda texts: encode(model, texts, batch_size=batch_size)
 
 
 def embed_files(model_dir: Path, files: list[Path], out: Path, kind: str, batch_size: int = 256,

@@ -19,3 +19,12 @@ class InputField:
 
     description: str | None = None
     required: bool = True
+
+
+def raise_first_input_error(results: list) -> list:
+    """``results`` as they are, unless one is an ``InputError`` (an input the model cannot take): then the first
+    is raised (what ``speedy predict`` wants; the server takes each result on its own)."""
+    for result in results:
+        if isinstance(result, InputError):
+            raise result
+    return results

@@ -9,7 +9,7 @@ from speedy.errors import SpeedyError
 from speedy.runtime.base import RuntimeTask
 from speedy.runtime.classification import ClassificationRuntime
 from speedy.runtime.embedding import EmbeddingRuntime
-from speedy.runtime.fields import InputError
+from speedy.runtime.fields import raise_first_input_error
 from speedy.runtime.files import ONNX_FILES, ONNX_FOLDER
 from speedy.runtime.folder import read_json, signature, task_info
 from speedy.runtime.qa import QARuntime
@@ -53,8 +53,4 @@ class RuntimePredictor:
             return self.task.predict(self.runner, self.tokenizer, items, self.max_length)
 
     def run_batch(self, items: list) -> list:
-        results = self.run_each(items)
-        for result in results:
-            if isinstance(result, InputError):
-                raise result
-        return results
+        return raise_first_input_error(self.run_each(items))
