@@ -80,6 +80,8 @@ BAD = [
      ": tasks[0].data.per_class[0]: must be >= 1, got 0"),
     (study(tasks="[{name: t, data: {builtin: rv1909-genre, per_class: [5, 5]}}]"),
      ": tasks[0].data.per_class: expected [train, validation, test], got [5, 5]"),
+    (study(tasks="[{name: t, data: {train: a.tsv, validation: a.tsv, test: a.tsv, transfer: 9}}]"),
+     ": tasks[0].data.transfer: only for builtin data (other text: give tasks[].transfer_files)"),
     (study(extra="students: [{name: s, kind: truncate, layers: 0}]"), f": students[0].layers: {LAYERS}, got 0"),
     (study(extra="students: [{name: s, kind: truncate, layers: [3, 1]}]"),
      f": students[0].layers: {LAYERS}, got [3, 1]"),
@@ -186,7 +188,7 @@ def _data(**given):
             "format": None, "tag_column": None, "hub_tokens": "tokens", "hub_tags": "ner_tags", "bad_answers": "fix",
             "columns": None, "text": "text", "text_pair": None, "label": "label", "hub": None, "hub_config": None,
             "hub_splits": {"train": "train", "validation": "validation", "test": "test"},
-            "per_class": [300, 60, 150], "seed": 0} | given
+            "per_class": [300, 60, 150], "seed": 0, "transfer": 0} | given
 
 
 def _task(name, type, max_length, data, scheme="bio", normalization="en", stride=64):

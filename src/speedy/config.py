@@ -95,6 +95,7 @@ class DataSpec:
                                                                   "test": "test"})
     per_class: list[Positive] = field(default_factory=lambda: [300, 60, 150])  # builtin: train, validation, test
     seed: Seed = 0
+    transfer: Count = 0  # builtin: this many other verses, without their genre, as unlabelled transfer text
 
 
 @Settings

@@ -60,6 +60,8 @@ def validate(config: StudyConfig) -> StudyConfig:
             problem = "unknown split" if unknown else "missing"
             raise SpeedyError(f"{key}.data.hub_splits.{min(unknown or missing)}: {problem} (give the Hub's split "
                               f"for each of {', '.join(SPLITS)})")
+        if data.transfer and not data.builtin:
+            raise SpeedyError(f"{key}.data.transfer: only for builtin data (other text: give tasks[].transfer_files)")
         if len(data.per_class) != 3:
             raise SpeedyError(f"{key}.data.per_class: expected [train, validation, test], got {show(data.per_class)}")
     for section in ("teachers", "students"):

@@ -77,15 +77,17 @@ class Study:
         if spec.name not in self._fingerprints:  # hashed once: every trial key of the task needs it
             data = self.data(spec)
             parts = [(name, split.to_dict()) for name, split in sorted(data.splits.items())]
-            if spec.transfer_files:  # left out when absent: the keys of studies without transfer text stay
+            if self.transfer_lines(spec):  # left out when absent: the keys of studies without transfer text stay
                 parts.append(("transfer", self.transfer_lines(spec)))
             self._fingerprints[spec.name] = fingerprint_inputs(parts)[:16]
         return self._fingerprints[spec.name]
 
     def transfer_lines(self, spec: TaskSpec) -> list[tuple[str, int, str]]:
-        """The task's unlabelled transfer text, ``(file, line, text)`` (read once)."""
+        """The task's unlabelled transfer text, ``(file, line, text)`` (read once): its ``transfer_files`` and what
+        its data source provides (the demo's ``data.transfer`` verses)."""
         if spec.name not in self._transfer:
-            self._transfer[spec.name] = read_transfer_lines(spec.transfer_files) if spec.transfer_files else []
+            files = list(spec.transfer_files) + self.data(spec).transfer_files
+            self._transfer[spec.name] = read_transfer_lines(files) if files else []
         return self._transfer[spec.name]
 
     def corpus(self, spec: TaskSpec) -> list[str]:

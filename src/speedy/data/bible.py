@@ -14,6 +14,7 @@ entries (block, offset, size as uint32, uint32, uint16), and each book opens wit
 
 from __future__ import annotations
 
+import json
 import lzma
 import random
 import re
@@ -118,15 +119,23 @@ def write_shipped_verses(out: Path, cache_dir: Path) -> Path:
 
 
 def build_bible_dataset(out_dir: Path, train_per_class: int, validation_per_class: int,
-                        test_per_class: int, seed: int = 0) -> dict[str, Path]:
-    """Write balanced ``train.tsv``, ``validation.tsv`` and ``test.tsv`` (``label<TAB>text``, with a header).
+                        test_per_class: int, seed: int = 0, transfer: int = 0) -> dict[str, Path]:
+    """Write balanced ``train.tsv``, ``validation.tsv`` and ``test.tsv`` (``label<TAB>text``, with a header), and
+    with ``transfer`` > 0, ``transfer.txt``: that many other verses, one a line, without their genre.
 
-    Verses are drawn without replacement, per genre, with a fixed seed; the three splits never share a verse.
+    Verses are drawn without replacement, per genre, with a fixed seed; the three splits never share a verse. The
+    transfer verses are drawn from all the verses no split uses, whatever their genre (unlabelled text comes as it
+    is, not balanced by a label nobody has). The files are made again when the sizes or the seed change.
     """
     out_dir = Path(out_dir)
     names = ("train", "validation", "test")
     paths = {name: out_dir / f"{name}.tsv" for name in names}
-    if all(path.is_file() for path in paths.values()):
+    if transfer:
+        paths["transfer"] = out_dir / "transfer.txt"
+    sizes = (train_per_class, validation_per_class, test_per_class)
+    params = json.dumps({"per_class": sizes, "seed": seed, "transfer": transfer})
+    made = out_dir / "params.json"
+    if all(path.is_file() for path in paths.values()) and made.is_file() and made.read_text("utf-8") == params:
         return paths
     by_genre = defaultdict(list)
     for book, text in shipped_verses():
@@ -134,7 +143,6 @@ def build_bible_dataset(out_dir: Path, train_per_class: int, validation_per_clas
             raise SpeedyError(f"demo data: book '{book}' has no genre")
         by_genre[BOOK_GENRE[book]].append(text.replace("\t", " "))
     rng = random.Random(seed)
-    sizes = (train_per_class, validation_per_class, test_per_class)
     rows = {name: [] for name in names}
     for genre in sorted(by_genre):
         texts = sorted(set(by_genre[genre]))
@@ -145,13 +153,27 @@ def build_bible_dataset(out_dir: Path, train_per_class: int, validation_per_clas
         for name, size in zip(names, sizes):
             rows[name] += [(genre, text) for text in texts[start : start + size]]
             start += size
+    texts = {"transfer": []}
+    if transfer:
+        used = {text for name in names for _, text in rows[name]}
+        rest = sorted({text for genre in by_genre.values() for text in genre} - used)
+        if len(rest) < transfer:
+            raise SpeedyError(f"demo data: data.transfer asks for {transfer} verses, {len(rest)} are left")
+        texts["transfer"] = random.Random(seed + 1).sample(rest, transfer)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
         rng.shuffle(rows[name])
-        tmp = paths[name].with_suffix(".tmp")
-        tmp.write_text("label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in rows[name]), "utf-8")
-        tmp.replace(paths[name])
+        _write(paths[name], "label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in rows[name]))
+    if transfer:
+        _write(paths["transfer"], "".join(f"{text}\n" for text in texts["transfer"]))
+    _write(made, params)  # last: files of a killed build are made again
     return paths
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, "utf-8")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

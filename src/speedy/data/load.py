@@ -31,6 +31,7 @@ class TaskData:
     sources: dict[str, str]
     labels: list[str]
     info: dict = field(default_factory=dict)
+    transfer_files: list[str] = field(default_factory=list)  # unlabelled text the data source itself provides
 
     def texts(self, splits: tuple[str, ...] = ("train", "validation")) -> list[str]:
         """The texts of ``splits`` (for vocabulary pruning); a tagged sentence is its words joined by spaces.
@@ -74,11 +75,13 @@ def data_source(task: TaskSpec) -> str | None:
 def load_splits(task: TaskSpec, reader: Reader, cache_dir: Path, data_dir: Path) -> TaskData:
     """A task's three splits, from wherever its config says, read by ``reader`` (its type's class), checked: no
     empty split, no unknown label."""
-    spec = task.data
+    spec, transfer = task.data, []
     if spec.dataset:
         (splits, sources), info = _named_dataset(spec, reader), {"source": dataset_entry(spec.dataset).source}
     elif spec.builtin == "rv1909-genre":
         (splits, sources), info = _bible(task, data_dir), {"source": BIBLE_SOURCE}
+        if spec.transfer:
+            transfer = [sources.pop("transfer")]
     elif spec.hub:
         (splits, sources), info = _hub(task, reader), {}
     else:
@@ -87,7 +90,7 @@ def load_splits(task: TaskSpec, reader: Reader, cache_dir: Path, data_dir: Path)
         if len(splits[name]) == 0:
             raise SpeedyError(f"{sources[name]}: no examples (the {name} split is empty)")
     labels = list(reader.fixed_labels) if reader.fixed_labels else _check_labels(task, splits, sources, reader)
-    return TaskData(task.name, splits, sources, labels, info)
+    return TaskData(task.name, splits, sources, labels, info, transfer)
 
 
 def _named_dataset(spec, reader: Reader) -> tuple[dict, dict]:
@@ -106,9 +109,8 @@ def _named_dataset(spec, reader: Reader) -> tuple[dict, dict]:
 
 def _bible(task: TaskSpec, data_dir: Path) -> tuple[dict, dict]:
     spec = task.data
-    paths = build_bible_dataset(Path(data_dir) / task.name, *spec.per_class, seed=spec.seed)
-    return ({name: read_labelled_texts(paths[name]) for name in SPLITS},
-            {name: str(paths[name]) for name in SPLITS})
+    paths = build_bible_dataset(Path(data_dir) / task.name, *spec.per_class, seed=spec.seed, transfer=spec.transfer)
+    return {name: read_labelled_texts(paths[name]) for name in SPLITS}, {name: str(path) for name, path in paths.items()}
 
 
 def _hub(task: TaskSpec, reader: Reader) -> tuple[dict, dict]:
