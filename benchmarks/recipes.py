@@ -18,7 +18,9 @@ the same epoch cap, early stopping, learning rate and batch size; only the train
 NER (the default task) trains on ``--labelled`` sentences of CoNLL-2002 ``esp.train`` and uses ``--transfer`` other
 sentences of ``esp.train`` as unlabelled text (their tags are never read); validation is a sample of ``esp.testa``
 (the test split ``esp.testb`` stays unseen). POS splits AnCora's dev file (the one here) into validation,
-labelled and transfer sentences. The teacher is multilingual-e5-small (12 layers), fine-tuned with ``--teacher-seeds`` seeds and selected
+labelled and transfer sentences. ``demo`` is the demo's classification task (the Bible's verses -> the genre of
+their book; its 200 / 50 verses per genre for training / validation) with ``--transfer`` other verses, without
+their genre, as transfer text; it needs no shared data. The teacher is multilingual-e5-small (12 layers), fine-tuned with ``--teacher-seeds`` seeds and selected
 by validation F1; every recipe distils the same teacher.
 
 All runs go through the ordinary pipeline into one study folder and store, so a killed benchmark resumes where it
@@ -69,6 +71,8 @@ def prepare(args, out: Path) -> dict:
     """The labelled, transfer and validation files, sampled with ``--data-seed`` (the same for every recipe)."""
     from speedy.data.readers import read_conll, read_conllu
 
+    if args.task == "demo":  # the package's own data: the study draws its splits and transfer verses
+        return {"builtin": "rv1909-genre", "per_class": [200, 50, 100], "seed": 0, "transfer": args.transfer}
     data_dir = Path(args.data_dir)
     rng = random.Random(args.data_seed)
     if args.task == "ner":
@@ -94,11 +98,14 @@ def prepare(args, out: Path) -> dict:
 
 def config_for(args, data: dict, recipe: str, depth: int, seed: int) -> dict:
     distill, student = RECIPES[recipe]
-    return {
+    if args.task == "demo":
+        task = {"name": "rv1909-genre", "type": "classification", "max_length": args.max_length, "data": data}
+    else:
+        task = {"name": f"{args.task}-es", "type": "tagging", "scheme": "bio" if args.task == "ner" else "pos",
+                "max_length": args.max_length, "data": data["files"], "transfer_files": [data["transfer"]]}
+    config = {
         "name": f"recipes-{args.task}-{recipe}-{depth}L-s{seed}", "output_dir": str(Path(args.output) / "study"),
-        "seed": args.teacher_seeds[0],
-        "tasks": [{"name": f"{args.task}-es", "type": "tagging", "scheme": "bio" if args.task == "ner" else "pos",
-                   "max_length": args.max_length, "data": data["files"], "transfer_files": [data["transfer"]]}],
+        "seed": args.teacher_seeds[0], "tasks": [task],
         "teachers": [{"name": "multilingual-e5-small", "prune_vocab": True}],
         "students": [{"name": f"e5-{depth}L", "base": "multilingual-e5-small", "kind": "truncate", "layers": depth,
                       "prune_vocab": True, **student}],
@@ -108,6 +115,11 @@ def config_for(args, data: dict, recipe: str, depth: int, seed: int) -> dict:
                     "learning_rate": args.student_lr, "seed": seed, "transfer": False, **distill},
         "speed": {"batch_size": 1, "length": 64, "warmup": 1, "runs": 3},
     }
+    if args.task == "demo":  # the teacher as demo.yaml states it, so a demo study's store can lend its teacher
+        config["teachers"][0]["learning_rate"] = [args.teacher_lr]
+        if args.teacher_seeds == [config["seed"]]:
+            del config["grid"]["seeds"]
+    return config
 
 
 def run_recipe(args, data: dict, recipe: str, depth: int, seed: int, train: bool = True) -> dict | None:
@@ -152,7 +164,8 @@ def _key(study, recipe: str, depth: int, seed: int) -> str:
 
 
 def table(results: list[dict], args) -> str:
-    lines = ["| recipe | layers | seeds | val F1 (mean ± std) | vs fine-tuned | of teacher | min / run | epochs |",
+    metric = "accuracy" if args.task == "demo" else "F1"
+    lines = [f"| recipe | layers | seeds | val {metric} (mean ± std) | vs fine-tuned | of teacher | min / run | epochs |",
              "|---|---|---|---|---|---|---|---|"]
     teacher = max((r["teacher"] for r in results), default=float("nan"))
     for depth in args.depths:
@@ -169,13 +182,18 @@ def table(results: list[dict], args) -> str:
             lines.append(f"| {recipe} | {depth} | {len(rows)} | {mean:.2f} ± {std:.2f} | {gap} | "
                          f"{mean / (100 * teacher):.1%} | {minutes:.1f} | {epochs:.1f} |")
     teachers = next((r["teachers"] for r in results), {})
-    sizes = (f"Task {args.task}: {args.labelled} labelled sentences, {args.transfer} unlabelled transfer sentences, "
-             f"{args.val} validation sentences (esp.testa for NER), max length {args.max_length}. Teacher "
+    if args.task == "demo":
+        data = (f"Task demo (rv1909-genre): 1,200 labelled verses (200 a genre), {args.transfer} other verses as "
+                f"unlabelled transfer text, 300 validation verses, max length {args.max_length}.")
+    else:
+        data = (f"Task {args.task}: {args.labelled} labelled sentences, {args.transfer} unlabelled transfer sentences, "
+                f"{args.val} validation sentences (esp.testa for NER), max length {args.max_length}.")
+    sizes = (f"{data} Teacher "
              f"multilingual-e5-small (12 layers), {args.teacher_epochs} epochs, lr {args.teacher_lr:g}, seeds "
-             f"{args.teacher_seeds}, selected by validation F1: "
+             f"{args.teacher_seeds}, selected by validation {metric}: "
              + ", ".join(f"{name} {100 * score:.2f}" for name, score in teachers.items())
              + f". Students: up to {args.student_epochs} epochs, patience {args.patience}, lr {args.student_lr:g}, "
-             f"batch {args.batch_size}, best checkpoint by validation F1.")
+             f"batch {args.batch_size}, best checkpoint by validation {metric}.")
     return "\n".join(lines) + "\n\n" + sizes + "\n"
 
 
@@ -187,7 +205,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=["ner", "pos"], default="ner")
+    parser.add_argument("--task", choices=["ner", "pos", "demo"], default="ner")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--output", default=str(REPO / "runs" / "bench-recipes"))
     parser.add_argument("--labelled", type=int, default=1000)
@@ -207,7 +225,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--table", action="store_true", help="only rebuild the table from the finished runs")
     args = parser.parse_args(argv)
-    if not Path(args.data_dir).is_dir():
+    if args.task != "demo" and not Path(args.data_dir).is_dir():
         print(f"error: {args.data_dir}: no such folder (the shared Spanish data)", file=sys.stderr)
         return 2
 

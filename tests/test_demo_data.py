@@ -59,3 +59,17 @@ def test_a_study_reads_the_demo_transfer_verses_as_its_transfer_text(tmp_path):
     assert without.transfer_lines(without.config.tasks[0]) == []
     assert with_text.data_fingerprint(task) != without.data_fingerprint(without.config.tasks[0])
     assert set(text for _, _, text in lines) <= set(with_text.corpus(task))  # a pruned vocabulary keeps them
+
+
+def test_the_demo_transfer_verses_key_trials_wherever_the_study_lives(tmp_path):
+    from speedy.configfile import load_config
+    from speedy.pipeline import Study
+
+    def fingerprint(folder: str) -> str:
+        path = tmp_path / f"{folder}.yaml"
+        path.write_text(f"name: s\noutput_dir: {tmp_path / folder}\nteachers: [{{name: multilingual-e5-small}}]\n"
+                        f"tasks: [{{name: t, data: {{builtin: rv1909-genre, per_class: [4, 2, 2], transfer: 5}}}}]\n")
+        study = Study(load_config(path))
+        return study.data_fingerprint(study.config.tasks[0])
+
+    assert fingerprint("here") == fingerprint("there")

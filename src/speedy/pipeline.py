@@ -78,7 +78,11 @@ class Study:
             data = self.data(spec)
             parts = [(name, split.to_dict()) for name, split in sorted(data.splits.items())]
             if self.transfer_lines(spec):  # left out when absent: the keys of studies without transfer text stay
-                parts.append(("transfer", self.transfer_lines(spec)))
+                # A file the data source made (the demo's verses) is named without its folder, so the keys do not
+                # depend on where the study lives; the user's files keep their paths (the keys of older studies).
+                given = set(spec.transfer_files)
+                parts.append(("transfer", [(file if file in given else Path(file).name, line, text)
+                                           for file, line, text in self.transfer_lines(spec)]))
             self._fingerprints[spec.name] = fingerprint_inputs(parts)[:16]
         return self._fingerprints[spec.name]
 
