@@ -211,13 +211,14 @@ def _distill(**given):
 ENGINES = ["torch", "onnx", "onnx-int8"]
 DEMO = {
     "name": "demo", "output_dir": "runs/demo", "seed": 42, "store": None,
-    "tasks": [_task("rv1909-genre", "classification", 64, _data(builtin="rv1909-genre", per_class=[200, 50, 100]))],
+    "tasks": [_task("rv1909-genre", "classification", 64, _data(builtin="rv1909-genre", per_class=[200, 50, 100],
+                                                                transfer=2400))],
     "teachers": [_model("multilingual-e5-small", prune_vocab=True, learning_rate=[0.00015]),
                  _model("all-MiniLM-L6-v2")],
     "students": [_model("e5-truncated-2L", base="multilingual-e5-small", kind="truncate", layers=2, prune_vocab=True),
                  _model("e5-truncated-4L", base="multilingual-e5-small", kind="truncate", layers=4, prune_vocab=True,
                         finetune=True)],
-    "grid": {"batch_size": [16], "epochs": [5], "learning_rate": [0.0001]},
+    "grid": {"batch_size": [16], "epochs": [8], "learning_rate": [0.0001]},
     "distill": _distill(epochs=8, patience=3, batch_size=[32], learning_rate=[0.0002]),
     "speed": {"batch_size": 1, "length": 128, "warmup": 5, "runs": 30, "threads": None, "engines": ENGINES},
 }
