@@ -20,7 +20,12 @@ sentences of ``esp.train`` as unlabelled text (their tags are never read); valid
 (the test split ``esp.testb`` stays unseen). POS splits AnCora's dev file (the one here) into validation,
 labelled and transfer sentences. ``demo`` is the demo's classification task (the Bible's verses -> the genre of
 their book; its 200 / 50 verses per genre for training / validation) with ``--transfer`` other verses, without
-their genre, as transfer text; it needs no shared data. The teacher is multilingual-e5-small (12 layers), fine-tuned with ``--teacher-seeds`` seeds and selected
+their genre, as transfer text; it needs no shared data, and ignores ``--labelled``, ``--val`` and ``--data-seed``
+(the demo's own sizes and seed). The demo's own settings (the README's demo rows)::
+
+    python benchmarks/recipes.py --task demo --output runs/bench-recipes-demo --transfer 2400 --max-length 64 \
+        --batch-size 16 --teacher-epochs 8 --teacher-lr 1.5e-4 --teacher-seeds 42 --student-epochs 8 --depths 4 \
+        --seeds 1 2 3 --recipes finetuned transfer The teacher is multilingual-e5-small (12 layers), fine-tuned with ``--teacher-seeds`` seeds and selected
 by validation F1; every recipe distils the same teacher.
 
 All runs go through the ordinary pipeline into one study folder and store, so a killed benchmark resumes where it
@@ -183,7 +188,7 @@ def table(results: list[dict], args) -> str:
                          f"{mean / (100 * teacher):.1%} | {minutes:.1f} | {epochs:.1f} |")
     teachers = next((r["teachers"] for r in results), {})
     if args.task == "demo":
-        data = (f"Task demo (rv1909-genre): 1,200 labelled verses (200 a genre), {args.transfer} other verses as "
+        data = (f"Task demo (rv1909-genre): 1,200 labelled verses (200 a genre), {args.transfer:,} other verses as "
                 f"unlabelled transfer text, 300 validation verses, max length {args.max_length}.")
     else:
         data = (f"Task {args.task}: {args.labelled} labelled sentences, {args.transfer} unlabelled transfer sentences, "

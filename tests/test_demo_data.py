@@ -2,6 +2,8 @@
 
 from collections import Counter
 
+import pytest
+
 from speedy.data.bible import BOOK_GENRE, build_bible_dataset, shipped_verses
 from speedy.data.readers import read_labelled_texts
 
@@ -35,11 +37,35 @@ def test_demo_transfer_verses_are_unlabelled_unused_and_leave_the_splits_alone(t
     assert set(lines) <= {text for _, text in shipped_verses()}
 
 
-def test_demo_files_are_made_again_when_the_sizes_change(tmp_path):
-    first = build_bible_dataset(tmp_path, 20, 5, 10, seed=0)["train"].read_text("utf-8")
-    second = build_bible_dataset(tmp_path, 10, 5, 10, seed=0)
-    assert len(read_labelled_texts(second["train"])) == 60 and second["train"].read_text("utf-8") != first
-    assert "transfer" not in second and build_bible_dataset(tmp_path, 10, 5, 10, transfer=5)["transfer"].is_file()
+def test_each_demo_setting_has_its_own_whole_folder(tmp_path):
+    first = build_bible_dataset(tmp_path, 20, 5, 10, seed=0)
+    assert len(read_labelled_texts(build_bible_dataset(tmp_path, 10, 5, 10, seed=0)["train"])) == 60
+    assert build_bible_dataset(tmp_path, 20, 5, 10, seed=1)["train"].read_text("utf-8") != first["train"].read_text("utf-8")
+    five = build_bible_dataset(tmp_path, 20, 5, 10, transfer=5)["transfer"]
+    assert len(build_bible_dataset(tmp_path, 20, 5, 10, transfer=7)["transfer"].read_text("utf-8").splitlines()) == 7
+    assert len(five.read_text("utf-8").splitlines()) == 5 and "transfer" not in first
+    assert build_bible_dataset(tmp_path, 20, 5, 10, seed=0) == first  # made once, then found
+
+
+def test_a_build_killed_half_way_leaves_nothing_a_later_build_reads(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    real, written = Path.write_text, []
+
+    def dies_after_one_file(self, *args, **kwargs):
+        if written:
+            raise KeyboardInterrupt  # the process is killed while writing the second file
+        written.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", dies_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        build_bible_dataset(tmp_path, 20, 5, 10, seed=0)
+    monkeypatch.setattr(Path, "write_text", real)
+    assert written and not [p for p in tmp_path.rglob("*.tsv")]  # no half-made folder stays, hidden or not
+    paths = build_bible_dataset(tmp_path, 20, 5, 10, seed=0)
+    assert all(len(read_labelled_texts(paths[name])) == 6 * size for name, size in
+               (("train", 20), ("validation", 5), ("test", 10)))
 
 
 def test_a_study_reads_the_demo_transfer_verses_as_its_transfer_text(tmp_path):
@@ -73,3 +99,26 @@ def test_the_demo_transfer_verses_key_trials_wherever_the_study_lives(tmp_path):
         return study.data_fingerprint(study.config.tasks[0])
 
     assert fingerprint("here") == fingerprint("there")
+
+
+def test_user_transfer_files_keep_their_trial_keys(tmp_path, monkeypatch):
+    """Keys of studies with the user's own transfer files are what they were before the data source could add
+    files: the text with each line's file as read_transfer_lines names it (``./x`` is ``x``)."""
+    from speedy.configfile import load_config
+    from speedy.distill.cache import fingerprint_inputs
+    from speedy.pipeline import Study
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.tsv").write_text("label\ttext\nx\tuno\ny\tdos\n", "utf-8")
+    (tmp_path / "d" / "u.txt").write_text("tres\ncuatro\n", "utf-8")
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\noutput_dir: out\nteachers: [{name: multilingual-e5-small}]\n"
+                    "tasks: [{name: t, data: {train: d/a.tsv, validation: d/a.tsv, test: d/a.tsv}, "
+                    "transfer_files: [./d/u.txt]}]\n")
+    study = Study(load_config(path))
+    task = study.config.tasks[0]
+    splits = study.data(task).splits
+    before = fingerprint_inputs([(name, split.to_dict()) for name, split in sorted(splits.items())]
+                                + [("transfer", [("d/u.txt", 1, "tres"), ("d/u.txt", 2, "cuatro")])])[:16]
+    assert study.data_fingerprint(task) == before

@@ -174,7 +174,7 @@ class DistillSettings:
     seed: Seed | None = None  # the students' seed (default: the study's): several seeds against one teacher
     teachers: Positive = 1  # the top-k teacher candidates of stage 1 (by select_by); their KD terms are averaged
     teacher_weighting: str = "equal"  # equal | score: each teacher's terms weighted by its validation score
-    transfer: bool = True  # KD students also train on the task's transfer_files, labelled by the teachers
+    transfer: bool = True  # KD students also train on the task's transfer text (transfer_files, data.transfer)
     hidden_weight: Annotated[Float, Field(ge=0)] = 0.0  # weight of hidden-state KD (0: off)
     hidden_loss: str = "mse"  # mse | cosine, through a learned projection when the widths differ
     # which student layer learns which teacher layer: uniform (student i of n <- teacher round(i*m/n)), last

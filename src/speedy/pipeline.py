@@ -80,7 +80,7 @@ class Study:
             if self.transfer_lines(spec):  # left out when absent: the keys of studies without transfer text stay
                 # A file the data source made (the demo's verses) is named without its folder, so the keys do not
                 # depend on where the study lives; the user's files keep their paths (the keys of older studies).
-                given = set(spec.transfer_files)
+                given = {str(Path(file)) for file in spec.transfer_files}  # as read_transfer_lines names them
                 parts.append(("transfer", [(file if file in given else Path(file).name, line, text)
                                            for file, line, text in self.transfer_lines(spec)]))
             self._fingerprints[spec.name] = fingerprint_inputs(parts)[:16]

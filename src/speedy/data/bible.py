@@ -14,7 +14,6 @@ entries (block, offset, size as uint32, uint32, uint16), and each book opens wit
 
 from __future__ import annotations
 
-import json
 import lzma
 import random
 import re
@@ -125,17 +124,15 @@ def build_bible_dataset(out_dir: Path, train_per_class: int, validation_per_clas
 
     Verses are drawn without replacement, per genre, with a fixed seed; the three splits never share a verse. The
     transfer verses are drawn from all the verses no split uses, whatever their genre (unlabelled text comes as it
-    is, not balanced by a label nobody has). The files are made again when the sizes or the seed change.
+    is, not balanced by a label nobody has). Each setting has its own folder under ``out_dir``, built aside and
+    renamed into place whole: a killed build leaves nothing half-made, and processes building at once do not mix
+    their files.
     """
-    out_dir = Path(out_dir)
-    names = ("train", "validation", "test")
-    paths = {name: out_dir / f"{name}.tsv" for name in names}
-    if transfer:
-        paths["transfer"] = out_dir / "transfer.txt"
     sizes = (train_per_class, validation_per_class, test_per_class)
-    params = json.dumps({"per_class": sizes, "seed": seed, "transfer": transfer})
-    made = out_dir / "params.json"
-    if all(path.is_file() for path in paths.values()) and made.is_file() and made.read_text("utf-8") == params:
+    folder = Path(out_dir) / f"per-class-{'-'.join(map(str, sizes))}-seed-{seed}-transfer-{transfer}"
+    names = ("train", "validation", "test")
+    paths = {name: folder / f"{name}.tsv" for name in names} | ({"transfer": folder / "transfer.txt"} if transfer else {})
+    if folder.is_dir():  # only a finished build is ever renamed to this name
         return paths
     by_genre = defaultdict(list)
     for book, text in shipped_verses():
@@ -153,27 +150,29 @@ def build_bible_dataset(out_dir: Path, train_per_class: int, validation_per_clas
         for name, size in zip(names, sizes):
             rows[name] += [(genre, text) for text in texts[start : start + size]]
             start += size
-    texts = {"transfer": []}
+    contents = {}
+    for name in names:
+        rng.shuffle(rows[name])
+        contents[name] = "label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in rows[name])
     if transfer:
         used = {text for name in names for _, text in rows[name]}
         rest = sorted({text for genre in by_genre.values() for text in genre} - used)
         if len(rest) < transfer:
             raise SpeedyError(f"demo data: data.transfer asks for {transfer} verses, {len(rest)} are left")
-        texts["transfer"] = random.Random(seed + 1).sample(rest, transfer)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        rng.shuffle(rows[name])
-        _write(paths[name], "label\ttext\n" + "".join(f"{label}\t{text}\n" for label, text in rows[name]))
-    if transfer:
-        _write(paths["transfer"], "".join(f"{text}\n" for text in texts["transfer"]))
-    _write(made, params)  # last: files of a killed build are made again
+        contents["transfer"] = "".join(f"{text}\n" for text in random.Random(seed + 1).sample(rest, transfer))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=".building-", dir=out_dir))
+    try:
+        for name, text in contents.items():
+            (building / paths[name].name).write_text(text, "utf-8")
+        try:
+            building.rename(folder)
+        except OSError:
+            if not folder.is_dir():  # not "another process finished first"
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     return paths
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, "utf-8")
-    tmp.replace(path)
 
 
 if __name__ == "__main__":
