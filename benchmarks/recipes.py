@@ -252,13 +252,18 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for depth in args.depths:
             for recipe in args.recipes:
-                results.append(run_recipe(args, data, recipe, depth, seed))
+                row = run_recipe(args, data, recipe, depth, seed)
+                if row is None:  # under way in another process sharing the store: its own table has it
+                    print(f"[{(time.time() - start) / 60:.0f} min] {recipe} {depth}L seed {seed}: in another "
+                          f"process", flush=True)
+                    continue
+                results.append(row)
                 report = table(results, args)
                 write_atomically(out / "recipes.md", report)
                 write_atomically(out / "recipes.json", json.dumps(results, indent=1))
                 print(f"[{(time.time() - start) / 60:.0f} min] {recipe} {depth}L seed {seed}: "
-                      f"{100 * results[-1]['score']:.2f}", flush=True)
-    print(report)
+                      f"{100 * row['score']:.2f}", flush=True)
+    print(table(results, args))
     return 0
 
 
