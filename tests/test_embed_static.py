@@ -10,7 +10,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from speedy.embed.static import StaticEmbedder, distill_static, token_vectors, zipf_weights
+from speedy.embed.static import SentenceTargets, StaticEmbedder, distill_static, token_vectors, tune_vectors, \
+    zipf_weights
 from speedy.errors import SpeedyError
 
 TEXTS = ["El equipo ganó el partido ayer.", "La ministra firmó el decreto hoy.", "¿Dónde está el niño?",
@@ -24,7 +25,7 @@ def static(bert_dir):
 
 
 def test_token_vectors_are_the_encoders_output_at_the_tokens_position(bert_dir):
-    vectors, tokenizer_json = token_vectors(bert_dir, batch_size=16, max_tokens=40)
+    vectors, tokenizer_json = token_vectors(bert_dir, batch_size=16, max_tokens=40, pooling="token")
     tokenizer = AutoTokenizer.from_pretrained(bert_dir)
     assert vectors.shape == (40, 32) and vectors.dtype == np.float32
     assert tokenizer_json.endswith("tokenizer.json")
@@ -42,8 +43,8 @@ def test_token_vectors_are_the_encoders_output_at_the_tokens_position(bert_dir):
 
 
 def test_a_prefix_changes_the_context_but_not_the_pooled_position(bert_dir):
-    plain, _ = token_vectors(bert_dir, max_tokens=20)
-    prefixed, _ = token_vectors(bert_dir, max_tokens=20, prefix="el equipo")
+    plain, _ = token_vectors(bert_dir, max_tokens=20, pooling="token")
+    prefixed, _ = token_vectors(bert_dir, max_tokens=20, prefix="el equipo", pooling="token")
     tokenizer = AutoTokenizer.from_pretrained(bert_dir)
     prefix_ids = tokenizer("el equipo", add_special_tokens=False)["input_ids"]
     cls, sep = tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]"])
@@ -79,6 +80,59 @@ def test_no_pca_when_dims_reach_the_encoders_width_and_no_weighting(bert_dir):
 
 def test_zipf_weights_grow_with_the_id():
     np.testing.assert_allclose(zipf_weights(4), [0.0, np.log(2), np.log(3), np.log(4)], rtol=1e-6)
+
+
+def test_mean_pooling_is_the_encoders_sentence_vector_of_the_token_alone(bert_dir):
+    vectors, _ = token_vectors(bert_dir, batch_size=7, max_tokens=30)  # mean pooling, the default
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    cls, sep = tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]"])
+    model = AutoModel.from_pretrained(bert_dir).eval()
+    for i in (6, 29):
+        with torch.inference_mode():
+            hidden = model(input_ids=torch.tensor([[cls, i, sep]])).last_hidden_state[0].mean(0).numpy()
+        np.testing.assert_allclose(vectors[i], hidden, rtol=1e-4, atol=1e-5)
+    with pytest.raises(SpeedyError, match="unknown pooling 'max'"):
+        token_vectors(bert_dir, max_tokens=3, pooling="max")
+
+
+def _fit_from_hidden_truth(static, texts, held):
+    """Targets made by a hidden 'teacher': the weighted means of other, random token vectors."""
+    truth = np.random.default_rng(1).normal(size=static.vectors.shape).astype(np.float32)
+    teacher = StaticEmbedder(truth, static.weights, static.tokenizer)
+    return SentenceTargets(texts, teacher.encode(texts), held, teacher.encode(held), epochs=30, learning_rate=0.05,
+                           batch_size=2, patience=5)
+
+
+def test_tuning_moves_the_texts_tokens_towards_the_teachers_sentence_vectors(bert_dir):
+    vectors, tokenizer_json = token_vectors(bert_dir)
+    tokenizer = Tokenizer.from_file(tokenizer_json)
+    base = StaticEmbedder(vectors, zipf_weights(len(vectors)), tokenizer)
+    held = ["el equipo marcó un gol", "La ministra ganó el partido."]
+    fit = _fit_from_hidden_truth(base, TEXTS, held)
+    tuned, summary = tune_vectors(vectors, base.weights, tokenizer, fit)
+    before, after = summary["held_out_cosine"]
+    assert after > before + 0.05 and summary["epochs_run"] >= 1 and summary["texts"] == len(TEXTS)
+    used = {i for e in tokenizer.encode_batch(TEXTS, add_special_tokens=False) for i in e.ids}
+    untouched = [i for i in range(len(vectors)) if i not in used]
+    np.testing.assert_array_equal(tuned[untouched], vectors[untouched])  # only the texts' tokens move
+    assert not np.allclose(tuned[sorted(used)], vectors[sorted(used)])
+    again = StaticEmbedder(tuned, base.weights, tokenizer).encode(held)
+    assert float((again * fit.val_targets).sum(1).mean()) == pytest.approx(after, abs=1e-4)
+    # distill_static tunes before its PCA, and says so in the folder's settings
+    embedder = distill_static(bert_dir, dims=8, vectors=vectors, tokenizer_path=tokenizer_json, tune=fit)
+    assert embedder.dims == 8 and embedder.info["tuned"]["held_out_cosine"] == [before, after]
+
+
+def test_tuning_refuses_mismatched_targets(bert_dir):
+    vectors, tokenizer_json = token_vectors(bert_dir, max_tokens=50)
+    tokenizer = Tokenizer.from_file(tokenizer_json)
+    weights = zipf_weights(len(vectors))
+    narrow = SentenceTargets(TEXTS, np.ones((len(TEXTS), 4)), TEXTS[:1], np.ones((1, 4)))
+    with pytest.raises(SpeedyError, match="tune before reducing"):
+        tune_vectors(vectors, weights, tokenizer, narrow)
+    short = SentenceTargets(TEXTS, np.ones((2, 32)), TEXTS[:1], np.ones((1, 32)))
+    with pytest.raises(SpeedyError, match="5 texts and 2 targets"):
+        tune_vectors(vectors, weights, tokenizer, short)
 
 
 @pytest.mark.parametrize("kwargs, message", [({"weighting": "idf"}, "weighting"), ({"dims": 0}, "dims"),
@@ -160,7 +214,7 @@ def test_loading_and_encoding_import_neither_torch_nor_transformers(static, tmp_
 
 def test_a_sentencepiece_style_template_is_read_from_the_tokenizer(bert_unigram_dir):
     """XLM-R style: ``<s> token </s>``, as e5 has it."""
-    vectors, _ = token_vectors(bert_unigram_dir, max_tokens=12)
+    vectors, _ = token_vectors(bert_unigram_dir, max_tokens=12, pooling="token")
     tokenizer = AutoTokenizer.from_pretrained(bert_unigram_dir)
     bos, eos = tokenizer.convert_tokens_to_ids(["<s>", "</s>"])
     model = AutoModel.from_pretrained(bert_unigram_dir).eval()

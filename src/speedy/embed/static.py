@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from speedy.errors import SpeedyError
 
 VECTORS, WEIGHTS, TOKENIZER, SETTINGS = "vectors.npy", "weights.npy", "tokenizer.json", "static.json"
 WEIGHTINGS = ("zipf", "none")
+POOLINGS = ("mean", "token")
 PROBE = "hola"  # a text any tokenizer splits into ordinary tokens: shows where its template puts the special tokens
 
 
@@ -42,12 +44,13 @@ def _special_template(tokenizer) -> tuple[list[int], list[int]]:
 
 
 def token_vectors(model_dir: str | Path, batch_size: int = 256, max_tokens: int | None = None,
-                  prefix: str = "") -> tuple[np.ndarray, str]:
-    """One vector per vocabulary id of the encoder in ``model_dir`` (a folder or a speedy model name): the
-    encoder's last hidden state at the token's own position when it runs ``[CLS] prefix token [SEP]`` (the
-    tokenizer's template; ``prefix``, e.g. e5's ``"query: "``, is optional and not pooled). Special tokens get a
-    zero vector. Returns ``(vectors [vocab, hidden] float32, path of the tokenizer.json)``; ``max_tokens`` keeps
-    the first ``max_tokens`` ids only (for tests)."""
+                  prefix: str = "", pooling: str = "mean") -> tuple[np.ndarray, str]:
+    """One vector per vocabulary id of the encoder in ``model_dir`` (a folder or a speedy model name), from its
+    last hidden states when it runs ``[CLS] prefix token [SEP]`` (the tokenizer's template; ``prefix``, e.g. e5's
+    ``"query: "``, is optional). ``pooling``: ``mean`` over every position, which is the sentence vector a
+    mean-pooling encoder (e5, sentence-transformers) gives the token alone, and model2vec's choice; or ``token``,
+    the token's own position. Special tokens get a zero vector. Returns ``(vectors [vocab, hidden] float32, path
+    of the tokenizer.json)``; ``max_tokens`` keeps the first ``max_tokens`` ids only (for tests)."""
     # Lazy: loading and encoding a static model must import neither torch nor transformers.
     import torch
     from rich.progress import track
@@ -56,6 +59,8 @@ def token_vectors(model_dir: str | Path, batch_size: int = 256, max_tokens: int 
     from speedy.models.folder import load_tokenizer_folder, loading
     from speedy.models.registry import resolve
 
+    if pooling not in POOLINGS:
+        raise SpeedyError(f"token_vectors: unknown pooling '{pooling}' (allowed: {', '.join(POOLINGS)})")
     if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
         raise SpeedyError(f"token_vectors: batch_size ({batch_size}) and max_tokens ({max_tokens}) must be positive")
     folder = Path(resolve(str(model_dir)))
@@ -82,7 +87,8 @@ def token_vectors(model_dir: str | Path, batch_size: int = 256, max_tokens: int 
             chunk = ids[start : start + batch_size]
             inputs = torch.tensor([before + prefix_ids + [i] + after for i in chunk], device=device)
             hidden = model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).last_hidden_state
-            vectors[chunk] = hidden[:, position].float().cpu().numpy()
+            pooled = hidden.mean(dim=1) if pooling == "mean" else hidden[:, position]
+            vectors[chunk] = pooled.float().cpu().numpy()
     return vectors, str(_tokenizer_json(folder, tokenizer))
 
 
@@ -104,15 +110,25 @@ def zipf_weights(vocab: int) -> np.ndarray:
 
 
 def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "zipf", max_tokens: int | None = None,
-                   prefix: str = "", batch_size: int = 256) -> StaticEmbedder:
-    """A static embedder distilled from the encoder in ``model_dir``: :func:`token_vectors`, then PCA (scikit-learn)
-    to ``dims`` when that is fewer than the encoder's width (fit on the non-special tokens; special tokens stay
-    zero), then the token weights (``weighting``: ``zipf`` or ``none``)."""
+                   prefix: str = "", batch_size: int = 256, pooling: str = "mean",
+                   vectors: np.ndarray | None = None, tokenizer_path: str | None = None,
+                   tune: SentenceTargets | None = None) -> StaticEmbedder:
+    """A static embedder distilled from the encoder in ``model_dir``: :func:`token_vectors` (or ``vectors`` and
+    ``tokenizer_path`` computed before), tuned on the teacher's sentence vectors when ``tune`` gives them
+    (:func:`tune_vectors`), then PCA (scikit-learn) to ``dims`` when that is fewer than the encoder's width (fit on
+    the non-special tokens; special tokens stay zero), then the token weights (``weighting``: ``zipf`` or
+    ``none``)."""
     if weighting not in WEIGHTINGS:
         raise SpeedyError(f"distill_static: unknown weighting '{weighting}' (allowed: {', '.join(WEIGHTINGS)})")
     if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
         raise SpeedyError(f"distill_static: dims must be a positive whole number, not {dims!r}")
-    vectors, tokenizer_path = token_vectors(model_dir, batch_size=batch_size, max_tokens=max_tokens, prefix=prefix)
+    if vectors is None or tokenizer_path is None:
+        vectors, tokenizer_path = token_vectors(model_dir, batch_size=batch_size, max_tokens=max_tokens,
+                                                prefix=prefix, pooling=pooling)
+    weights = zipf_weights(len(vectors)) if weighting == "zipf" else np.ones(len(vectors), dtype=np.float32)
+    info = {"source_model": str(model_dir), "pooling": pooling, "weighting": weighting, "prefix": prefix}
+    if tune is not None:
+        vectors, info["tuned"] = tune_vectors(vectors, weights, Tokenizer.from_file(tokenizer_path), tune)
     used = np.any(vectors != 0, axis=1)
     pca = dims < vectors.shape[1]
     if pca:
@@ -124,9 +140,103 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "zip
         reduced = np.zeros((len(vectors), dims), dtype=np.float32)
         reduced[used] = PCA(n_components=dims, svd_solver="full").fit_transform(vectors[used])
         vectors = reduced
-    weights = zipf_weights(len(vectors)) if weighting == "zipf" else np.ones(len(vectors), dtype=np.float32)
-    info = {"source_model": str(model_dir), "pca": pca, "weighting": weighting, "prefix": prefix}
-    return StaticEmbedder(vectors, weights, Tokenizer.from_file(tokenizer_path), info=info)
+    return StaticEmbedder(vectors, weights, Tokenizer.from_file(tokenizer_path), info={**info, "pca": pca})
+
+
+@dataclass
+class SentenceTargets:
+    """What :func:`tune_vectors` fits: ``texts`` and the teacher's unit vectors of them (``targets``, one row a
+    text, the teacher's width), and held-out ones for early stopping, as the teacher read them (with its
+    prefixes)."""
+
+    texts: list[str]
+    targets: np.ndarray
+    val_texts: list[str]
+    val_targets: np.ndarray
+    epochs: int = 20
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    patience: int = 3
+    seed: int = 0
+
+
+def tune_vectors(vectors: np.ndarray, weights: np.ndarray, tokenizer: Tokenizer,
+                 fit: SentenceTargets) -> tuple[np.ndarray, dict]:
+    """Token vectors moved so that each text's weighted mean points where the teacher's sentence vector does
+    (cosine), on the teacher's cached vectors of real text: model2vec's "tokenlearn" idea, by gradient descent on
+    the rows the texts use (the others keep their distilled vectors). Early stopping on the held-out texts keeps
+    the best epoch. Returns the new vectors (a copy) and a summary (epochs run, held-out cosine before and
+    after)."""
+    import torch  # lazy: tuning needs the training install; loading a static model does not
+
+    if not fit.texts or len(fit.texts) != len(fit.targets) or len(fit.val_texts) != len(fit.val_targets):
+        raise SpeedyError(f"tune_vectors: {len(fit.texts)} texts and {len(fit.targets)} targets, "
+                          f"{len(fit.val_texts)} held-out texts and {len(fit.val_targets)} targets: give as many "
+                          "of each, and some texts")
+    if len(fit.targets[0]) != vectors.shape[1]:
+        raise SpeedyError(f"tune_vectors: targets of width {len(fit.targets[0])}, token vectors of "
+                          f"{vectors.shape[1]}: tune before reducing the vectors")
+    tokenizer = Tokenizer.from_str(tokenizer.to_str())
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+
+    def token_ids(texts):
+        return [[i for i in e.ids if i < len(vectors)] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    train_ids, val_ids = token_ids(fit.texts), token_ids(fit.val_texts)
+    rows = np.unique(np.concatenate([np.asarray(ids, dtype=np.int64) for ids in train_ids + [[0]]]))
+    local = {int(row): i for i, row in enumerate(rows)}
+    torch.manual_seed(fit.seed)
+    table = torch.nn.Parameter(torch.tensor(vectors[rows], dtype=torch.float32))
+    row_weights = torch.tensor(weights[rows], dtype=torch.float32)
+    optimizer = torch.optim.Adam([table], lr=fit.learning_rate)
+
+    def pooled(batch_ids, lookup, weigh):
+        flat = torch.tensor([lookup(i) for ids in batch_ids for i in ids], dtype=torch.long)
+        offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(ids) for ids in batch_ids])[:-1]]),
+                               dtype=torch.long)
+        return torch.nn.functional.embedding_bag(flat, table, offsets, mode="sum", per_sample_weights=weigh(flat))
+
+    val_rows = np.unique(np.concatenate([np.asarray(ids, dtype=np.int64) for ids in val_ids + [[0]]]))
+    val_local = {int(row): i for i, row in enumerate(val_rows)}
+    tuned_in_val = [(val_local[int(row)], i) for i, row in enumerate(rows) if int(row) in val_local]
+
+    def held_out_cosine() -> float:  # every token: the tuned rows from the table, the others as distilled
+        current = vectors[val_rows].astype(np.float32)
+        if tuned_in_val:
+            where, which = map(list, zip(*tuned_in_val))
+            current[where] = table.detach().numpy()[which]
+        weighted = current * weights[val_rows, None]
+        sums = np.stack([weighted[[val_local[i] for i in ids]].sum(0) if ids else np.zeros(vectors.shape[1])
+                         for ids in val_ids])
+        sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        return float((sums * fit.val_targets).sum(1).mean())
+
+    targets = torch.tensor(np.asarray(fit.targets), dtype=torch.float32)
+    order = np.random.default_rng(fit.seed).permutation
+    start = best = held_out_cosine()
+    best_table, since, epochs = table.detach().clone(), 0, 0
+    for epoch in range(fit.epochs):
+        for batch in np.array_split(order(len(train_ids)), max(1, len(train_ids) // fit.batch_size)):
+            batch = [i for i in batch if train_ids[i]]
+            if not batch:
+                continue
+            sums = pooled([train_ids[i] for i in batch], local.__getitem__, lambda flat: row_weights[flat])
+            loss = 1 - torch.nn.functional.cosine_similarity(sums, targets[batch], dim=1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        epochs, score = epoch + 1, held_out_cosine()
+        if score > best:
+            best, best_table, since = score, table.detach().clone(), 0
+        else:
+            since += 1
+            if since >= fit.patience:
+                break
+    tuned = vectors.copy()
+    tuned[rows] = best_table.numpy()
+    return tuned, {"texts": len(fit.texts), "tokens": int(len(rows)), "epochs_run": epochs,
+                   "held_out_cosine": [round(start, 4), round(best, 4)]}
 
 
 class StaticEmbedder:
