@@ -9,7 +9,8 @@ use it (mean pooling, unit vectors, prefixes). One run compares side by side:
 * the teacher; truncated students of ``--depths`` layers (the teacher's layers spread; their 250k token embeddings frozen, as the teacher's
   own), and a 4-layer one with its vocabulary pruned to the training text (embeddings trained), each distilled on
   the teacher's cached vectors (MSE on unit vectors, early stopping on held-out training text);
-* a static student (token vectors of the teacher, PCA to ``--static-dims``, weighted mean), and ``model2vec``'s own
+* a static student (token vectors of the teacher, PCA to ``--static-dims``, weighted mean), the same tuned on the
+  training texts' cached teacher vectors (tokenlearn-style), and ``model2vec``'s own
   distillation of the same teacher (run by ``--model2vec-python``: model2vec's distill extra needs transformers
   < 5.4, so it lives in its own venv: ``python -m venv m2v && m2v/bin/pip install torch==2.13.0
   'model2vec[distill]'``; evaluating its model needs only ``pip install model2vec`` here);
@@ -107,6 +108,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--static-dims", type=int, default=256)
+    parser.add_argument("--static-pooling", choices=["mean", "token"], default="mean")
+    parser.add_argument("--static-lr", type=float, default=1e-3, help="the tuned static student's learning rate")
     parser.add_argument("--static-max-tokens", type=int, default=None, help="only the first N vocabulary ids (a "
                         "smoke test)")
     parser.add_argument("--threads", type=int, default=2)
@@ -129,7 +132,7 @@ def main() -> int:
     from speedy.embed.encoder import build_student, encode, sentence_model, teacher_folder, with_prefix
     from speedy.embed.retrieval import bm25_search, hnsw_search, recall_of_approximation, retrieval_metrics, \
         squad_retrieval, to_run
-    from speedy.embed.static import distill_static
+    from speedy.embed.static import SentenceTargets, distill_static, token_vectors
 
     quiet_libraries()
     torch.manual_seed(args.seed)
@@ -155,6 +158,7 @@ def main() -> int:
     if not args.no_pruned:
         models["student 4 layers, pruned vocabulary"] = ("st", out / "models" / "e5-4L-pruned")
     models[f"static ({args.static_dims} dims)"] = ("static", out / "models" / "static")
+    models[f"static ({args.static_dims} dims), tuned on the training texts"] = ("static", out / "models" / "static-tuned")
     models["model2vec (its own distillation)"] = ("model2vec", out / "models" / "model2vec")
 
     if args.phase in ("train", "all"):
@@ -174,7 +178,11 @@ def main() -> int:
                 results[name]["epochs_run"] = summary["epochs_run"]
             elif kind == "static" and not (folder / "static.json").is_file():
                 start = time.time()
-                distill_static(str(teacher_dir), dims=args.static_dims, max_tokens=args.static_max_tokens).save(folder)
+                vectors, tokenizer_path = static_token_vectors(token_vectors, teacher_dir, args, out / "cache")
+                tune = SentenceTargets(train, targets, held_out, held_targets, learning_rate=args.static_lr,
+                                       seed=args.seed) if "tuned" in name else None
+                distill_static(str(teacher_dir), dims=args.static_dims, pooling=args.static_pooling, vectors=vectors,
+                               tokenizer_path=tokenizer_path, tune=tune).save(folder)
                 results.setdefault(name, {})["train_minutes"] = (time.time() - start) / 60
             elif kind == "model2vec" and not folder.is_dir() and not Path(args.model2vec_python).is_file():
                 print(f"--model2vec-python {args.model2vec_python}: no such file; model2vec's row is left out",
@@ -221,6 +229,19 @@ def main() -> int:
     print(table(results, args, len(data.queries), len(data.passages), len(train)))
     (out / "embeddings.md").write_text(table(results, args, len(data.queries), len(data.passages), len(train)), "utf-8")
     return 0
+
+
+def static_token_vectors(token_vectors, teacher_dir: Path, args, cache: Path) -> tuple[np.ndarray, str]:
+    """The teacher's token vectors, computed once for both static rows (kept in ``cache``)."""
+    path = cache / f"token-vectors-{args.static_pooling}-{args.static_max_tokens or 'all'}.npy"
+    if path.is_file():
+        return np.load(path), str(teacher_dir / "tokenizer.json")
+    vectors, tokenizer_path = token_vectors(str(teacher_dir), max_tokens=args.static_max_tokens,
+                                            pooling=args.static_pooling)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path.with_suffix(".tmp.npy"), vectors)
+    os.replace(path.with_suffix(".tmp.npy"), path)
+    return vectors, tokenizer_path
 
 
 def loader(kind: str, folder: Path, max_length: int):

@@ -13,7 +13,10 @@ the same epoch cap, early stopping, learning rate and batch size; only the train
 * ``teacher-init``: the student starts from the fine-tuned teacher's first n layers (DistilBERT);
 * ``two-teachers``: the top-2 teacher candidates of stage 1 (two seeds of the grid) averaged;
 * ``combined``: transfer + hidden + teacher-init together (chosen before any result, not tuned on them);
-* ``transfer-relation``: transfer + similarity relations (the two levers that won alone, combined afterwards).
+* ``transfer-relation``: transfer + similarity relations (the two levers that won alone, combined afterwards);
+* ``transfer-gold``: transfer with alpha 0.5 (half the loss is cross-entropy on the gold labels, which the
+  transfer text has none of): for a teacher barely better than the fine-tuned student, whose soft labels on
+  unlabelled text are mostly its mistakes.
 
 NER (the default task) trains on ``--labelled`` sentences of CoNLL-2002 ``esp.train`` and uses ``--transfer`` other
 sentences of ``esp.train`` as unlabelled text (their tags are never read); validation is a sample of ``esp.testa``
@@ -61,6 +64,7 @@ RECIPES = {  # in the order they run: the baseline, the paper's KD, then the lev
     "teacher-init": ({}, {"init": "teacher"}),
     "two-teachers": ({"teachers": 2}, {}),
     "transfer-relation": ({"transfer": True, "relation_weight": 1.0}, {}),
+    "transfer-gold": ({"transfer": True, "alpha": 0.5}, {}),
 }
 
 
