@@ -109,7 +109,7 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--static-dims", type=int, default=256)
     parser.add_argument("--static-pooling", choices=["mean", "token"], default="mean")
-    parser.add_argument("--static-lr", type=float, default=1e-3, help="the tuned static student's learning rate")
+    parser.add_argument("--static-lr", type=float, default=1e-2, help="the tuned static student's learning rate")
     parser.add_argument("--static-max-tokens", type=int, default=None, help="only the first N vocabulary ids (a "
                         "smoke test)")
     parser.add_argument("--threads", type=int, default=2)

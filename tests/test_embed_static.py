@@ -10,8 +10,8 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from speedy.embed.static import SentenceTargets, StaticEmbedder, distill_static, token_vectors, tune_vectors, \
-    zipf_weights
+from speedy.embed.static import SentenceTargets, StaticEmbedder, distill_static, sif_weights, token_vectors, \
+    tune_vectors, zipf_weights
 from speedy.errors import SpeedyError
 
 TEXTS = ["El equipo ganó el partido ayer.", "La ministra firmó el decreto hoy.", "¿Dónde está el niño?",
@@ -66,8 +66,8 @@ def test_distill_reduces_with_pca_and_weighs_by_rank(static, bert_dir):
     assert np.all(np.diff(np.diag(covariance)) <= 1e-6)
     np.testing.assert_allclose(covariance - np.diag(np.diag(covariance)), 0, atol=1e-3 * covariance.max())
     assert used.sum() == vocab - 5  # the five special tokens stay zero
-    np.testing.assert_allclose(static.weights, np.log(1 + np.arange(vocab)), rtol=1e-6)
-    assert static.info["pca"] is True and static.info["weighting"] == "zipf"
+    np.testing.assert_allclose(static.weights, sif_weights(vocab), rtol=1e-6)  # model2vec's weighting, the default
+    assert static.info["pca"] is True and static.info["weighting"] == "sif" and static.info["pooling"] == "mean"
 
 
 def test_no_pca_when_dims_reach_the_encoders_width_and_no_weighting(bert_dir):
@@ -76,6 +76,13 @@ def test_no_pca_when_dims_reach_the_encoders_width_and_no_weighting(bert_dir):
     np.testing.assert_array_equal(embedder.vectors, vectors)
     np.testing.assert_array_equal(embedder.weights, np.ones(30))
     assert embedder.info["pca"] is False
+
+
+def test_sif_weights_match_hand_computed_values():
+    # vocab 3: Zipf probabilities (1/2, 1/3, 1/4) / (13/12) = (6, 4, 3) / 13; a / (a + p) with a = 0.5
+    np.testing.assert_allclose(sif_weights(3, coefficient=0.5), [6.5 / 12.5, 6.5 / 10.5, 6.5 / 9.5], rtol=1e-6)
+    weights = sif_weights(250_000)
+    assert weights[0] < 0.01 and weights[-1] > 0.99 and np.all(np.diff(weights) >= 0)  # float32 ties at the top
 
 
 def test_zipf_weights_grow_with_the_id():
@@ -119,7 +126,8 @@ def test_tuning_moves_the_texts_tokens_towards_the_teachers_sentence_vectors(ber
     again = StaticEmbedder(tuned, base.weights, tokenizer).encode(held)
     assert float((again * fit.val_targets).sum(1).mean()) == pytest.approx(after, abs=1e-4)
     # distill_static tunes before its PCA, and says so in the folder's settings
-    embedder = distill_static(bert_dir, dims=8, vectors=vectors, tokenizer_path=tokenizer_json, tune=fit)
+    embedder = distill_static(bert_dir, dims=8, weighting="zipf", vectors=vectors, tokenizer_path=tokenizer_json,
+                              tune=fit)
     assert embedder.dims == 8 and embedder.info["tuned"]["held_out_cosine"] == [before, after]
 
 
@@ -180,7 +188,7 @@ def test_save_and_load_give_identical_encodings(static, tmp_path, bert_dir):
     assert sorted(p.name for p in folder.iterdir()) == ["static.json", "tokenizer.json", "vectors.npy",
                                                         "weights.npy"]
     settings = json.loads((folder / "static.json").read_text("utf-8"))
-    assert settings["dims"] == 8 and settings["pca"] is True and settings["weighting"] == "zipf"
+    assert settings["dims"] == 8 and settings["pca"] is True and settings["weighting"] == "sif"
     assert settings["source_model"] == str(bert_dir)
     loaded = StaticEmbedder.load(folder)
     np.testing.assert_array_equal(loaded.encode(TEXTS), static.encode(TEXTS))

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from speedy.errors import SpeedyError
 
 VECTORS, WEIGHTS, TOKENIZER, SETTINGS = "vectors.npy", "weights.npy", "tokenizer.json", "static.json"
-WEIGHTINGS = ("zipf", "none")
+WEIGHTINGS = ("sif", "zipf", "none")
 POOLINGS = ("mean", "token")
 PROBE = "hola"  # a text any tokenizer splits into ordinary tokens: shows where its template puts the special tokens
 
@@ -109,14 +109,22 @@ def zipf_weights(vocab: int) -> np.ndarray:
     return np.log1p(np.arange(vocab, dtype=np.float64)).astype(np.float32)
 
 
-def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "zipf", max_tokens: int | None = None,
+def sif_weights(vocab: int, coefficient: float = 1e-4) -> np.ndarray:
+    """SIF weights ``a / (a + p(id))`` (Arora et al., 2017) with ``p`` Zipf's law over the id taken as a frequency
+    rank, as model2vec computes them: the hundreds of most frequent ids weigh little, the rest about 1 (where
+    :func:`zipf_weights` keeps growing with the id)."""
+    inverse_rank = 1 / np.arange(2, vocab + 2, dtype=np.float64)
+    return (coefficient / (coefficient + inverse_rank / inverse_rank.sum())).astype(np.float32)
+
+
+def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif", max_tokens: int | None = None,
                    prefix: str = "", batch_size: int = 256, pooling: str = "mean",
                    vectors: np.ndarray | None = None, tokenizer_path: str | None = None,
                    tune: SentenceTargets | None = None) -> StaticEmbedder:
     """A static embedder distilled from the encoder in ``model_dir``: :func:`token_vectors` (or ``vectors`` and
     ``tokenizer_path`` computed before), tuned on the teacher's sentence vectors when ``tune`` gives them
     (:func:`tune_vectors`), then PCA (scikit-learn) to ``dims`` when that is fewer than the encoder's width (fit on
-    the non-special tokens; special tokens stay zero), then the token weights (``weighting``: ``zipf`` or
+    the non-special tokens; special tokens stay zero), then the token weights (``weighting``: ``sif``, ``zipf`` or
     ``none``)."""
     if weighting not in WEIGHTINGS:
         raise SpeedyError(f"distill_static: unknown weighting '{weighting}' (allowed: {', '.join(WEIGHTINGS)})")
@@ -125,7 +133,8 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "zip
     if vectors is None or tokenizer_path is None:
         vectors, tokenizer_path = token_vectors(model_dir, batch_size=batch_size, max_tokens=max_tokens,
                                                 prefix=prefix, pooling=pooling)
-    weights = zipf_weights(len(vectors)) if weighting == "zipf" else np.ones(len(vectors), dtype=np.float32)
+    weights = {"sif": sif_weights, "zipf": zipf_weights}.get(weighting, lambda n: np.ones(n, dtype=np.float32))(
+        len(vectors))
     info = {"source_model": str(model_dir), "pooling": pooling, "weighting": weighting, "prefix": prefix}
     if tune is not None:
         vectors, info["tuned"] = tune_vectors(vectors, weights, Tokenizer.from_file(tokenizer_path), tune)
