@@ -211,8 +211,7 @@ def _distill(**given):
 ENGINES = ["torch", "onnx", "onnx-int8"]
 DEMO = {
     "name": "demo", "output_dir": "runs/demo", "seed": 42, "store": None,
-    "tasks": [_task("rv1909-genre", "classification", 64, _data(builtin="rv1909-genre", per_class=[200, 50, 100],
-                                                                transfer=2400))],
+    "tasks": [_task("rv1909-genre", "classification", 64, _data(builtin="rv1909-genre", per_class=[200, 50, 100]))],
     "teachers": [_model("multilingual-e5-small", prune_vocab=True, learning_rate=[0.00015]),
                  _model("all-MiniLM-L6-v2")],
     "students": [_model("e5-truncated-2L", base="multilingual-e5-small", kind="truncate", layers=2, prune_vocab=True),
