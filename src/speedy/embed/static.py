@@ -193,6 +193,7 @@ def tune_vectors(vectors: np.ndarray, weights: np.ndarray, tokenizer: Tokenizer,
         return [[i for i in e.ids if i < len(vectors)] for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     train_ids, val_ids = token_ids(fit.texts), token_ids(fit.val_texts)
+    # The rows the texts use (and id 0, so that texts of no known token still give a non-empty list).
     rows = np.unique(np.concatenate([np.asarray(ids, dtype=np.int64) for ids in train_ids + [[0]]]))
     local = {int(row): i for i, row in enumerate(rows)}
     torch.manual_seed(fit.seed)
