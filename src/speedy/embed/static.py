@@ -201,26 +201,28 @@ def tune_vectors(vectors: np.ndarray, weights: np.ndarray, tokenizer: Tokenizer,
     row_weights = torch.tensor(weights[rows], dtype=torch.float32)
     optimizer = torch.optim.Adam([table], lr=fit.learning_rate)
 
-    def pooled(batch_ids, lookup, weigh):
-        flat = torch.tensor([lookup(i) for ids in batch_ids for i in ids], dtype=torch.long)
+    def pooled(batch_ids, rows_table, index, rows_weights):
+        """The texts' weighted sums of token vectors (``index``: vocabulary id -> row of ``rows_table``)."""
+        flat = torch.tensor([index[i] for ids in batch_ids for i in ids], dtype=torch.long)
         offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(ids) for ids in batch_ids])[:-1]]),
                                dtype=torch.long)
-        return torch.nn.functional.embedding_bag(flat, table, offsets, mode="sum", per_sample_weights=weigh(flat))
+        return torch.nn.functional.embedding_bag(flat, rows_table, offsets, mode="sum",
+                                                 per_sample_weights=rows_weights[flat])
 
     val_rows = np.unique(np.concatenate([np.asarray(ids, dtype=np.int64) for ids in val_ids + [[0]]]))
     val_local = {int(row): i for i, row in enumerate(val_rows)}
     tuned_in_val = [(val_local[int(row)], i) for i, row in enumerate(rows) if int(row) in val_local]
+    val_weights = torch.tensor(weights[val_rows], dtype=torch.float32)
+    val_targets = torch.tensor(np.asarray(fit.val_targets), dtype=torch.float32)
 
     def held_out_cosine() -> float:  # every token: the tuned rows from the table, the others as distilled
-        current = vectors[val_rows].astype(np.float32)
-        if tuned_in_val:
-            where, which = map(list, zip(*tuned_in_val))
-            current[where] = table.detach().numpy()[which]
-        weighted = current * weights[val_rows, None]
-        sums = np.stack([weighted[[val_local[i] for i in ids]].sum(0) if ids else np.zeros(vectors.shape[1])
-                         for ids in val_ids])
-        sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        return float((sums * fit.val_targets).sum(1).mean())
+        with torch.no_grad():
+            current = torch.tensor(vectors[val_rows], dtype=torch.float32)
+            if tuned_in_val:
+                where, which = map(list, zip(*tuned_in_val))
+                current[where] = table[which]
+            sums = pooled(val_ids, current, val_local, val_weights)
+            return float(torch.nn.functional.cosine_similarity(sums, val_targets, dim=1).mean())
 
     targets = torch.tensor(np.asarray(fit.targets), dtype=torch.float32)
     order = np.random.default_rng(fit.seed).permutation
@@ -231,7 +233,7 @@ def tune_vectors(vectors: np.ndarray, weights: np.ndarray, tokenizer: Tokenizer,
             batch = [i for i in batch if train_ids[i]]
             if not batch:
                 continue
-            sums = pooled([train_ids[i] for i in batch], local.__getitem__, lambda flat: row_weights[flat])
+            sums = pooled([train_ids[i] for i in batch], table, local, row_weights)
             loss = 1 - torch.nn.functional.cosine_similarity(sums, targets[batch], dim=1).mean()
             optimizer.zero_grad()
             loss.backward()
