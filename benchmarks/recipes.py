@@ -1,4 +1,4 @@
-"""Benchmark: which KD recipe beats fine-tuning the same student, at equal budget, over several seeds.
+r"""Benchmark: which KD recipe beats fine-tuning the same student, at equal budget, over several seeds.
 
 One row per recipe and student depth: validation score as mean ± std over the seeds, the gap to the fine-tuned
 student, the share of the teacher's score kept, and the wall time of one student run. Every recipe trains the
@@ -28,7 +28,9 @@ their genre, as transfer text; it needs no shared data, and ignores ``--labelled
 
     python benchmarks/recipes.py --task demo --output runs/bench-recipes-demo --transfer 2400 --max-length 64 \
         --batch-size 16 --teacher-epochs 8 --teacher-lr 1.5e-4 --teacher-seeds 42 --student-epochs 8 --depths 4 \
-        --seeds 1 2 3 --recipes finetuned transfer The teacher is multilingual-e5-small (12 layers), fine-tuned with ``--teacher-seeds`` seeds and selected
+        --seeds 1 2 3 --recipes finetuned transfer
+
+The teacher is multilingual-e5-small (12 layers), fine-tuned with ``--teacher-seeds`` seeds and selected
 by validation F1; every recipe distils the same teacher.
 
 All runs go through the ordinary pipeline into one study folder and store, so a killed benchmark resumes where it
@@ -121,7 +123,8 @@ def config_for(args, data: dict, recipe: str, depth: int, seed: int) -> dict:
         "grid": {"batch_size": [args.batch_size], "epochs": [args.teacher_epochs], "learning_rate": [args.teacher_lr],
                  "seeds": list(args.teacher_seeds), "select_by": "metric"},
         "distill": {"epochs": args.student_epochs, "patience": args.patience, "batch_size": args.batch_size,
-                    "learning_rate": args.student_lr, "seed": seed, "transfer": False, **distill},
+                    "learning_rate": args.student_lr, "seed": seed, "transfer": False, "restarts": args.restarts,
+                    **distill},
         "speed": {"batch_size": 1, "length": 64, "warmup": 1, "runs": 3},
     }
     if args.task == "demo":  # the teacher as demo.yaml states it, so a demo study's store can lend its teacher
@@ -157,7 +160,8 @@ def run_recipe(args, data: dict, recipe: str, depth: int, seed: int, train: bool
     return {"recipe": recipe, "depth": depth, "seed": seed, "score": trial.val_metrics[metric],
             "teacher": teacher.val_metrics[metric], "teachers": {t.name: t.val_metrics[metric] for t in teachers},
             "minutes": (trial.seconds or 0) / 60, "epochs": trial.info.get("epochs_run"),
-            "train_examples": trial.info.get("train_examples")}
+            "train_examples": trial.info.get("train_examples"), "restarts": trial.info.get("restarts", 0),
+            "seed_used": trial.info.get("seed", seed)}
 
 
 def _key(study, recipe: str, depth: int, seed: int) -> str:
@@ -203,7 +207,12 @@ def table(results: list[dict], args) -> str:
              f"{args.teacher_seeds}, selected by validation {metric}: "
              + ", ".join(f"{name} {100 * score:.2f}" for name, score in teachers.items())
              + f". Students: up to {args.student_epochs} epochs, patience {args.patience}, lr {args.student_lr:g}, "
-             f"batch {args.batch_size}, best checkpoint by validation {metric}.")
+             f"batch {args.batch_size}, best checkpoint by validation {metric}; a run that predicted one class on "
+             f"every validation example at its first two epochs was trained again from seed + 1000 (up to "
+             f"{args.restarts} time(s), every recipe alike)")
+    restarted = [r for r in results if r.get("restarts")]
+    sizes += (": " + ", ".join(f"{r['recipe']} {r['depth']}L seed {r['seed']} (ran as seed {r['seed_used']})"
+                               for r in restarted) + "." if restarted else "; none was.")
     return "\n".join(lines) + "\n\n" + sizes + "\n"
 
 
@@ -233,6 +242,8 @@ def main(argv=None) -> int:
     parser.add_argument("--student-lr", type=float, default=2e-4)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--restarts", type=int, default=1, help="a student run that collapses (one class on every "
+                        "validation example) is trained again from a new seed this many times, every recipe alike")
     parser.add_argument("--table", action="store_true", help="only rebuild the table from the finished runs")
     args = parser.parse_args(argv)
     if args.task != "demo" and not Path(args.data_dir).is_dir():

@@ -205,7 +205,7 @@ def _distill(**given):
     return {"loss": "kl", "alpha": 0.0, "temperature": 1.0, "epochs": 50, "patience": 10, "batch_size": [16, 32, 64],
             "learning_rate": [5e-05, 0.0001], "warmup_ratio": 0.1, "weight_decay": 0.01, "metric": None,
             "mixed_precision": "no", "search_trials": 0, "search_losses": ["kl", "ce", "mse"],
-            "search_alpha": [0.0, 1.0], "search_temperature": [1.0, 8.0]} | given
+            "search_alpha": [0.0, 1.0], "search_temperature": [1.0, 8.0], "restarts": 0} | given
 
 
 ENGINES = ["torch", "onnx", "onnx-int8"]
@@ -218,7 +218,8 @@ DEMO = {
                  _model("e5-truncated-4L", base="multilingual-e5-small", kind="truncate", layers=4, prune_vocab=True,
                         finetune=True)],
     "grid": {"batch_size": [16], "epochs": [8], "learning_rate": [0.0001]},
-    "distill": _distill(epochs=8, patience=3, batch_size=[32], learning_rate=[0.0002]),
+    # restarts changes no key (it only trains a collapsed student again)
+    "distill": _distill(epochs=8, patience=3, batch_size=[32], learning_rate=[0.0002], restarts=1),
     "speed": {"batch_size": 1, "length": 128, "warmup": 5, "runs": 30, "threads": None, "engines": ENGINES},
 }
 RATES, SMALL_RATES = [1e-05, 2e-05, 3e-05, 4e-05, 5e-05], [1e-06, 2e-06, 3e-06, 4e-06, 5e-06]

@@ -8,8 +8,9 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from speedy.distill.trainer import DistillationTrainer
 from speedy.tasks.base import lower_is_better
@@ -92,9 +93,15 @@ def _repoint_best(checkpoint: Path, output_dir: Path) -> None:
     if here is None or not here.is_dir() or best == str(here):
         return
     state["best_model_checkpoint"] = str(here)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)  # never a half-written state: that would make the checkpoint incomplete
+    write_json_atomically(path, state)  # never a half-written state: that would make the checkpoint incomplete
+
+
+def write_json_atomically(path: Path, value) -> None:
+    """Write ``value`` as JSON under a temporary name, then rename: the file is whole or absent."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def save_atomically(model, tokenizer, target: Path) -> Path:
@@ -116,16 +123,57 @@ def remove_checkpoints(output_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def one_class_everywhere(predictions, label_ids) -> bool:
+    """Whether the model predicts the same class at every scored position (examples for classification, words
+    for tagging: positions whose label is -100 are not scored). QA predicts spans, and is never one class."""
+    if predictions is None or isinstance(predictions, tuple):
+        return False
+    guesses = np.asarray(predictions).argmax(-1)
+    labels = None if label_ids is None or isinstance(label_ids, tuple) else np.asarray(label_ids)
+    if labels is not None and labels.shape == guesses.shape:
+        guesses = guesses[labels != -100]
+    return guesses.size > 1 and np.unique(guesses).size == 1
+
+
+class CollapseGuard(TrainerCallback):
+    """Watches for a collapsed run: one class predicted on every validation example. With ``stop``, a run that
+    does so at each of its first ``epochs`` evaluations is stopped there, since more epochs rarely revive it
+    (Mosbach et al., "On the Stability of Fine-tuning BERT", 2021; Dodge et al., 2020, stop such seeds early) and a
+    new seed is the better use of the time. ``record`` wraps the metrics function so the guard sees each
+    evaluation's predictions; ``collapsed`` says whether the last evaluation was one class."""
+
+    def __init__(self, stop: bool = False, epochs: int = 2):
+        self.stop, self.epochs, self.history, self.stopped = stop, epochs, [], False
+
+    def record(self, compute_metrics):
+        def wrapped(prediction):
+            self.history.append(one_class_everywhere(prediction.predictions, prediction.label_ids))
+            return compute_metrics(prediction)
+        return wrapped
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.history) and self.history[-1]
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.stop and len(self.history) == self.epochs and all(self.history):
+            self.stopped = control.should_training_stop = True
+
+
 def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_size: int, learning_rate: float,
         seed: int, max_length: int, metric: str = "loss", patience: int | None = None, warmup_ratio: float = 0.0,
         weight_decay: float = 0.0, teacher_caches=None, objective=None, mixed_precision: str = "no",
-        train_split=None) -> dict:
+        train_split=None, stop_collapsed: bool = False) -> dict:
     """Train on the task's train split, validating every epoch; save the best model to ``output_dir/model``.
 
     With ``teacher_caches`` (one per teacher) the loss is the KD ``objective`` (see
     :class:`~speedy.distill.trainer.DistillationTrainer`); without them it is the task's own loss on gold labels
     (stage 1, and students trained without KD). ``train_split`` replaces the data's training split (KD: the gold
     examples followed by unlabelled transfer text, in the order the teacher caches hold them).
+
+    The result's ``collapsed`` says whether the saved model predicts one class on every validation example; with
+    ``stop_collapsed``, a run that does so at each of its first two evaluations is stopped there
+    (:class:`CollapseGuard`), for a caller that will train it again from another seed.
     """
     output_dir = Path(output_dir)
     train_split = data.splits["train"] if train_split is None else train_split
@@ -135,10 +183,12 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
     args = training_args(output_dir, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                          metric=metric, greater_is_better=not lower_is_better(metric), warmup_ratio=warmup_ratio,
                          weight_decay=weight_decay, fp16=mixed_precision == "fp16", bf16=mixed_precision == "bf16")
+    guard = CollapseGuard(stop=stop_collapsed)
+    callbacks = [guard] + ([EarlyStoppingCallback(early_stopping_patience=patience)] if patience else [])
     kwargs = dict(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=task.collator(tokenizer), processing_class=tokenizer,
-                  compute_metrics=lambda p: task.compute_metrics(p.predictions, p.label_ids),
-                  callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else [])
+                  compute_metrics=guard.record(lambda p: task.compute_metrics(p.predictions, p.label_ids)),
+                  callbacks=callbacks)
     if teacher_caches:
         trainer = DistillationTrainer(task=task, teacher_caches=teacher_caches, objective=objective, **kwargs)
     else:
@@ -151,4 +201,5 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
     return {"val_loss": float(metrics["eval_loss"]),
             "val_metrics": {k.removeprefix("eval_"): float(v) for k, v in metrics.items()
                             if k.startswith("eval_") and isinstance(v, (int, float))},
-            "checkpoint": str(saved.resolve()), "epochs_run": float(trainer.state.epoch or 0)}
+            "checkpoint": str(saved.resolve()), "epochs_run": float(trainer.state.epoch or 0),
+            "collapsed": guard.collapsed}

@@ -78,9 +78,14 @@ NEW_SETTINGS = {"init": "pretrained", "seed": None, "teachers": 1, "transfer": T
                 "hidden_loss": "mse", "hidden_layers": "uniform", "relation_weight": 0.0, "teacher_weighting": "equal"}
 
 
+# Settings that change only a run that failed (a collapsed student trained again): never part of a key, so turning
+# them on keeps every healthy trial done earlier.
+RESCUE_SETTINGS = {"restarts"}
+
+
 def without_new_defaults(settings) -> dict:
     return {name: value for name, value in dataclasses.asdict(settings).items()
-            if not (name in NEW_SETTINGS and value == NEW_SETTINGS[name])}
+            if name not in RESCUE_SETTINGS and not (name in NEW_SETTINGS and value == NEW_SETTINGS[name])}
 
 
 def finetune_space(config: StudyConfig, teacher: ModelSpec) -> dict[str, list]:

@@ -12,6 +12,7 @@ student fine-tuned on the same labels is reported loudly: it has nothing to teac
 
 from __future__ import annotations
 
+import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,7 @@ from speedy.models.build import check_layers, load_tokenizer
 from speedy.selection import ranked_teachers
 from speedy.store import Trial
 from speedy.tasks.base import lower_is_better, selection_score
-from speedy.training import fit
+from speedy.training import fit, write_json_atomically
 from speedy.trials import DISTILL, FINETUNE, GOLD, KD, TrialSpec, distill_space, distill_spec, student_modes
 
 if TYPE_CHECKING:
@@ -155,12 +156,45 @@ def _run_point(study: Study, task: TaskSpec, student: ModelSpec, mode: str, teac
 
 
 def train_student(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache], output_dir: Path) -> dict:
+    """Train the student of ``spec``; a run that collapses (one class on every validation example) is trained
+    again from a new seed, up to ``distill.restarts`` times, each restart in its own folder (a killed run resumes
+    the restart it was in: the collapsed attempts before it leave a marker file)."""
+    restarts = spec.settings.restarts
+    for attempt in range(restarts + 1):
+        folder = Path(output_dir) / f"restart-{attempt}" if attempt else Path(output_dir)
+        marker = Path(output_dir) / f"collapsed-{attempt}.json"
+        seed = spec.seed + RESTART_SEED_STEP * attempt
+        if attempt < restarts and marker.is_file():
+            continue  # this attempt collapsed in a run that was then killed: go on with the next
+        result = _train_once(study, spec, caches, folder, seed, stop_collapsed=attempt < restarts)
+        result["info"].update(seed=seed, restarts=attempt, collapsed=result["collapsed"])
+        if not result["collapsed"]:
+            return result
+        if attempt < restarts:
+            study.console.print(f"  [bold yellow]{spec.name}: predicts one class on every validation example "
+                                f"(a collapsed run): training again from seed {seed + RESTART_SEED_STEP} "
+                                f"(restart {attempt + 1} of {restarts})[/bold yellow]")
+            write_json_atomically(marker, {"seed": seed, "val_metrics": result["val_metrics"]})
+            shutil.rmtree(result["checkpoint"], ignore_errors=True)  # a model of one class is of no use
+    study.console.print(f"[bold red]WARNING: {spec.name} predicts one class on every validation example: a "
+                        f"collapsed run, which teaches nothing"
+                        + (f" (after {restarts} restart{'s' * (restarts > 1)})" if restarts else
+                           "; distill.restarts: 1 trains such a run again from a new seed") + "[/bold red]")
+    return result
+
+
+# Restarts step the seed by this much, so a restart never repeats another seed of the same study (1, 2, 3, ...).
+RESTART_SEED_STEP = 1000
+
+
+def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache], output_dir: Path,
+                seed: int, stop_collapsed: bool = False) -> dict:
     data, task = study.data(spec.task), study.task(spec.task)
     settings = spec.settings
     if spec.model.init == "teacher":
-        model, tokenizer = build_from_teacher(spec.model, task, caches[0].teacher.checkpoint, seed=spec.seed)
+        model, tokenizer = build_from_teacher(spec.model, task, caches[0].teacher.checkpoint, seed=seed)
     else:
-        model, tokenizer = build_model(spec.model, task, study.corpus(spec.task), study.cache_dir, seed=spec.seed)
+        model, tokenizer = build_model(spec.model, task, study.corpus(spec.task), study.cache_dir, seed=seed)
     kd = spec.mode == KD
     objective = teacher_caches = None
     if kd:
@@ -177,11 +211,11 @@ def train_student(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache
         objective.project(model.config.hidden_size, {signal: teacher_caches[0].dim(signal)
                                                      for signal in objective.signals})
     result = fit(model, tokenizer, task, data, output_dir, epochs=settings.epochs, batch_size=settings.batch_size,
-                 learning_rate=settings.learning_rate, seed=spec.seed, max_length=spec.task.max_length,
+                 learning_rate=settings.learning_rate, seed=seed, max_length=spec.task.max_length,
                  metric=settings.metric or task.selection_metric, patience=settings.patience,
                  warmup_ratio=settings.warmup_ratio, weight_decay=settings.weight_decay,
                  mixed_precision=settings.mixed_precision, teacher_caches=teacher_caches, objective=objective,
-                 train_split=kd_train_split(study, spec.task) if kd else None)
+                 train_split=kd_train_split(study, spec.task) if kd else None, stop_collapsed=stop_collapsed)
     result["info"] = {"epochs_run": result.get("epochs_run")}
     if kd:  # Tables 5-8 need the teacher pass's time, which a run that found the cache on disk did not pay
         first = caches[0].cache
