@@ -117,6 +117,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phase", choices=["train", "time", "all"], default="all")
     parser.add_argument("--no-pruned", action="store_true", help="leave out the pruned-vocabulary student")
+    parser.add_argument("--no-students", action="store_true", help="leave out every transformer student (static "
+                        "rows and anchors only)")
     parser.add_argument("--model2vec-python", default="/work/m2v/bin/python",
                         help="a Python with 'model2vec[distill]' (it needs transformers < 5.4: its own venv)")
     args = parser.parse_args()
@@ -153,9 +155,9 @@ def main() -> int:
         os.replace(tmp, results_path)
 
     models = {"teacher e5-small (12 layers)": ("st", teacher_dir)}
-    for depth in args.depths:
+    for depth in [] if args.no_students else args.depths:
         models[f"student {depth} layers"] = ("st", out / "models" / f"e5-{depth}L")
-    if not args.no_pruned:
+    if not args.no_pruned and not args.no_students:
         models["student 4 layers, pruned vocabulary"] = ("st", out / "models" / "e5-4L-pruned")
     models[f"static ({args.static_dims} dims)"] = ("static", out / "models" / "static")
     models[f"static ({args.static_dims} dims), tuned on the training texts"] = ("static", out / "models" / "static-tuned")

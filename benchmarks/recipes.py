@@ -16,7 +16,8 @@ the same epoch cap, early stopping, learning rate and batch size; only the train
 * ``transfer-relation``: transfer + similarity relations (the two levers that won alone, combined afterwards);
 * ``transfer-gold``: transfer with alpha 0.5 (half the loss is cross-entropy on the gold labels, which the
   transfer text has none of): for a teacher barely better than the fine-tuned student, whose soft labels on
-  unlabelled text are mostly its mistakes.
+  unlabelled text are mostly its mistakes;
+* ``logit-kd-gold``: the paper's KD with alpha 0.5, no transfer text (Hinton et al.'s mix of soft and gold targets).
 
 NER (the default task) trains on ``--labelled`` sentences of CoNLL-2002 ``esp.train`` and uses ``--transfer`` other
 sentences of ``esp.train`` as unlabelled text (their tags are never read); validation is a sample of ``esp.testa``
@@ -67,6 +68,7 @@ RECIPES = {  # in the order they run: the baseline, the paper's KD, then the lev
     "two-teachers": ({"teachers": 2}, {}),
     "transfer-relation": ({"transfer": True, "relation_weight": 1.0}, {}),
     "transfer-gold": ({"transfer": True, "alpha": 0.5}, {}),
+    "logit-kd-gold": ({"alpha": 0.5}, {}),
 }
 
 
@@ -113,7 +115,9 @@ def config_for(args, data: dict, recipe: str, depth: int, seed: int) -> dict:
         task = {"name": "rv1909-genre", "type": "classification", "max_length": args.max_length, "data": data}
     else:
         task = {"name": f"{args.task}-es", "type": "tagging", "scheme": "bio" if args.task == "ner" else "pos",
-                "max_length": args.max_length, "data": data["files"], "transfer_files": [data["transfer"]]}
+                "max_length": args.max_length, "data": data["files"]}
+        if args.transfer:  # with none (all of esp.train labelled), the task has no transfer text at all
+            task["transfer_files"] = [data["transfer"]]
     config = {
         "name": f"recipes-{args.task}-{recipe}-{depth}L-s{seed}", "output_dir": str(Path(args.output) / "study"),
         "seed": args.teacher_seeds[0], "tasks": [task],
@@ -161,7 +165,7 @@ def run_recipe(args, data: dict, recipe: str, depth: int, seed: int, train: bool
             "teacher": teacher.val_metrics[metric], "teachers": {t.name: t.val_metrics[metric] for t in teachers},
             "minutes": (trial.seconds or 0) / 60, "epochs": trial.info.get("epochs_run"),
             "train_examples": trial.info.get("train_examples"), "restarts": trial.info.get("restarts", 0),
-            "seed_used": trial.info.get("seed", seed)}
+            "seed_used": trial.info.get("seed", seed), "collapsed": trial.info.get("collapsed")}
 
 
 def _key(study, recipe: str, depth: int, seed: int) -> str:
@@ -207,13 +211,27 @@ def table(results: list[dict], args) -> str:
              f"{args.teacher_seeds}, selected by validation {metric}: "
              + ", ".join(f"{name} {100 * score:.2f}" for name, score in teachers.items())
              + f". Students: up to {args.student_epochs} epochs, patience {args.patience}, lr {args.student_lr:g}, "
-             f"batch {args.batch_size}, best checkpoint by validation {metric}; a run that predicted one class on "
-             f"every validation example at its first two epochs was trained again from seed + 1000 (up to "
-             f"{args.restarts} time(s), every recipe alike)")
+             f"batch {args.batch_size}, best checkpoint by validation {metric}.")
+    return "\n".join(lines) + "\n\n" + sizes + " " + collapse_note(results, args.restarts) + "\n"
+
+
+def collapse_note(results: list[dict], restarts: int) -> str:
+    """What the table's rows say about collapsed runs (one class on every validation example): which were
+    trained again from seed + 1000, which ended collapsed, which were recorded before speedy checked."""
+    def names(rows):
+        return ", ".join(f"{r['recipe']} {r['depth']}L seed {r['seed']}" for r in rows)
     restarted = [r for r in results if r.get("restarts")]
-    sizes += (": " + ", ".join(f"{r['recipe']} {r['depth']}L seed {r['seed']} (ran as seed {r['seed_used']})"
-                               for r in restarted) + "." if restarted else "; none was.")
-    return "\n".join(lines) + "\n\n" + sizes + "\n"
+    collapsed = [r for r in results if r.get("collapsed")]
+    unchecked = [r for r in results if r.get("collapsed") is None]
+    parts = [f"Collapsed runs were trained again from seed + 1000, up to {restarts} time(s), every recipe alike: "
+             + (", ".join(f"{r['recipe']} {r['depth']}L seed {r['seed']} (ran as seed {r['seed_used']})"
+                          for r in restarted) if restarted else "none was") + "."]
+    if collapsed:
+        parts.append(f"Still collapsed: {names(collapsed)}.")
+    if unchecked:
+        parts.append(f"Recorded before collapsed runs were detected (no verdict stored; see their scores): "
+                     f"{names(unchecked)}.")
+    return " ".join(parts)
 
 
 def write_atomically(path: Path, text: str) -> None:

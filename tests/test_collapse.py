@@ -13,7 +13,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from speedy.config import DataSpec, DistillSettings, TaskSpec
 from speedy.tasks import ClassificationTask, load_task_data
 from speedy.stages import distill as distill_stage
-from speedy.training import fit, one_class_everywhere
+from speedy.store import Store
+from speedy.training import CollapseGuard, fit, one_class_everywhere
 from speedy.trials import without_new_defaults
 
 
@@ -48,6 +49,25 @@ def test_fit_stops_a_collapsed_run_only_when_a_restart_will_follow(tiny_files, b
                          max_length=32, stop_collapsed=stop)
     assert runs[True]["collapsed"] and runs[True]["epochs_run"] == 2.0  # stopped after two one-class evaluations
     assert runs[False]["collapsed"] and runs[False]["epochs_run"] == 4.0  # only reported
+    assert "one_class" not in runs[True]["val_metrics"]  # the verdict is the guard's, not a validation metric
+
+
+def test_the_guard_reads_its_verdicts_from_the_trainers_log_so_a_resumed_run_keeps_them():
+    """A run killed after its first epoch resumes with the log of that epoch (trainer_state.json): the guard
+    counts it, and stops at the second evaluation as an uninterrupted run would."""
+    state = SimpleNamespace(log_history=[{"loss": 1.4}, {"eval_one_class": 1.0, "epoch": 1.0}])
+    control = SimpleNamespace(should_training_stop=False)
+    CollapseGuard(stop=True).on_evaluate(None, state, control)
+    assert not control.should_training_stop  # one verdict so far
+    state.log_history.append({"eval_one_class": 1.0, "epoch": 2.0})
+    CollapseGuard(stop=True).on_evaluate(None, state, control)  # a new guard, as in a resumed process
+    assert control.should_training_stop
+    control.should_training_stop = False
+    CollapseGuard(stop=False).on_evaluate(None, state, control)
+    assert not control.should_training_stop  # without a restart to follow, a run is only reported
+    state.log_history[1]["eval_one_class"] = 0.0
+    CollapseGuard(stop=True).on_evaluate(None, state, control)
+    assert not control.should_training_stop  # two classes at the first evaluation: not collapsed
 
 
 def _student_spec(restarts: int):
@@ -95,6 +115,8 @@ def test_without_restarts_a_collapsed_student_is_reported_loudly_and_kept(monkey
     text = console.export_text()
     assert "WARNING" in text and "one class" in text and "distill.restarts: 1" in text
 
+    assert (tmp_path / "trial" / "collapsed-0.json").is_file()  # so that more restarts later skip this attempt
+
     calls.clear()  # restarts used up: the last attempt is kept, with the warning
     result = distill_stage.train_student(SimpleNamespace(console=console), _student_spec(restarts=1), [],
                                          tmp_path / "other")
@@ -105,3 +127,16 @@ def test_without_restarts_a_collapsed_student_is_reported_loudly_and_kept(monkey
 def test_restarts_are_never_part_of_a_trial_key():
     assert without_new_defaults(DistillSettings()) == without_new_defaults(
         dataclasses.replace(DistillSettings(), restarts=2))
+
+
+def test_a_trial_that_ended_collapsed_is_opened_again_when_more_restarts_are_allowed(tmp_path):
+    store = Store(tmp_path / "store.sqlite")
+    for key, info in (("collapsed", {"collapsed": True, "restarts": 0}), ("rescued", {"collapsed": False, "restarts": 1}),
+                      ("old", {"epochs_run": 8.0})):
+        assert store.claim(key, "distill", "t", key, {}, "w")
+        store.finish(key, "w", status="done", val_loss=1.0, val_metrics={}, checkpoint=None, info=info)
+    assert not distill_stage.rescue_collapsed(store, "collapsed", 0)  # the same setting: kept as it is
+    assert distill_stage.rescue_collapsed(store, "collapsed", 1) and store.get("collapsed").status == "failed"
+    assert not distill_stage.rescue_collapsed(store, "rescued", 2)  # healthy: never trained again
+    assert not distill_stage.rescue_collapsed(store, "old", 1)  # recorded before the guard: no verdict to act on
+    assert not distill_stage.rescue_collapsed(store, "missing", 1)

@@ -362,3 +362,34 @@ def test_a_killed_onnx_export_is_cleaned_by_the_next_export(bert_dir, tmp_path):
     os.utime(killed[-1], (time.time() - 2 * 3600,) * 2)
     export_onnx(load_engine(folder, "torch"), onnx)
     assert sorted(p.name for p in onnx.iterdir()) == sorted(["model.onnx", "model-int8.onnx", live.name])
+
+
+def test_a_grid_point_the_store_no_longer_counts_done_is_run_again(tmp_path):
+    """Optuna keeps a finished point COMPLETE; if its store trial is failed later (a lost model, a hand edit),
+    the grid runs it again instead of waiting forever for a worker that will never come."""
+    import threading
+
+    store = Store(tmp_path / "store.sqlite")
+    calls = []
+
+    def run(point):
+        key = f"x{point['x']}"
+        calls.append(key)
+        trial = store.get(key)
+        if not (trial and trial.status == "done"):
+            assert store.claim(key, "finetune", "t", key, point, "w")
+            store.finish(key, "w", status="done", val_loss=float(point["x"]), val_metrics={}, checkpoint=None)
+        return key, float(point["x"])
+
+    def grid():
+        Search(store, heartbeat=1, grace=60, poll=0.05).grid("g", {"x": [1, 2]}, run, lambda p: f"x{p['x']}")
+
+    grid()
+    assert sorted(calls) == ["x1", "x2"]
+    store.update("x1", status="failed")
+    calls.clear()
+    worker = threading.Thread(target=grid, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive()  # before the fix it waited forever
+    assert "x1" in calls and store.get("x1").status == "done"

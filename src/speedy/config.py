@@ -181,9 +181,9 @@ class DistillSettings:
     # (the last layers only), or explicit [[student layer, teacher layer], ...] (0 = the embeddings)
     hidden_layers: str | list[Annotated[list[Count], Field(min_length=2, max_length=2)]] = "uniform"
     relation_weight: Annotated[Float, Field(ge=0)] = 0.0  # similarity-relation KD of the last layers (0: off)
-    # a student that predicts one class on every validation example at its first two evaluations (a collapsed
-    # run) is trained again from a new seed, up to this many times; it changes only such runs, so it is not part of
-    # a trial's key
+    # a student whose best model predicts one class on every validation example (a collapsed run) is trained
+    # again from a new seed, up to this many times (a run one class at its first two epochs is stopped there); it
+    # changes only such runs, so it is in no trial's key
     restarts: Count = 0
 
 

@@ -115,8 +115,19 @@ class Search:
             if self._has_work(study, space):
                 study.optimize(objective, n_trials=1, catch=())
             else:  # the rest runs elsewhere: wait, and let Optuna fail and re-queue the trials of dead workers
+                self._run_orphans(points, keys, run, done)
                 optuna.storages.fail_stale_trials(study)
                 time.sleep(self.poll)
+
+    def _run_orphans(self, points: list[dict], keys: Callable[[dict], str],
+                     run: Callable[[dict], tuple[str, float | None]], done: set[str]) -> None:
+        """Run the points Optuna counts as handed out but whose trial the store has neither done nor running
+        (failed after it finished, or lost): no worker would ever take them, and the grid would wait forever."""
+        for point in points:
+            key = keys(point)
+            trial = self.store.get(key)
+            if key not in done and (trial is None or trial.status != "running"):
+                run(point)
 
     def _fail_silent_trials(self, study: optuna.Study) -> None:
         """Fail and re-queue the RUNNING trials that have had no heartbeat at all for ``grace`` seconds.

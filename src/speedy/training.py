@@ -135,29 +135,33 @@ def one_class_everywhere(predictions, label_ids) -> bool:
     return guesses.size > 1 and np.unique(guesses).size == 1
 
 
+# The metric each evaluation records (as eval_one_class in the Trainer's log, which a resumed run restores): 1.0
+# when the model predicted one class everywhere. Left out of the trial's validation metrics.
+ONE_CLASS = "one_class"
+
+
 class CollapseGuard(TrainerCallback):
     """Watches for a collapsed run: one class predicted on every validation example. With ``stop``, a run that
     does so at each of its first ``epochs`` evaluations is stopped there, since more epochs rarely revive it
     (Mosbach et al., "On the Stability of Fine-tuning BERT", 2021; Dodge et al., 2020, stop such seeds early) and a
-    new seed is the better use of the time. ``record`` wraps the metrics function so the guard sees each
-    evaluation's predictions; ``collapsed`` says whether the last evaluation was one class."""
+    new seed is the better use of the time. ``record`` wraps the metrics function so that each evaluation logs
+    its verdict; the guard reads the verdicts from the Trainer's log, so a killed and resumed run counts the
+    evaluations made before the kill."""
 
     def __init__(self, stop: bool = False, epochs: int = 2):
-        self.stop, self.epochs, self.history, self.stopped = stop, epochs, [], False
+        self.stop, self.epochs = stop, epochs
 
-    def record(self, compute_metrics):
+    @staticmethod
+    def record(compute_metrics):
         def wrapped(prediction):
-            self.history.append(one_class_everywhere(prediction.predictions, prediction.label_ids))
-            return compute_metrics(prediction)
+            verdict = one_class_everywhere(prediction.predictions, prediction.label_ids)
+            return {**compute_metrics(prediction), ONE_CLASS: float(verdict)}
         return wrapped
 
-    @property
-    def collapsed(self) -> bool:
-        return bool(self.history) and self.history[-1]
-
     def on_evaluate(self, args, state, control, **kwargs):
-        if self.stop and len(self.history) == self.epochs and all(self.history):
-            self.stopped = control.should_training_stop = True
+        verdicts = [entry[f"eval_{ONE_CLASS}"] for entry in state.log_history if f"eval_{ONE_CLASS}" in entry]
+        if self.stop and len(verdicts) == self.epochs and all(verdicts):
+            control.should_training_stop = True
 
 
 def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_size: int, learning_rate: float,
@@ -195,6 +199,7 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
         trainer = Trainer(**kwargs)
     train_resumably(trainer)
     metrics = trainer.evaluate()
+    collapsed = bool(metrics.pop(f"eval_{ONE_CLASS}", 0.0))  # the saved (best) model's verdict
     trainer.model.config.speedy_task = task.describe(max_length)  # lets `speedy evaluate --model` rebuild the task
     saved = save_atomically(trainer.model, tokenizer, output_dir / "model")
     remove_checkpoints(output_dir)
@@ -202,4 +207,4 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
             "val_metrics": {k.removeprefix("eval_"): float(v) for k, v in metrics.items()
                             if k.startswith("eval_") and isinstance(v, (int, float))},
             "checkpoint": str(saved.resolve()), "epochs_run": float(trainer.state.epoch or 0),
-            "collapsed": guard.collapsed}
+            "collapsed": collapsed}

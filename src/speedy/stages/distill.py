@@ -150,22 +150,28 @@ def _run_point(study: Study, task: TaskSpec, student: ModelSpec, mode: str, teac
     """Train one point (or skip it when done); its value for the search: the selection score (higher is
     better)."""
     spec = distill_spec(study.config, task, student, mode, point)
+    if rescue_collapsed(study.store, spec.key(study.data_fingerprint(task), teacher_key), spec.settings.restarts):
+        study.console.print(f"  [yellow]{spec.name}: ended collapsed with fewer restarts than distill.restarts "
+                            f"now allows: trained again[/yellow]")
     key, trial = study.run_trial(spec, partial(train_student, study, spec, caches), teacher_key)
     metric = spec.settings.metric or study.task(task).selection_metric
     return key, (selection_score(trial.val_metrics, trial.val_loss, metric) if trial else None)
 
 
 def train_student(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache], output_dir: Path) -> dict:
-    """Train the student of ``spec``; a run that collapses (one class on every validation example) is trained
-    again from a new seed, up to ``distill.restarts`` times, each restart in its own folder (a killed run resumes
-    the restart it was in: the collapsed attempts before it leave a marker file)."""
+    """Train the student of ``spec``; a run whose best model predicts one class on every validation example (a
+    collapsed run) is trained again from a new seed, up to ``distill.restarts`` times, each restart in its own
+    folder. A run doing so at each of its first two epochs is stopped there when a restart will follow. Every
+    collapsed attempt leaves a marker file, so a killed run (or one given more restarts later) goes on with the
+    next attempt instead of training the collapsed ones again."""
     restarts = spec.settings.restarts
     for attempt in range(restarts + 1):
         folder = Path(output_dir) / f"restart-{attempt}" if attempt else Path(output_dir)
         marker = Path(output_dir) / f"collapsed-{attempt}.json"
         seed = spec.seed + RESTART_SEED_STEP * attempt
-        if attempt < restarts and marker.is_file():
-            continue  # this attempt collapsed in a run that was then killed: go on with the next
+        if attempt < restarts and marker.is_file():  # this attempt collapsed in an earlier run: go on with the next
+            shutil.rmtree(folder / "model", ignore_errors=True)  # kept while it was the trial's last attempt
+            continue
         result = _train_once(study, spec, caches, folder, seed, stop_collapsed=attempt < restarts)
         result["info"].update(seed=seed, restarts=attempt, collapsed=result["collapsed"])
         if not result["collapsed"]:
@@ -174,13 +180,25 @@ def train_student(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache
             study.console.print(f"  [bold yellow]{spec.name}: predicts one class on every validation example "
                                 f"(a collapsed run): training again from seed {seed + RESTART_SEED_STEP} "
                                 f"(restart {attempt + 1} of {restarts})[/bold yellow]")
-            write_json_atomically(marker, {"seed": seed, "val_metrics": result["val_metrics"]})
             shutil.rmtree(result["checkpoint"], ignore_errors=True)  # a model of one class is of no use
+        write_json_atomically(marker, {"seed": seed, "val_metrics": result["val_metrics"]})
     study.console.print(f"[bold red]WARNING: {spec.name} predicts one class on every validation example: a "
                         f"collapsed run, which teaches nothing"
                         + (f" (after {restarts} restart{'s' * (restarts > 1)})" if restarts else
                            "; distill.restarts: 1 trains such a run again from a new seed") + "[/bold red]")
     return result
+
+
+def rescue_collapsed(store, key: str, restarts: int) -> bool:
+    """A finished trial that ended collapsed with fewer restarts than ``restarts`` now allows is opened again (its
+    collapsed attempts are not retrained: their markers remain). ``restarts`` is in no key, so without this a
+    raised setting would find the trial done and keep the collapsed model."""
+    trial = store.get(key)
+    info = (trial.info or {}) if trial else {}
+    if trial is None or trial.status != "done" or not info.get("collapsed") or info.get("restarts", 0) >= restarts:
+        return False
+    store.update(key, status="failed")
+    return True
 
 
 # Restarts step the seed by this much, so a restart never repeats another seed of the same study (1, 2, 3, ...).
