@@ -72,6 +72,25 @@ def training_texts(path: Path, limit: int, seed: int) -> list[str]:
     return texts[:limit]
 
 
+def other_spanish_texts(data_dir: Path, limit: int, seed: int) -> list[str]:
+    """``limit`` Spanish sentences that are not SQuAD-es (none of its questions or paragraphs): CoNLL-2002
+    ``esp.train`` sentences (words joined by spaces) and the package's Bible verses, half each where they have as
+    many, shuffled; prefixed as passages."""
+    from speedy.data.bible import shipped_verses
+    from speedy.data.readers import read_conll
+    from speedy.embed.encoder import with_prefix
+
+    rng = random.Random(seed)
+    conll = [" ".join(s["tokens"]) for s in read_conll(data_dir / "conll2002-es" / "esp.train")]
+    verses = [text for _, text in shipped_verses()]
+    rng.shuffle(conll)
+    rng.shuffle(verses)
+    half = min(limit // 2, len(conll))
+    texts = conll[:half] + verses[: limit - half]
+    rng.shuffle(texts)
+    return with_prefix(texts, "passage")
+
+
 def folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and "checkpoint" not in str(p)) / 1e6
 
@@ -117,6 +136,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phase", choices=["train", "time", "all"], default="all")
     parser.add_argument("--no-pruned", action="store_true", help="leave out the pruned-vocabulary student")
+    parser.add_argument("--extra-texts", type=int, default=0, help="one more static row, tuned on the training "
+                        "texts and this many other Spanish sentences (CoNLL-2002 esp.train, the Bible's verses)")
     parser.add_argument("--no-students", action="store_true", help="leave out every transformer student (static "
                         "rows and anchors only)")
     parser.add_argument("--model2vec-python", default="/work/m2v/bin/python",
@@ -161,6 +182,9 @@ def main() -> int:
         models["student 4 layers, pruned vocabulary"] = ("st", out / "models" / "e5-4L-pruned")
     models[f"static ({args.static_dims} dims)"] = ("static", out / "models" / "static")
     models[f"static ({args.static_dims} dims), tuned on the training texts"] = ("static", out / "models" / "static-tuned")
+    if args.extra_texts:
+        models[f"static ({args.static_dims} dims), tuned on the training texts + {args.extra_texts:,} other "
+               f"sentences"] = ("static", out / "models" / f"static-tuned-extra-{args.extra_texts}")
     models["model2vec (its own distillation)"] = ("model2vec", out / "models" / "model2vec")
 
     if args.phase in ("train", "all"):
@@ -181,7 +205,13 @@ def main() -> int:
             elif kind == "static" and not (folder / "static.json").is_file():
                 start = time.time()
                 vectors, tokenizer_path = static_token_vectors(token_vectors, teacher_dir, args, out / "cache")
-                tune = SentenceTargets(train, targets, held_out, held_targets, learning_rate=args.static_lr,
+                tune_texts, tune_targets = train, targets
+                if "other sentences" in name:  # the extra text joins the training texts (never the held-out)
+                    extra = other_spanish_texts(Path(args.data_dir), args.extra_texts, args.seed)
+                    tune_texts = train + extra
+                    tune_targets = np.concatenate([targets, teacher_vectors(teacher, teacher_dir, extra,
+                                                                            out / "cache")])
+                tune = SentenceTargets(tune_texts, tune_targets, held_out, held_targets, learning_rate=args.static_lr,
                                        seed=args.seed) if "tuned" in name else None
                 distill_static(str(teacher_dir), dims=args.static_dims, pooling=args.static_pooling, vectors=vectors,
                                tokenizer_path=tokenizer_path, tune=tune).save(folder)

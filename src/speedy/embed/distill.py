@@ -72,7 +72,7 @@ def distill_student(student, texts: list[str], targets: np.ndarray, val_texts: l
     if not texts or len(texts) != len(targets) or len(val_texts) != len(val_targets) or not val_texts:
         raise SpeedyError(f"embed: {len(texts)} texts with {len(targets)} target vectors and {len(val_texts)} "
                           f"held-out texts with {len(val_targets)}: each text needs its vector, and both sets texts")
-    width = student.get_sentence_embedding_dimension()
+    width = student.get_embedding_dimension()
     if width != targets.shape[1]:
         raise SpeedyError(f"embed: the student gives {width}-dimensional vectors, the teacher {targets.shape[1]}: "
                           "add a projection (sentence_model(..., dims=...))")
@@ -86,7 +86,8 @@ def distill_student(student, texts: list[str], targets: np.ndarray, val_texts: l
     held_out = Dataset.from_dict({"text": val_texts, "label": np.asarray(val_targets, dtype=np.float32).tolist()})
     arguments = SentenceTransformerTrainingArguments(
         output_dir=str(work), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=2 * batch_size, learning_rate=learning_rate, warmup_ratio=0.1, seed=seed,
+        per_device_eval_batch_size=2 * batch_size, learning_rate=learning_rate, seed=seed,
+        warmup_steps=0.1,  # below 1: a share of all steps (warmup_ratio is deprecated)
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model="eval_loss", greater_is_better=False, report_to=[], use_cpu=True, logging_strategy="epoch")
     trainer = SentenceTransformerTrainer(model=student, args=arguments, train_dataset=train, eval_dataset=held_out,

@@ -23,10 +23,11 @@ def sentence_model(folder: str | Path, max_length: int = 256, dims: int | None =
     """A sentence-transformers model of an encoder folder: mean pooling over real tokens, then (``dims``, for a
     student narrower than its teacher) a learned linear projection, then L2 normalisation."""
     import torch  # lazy: training only (these import torch)
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
 
     transformer = models.Transformer(str(folder), max_seq_length=max_length)
-    width = transformer.get_word_embedding_dimension()
+    width = transformer.get_embedding_dimension()
     modules = [transformer, models.Pooling(width, pooling_mode="mean")]
     if dims is not None and dims != width:
         modules.append(models.Dense(width, dims, activation_function=torch.nn.Identity()))
