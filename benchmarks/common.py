@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -59,3 +60,15 @@ def run_stages(config_path: Path) -> tuple[object, dict]:
 def stage_line(minutes: dict) -> str:
     return "stage minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in minutes.items())
 
+
+def write_squad(path: Path, dataset) -> str:
+    articles = {}
+    for row in dataset:
+        article = articles.setdefault(row["title"], {"title": row["title"], "paragraphs": {}})
+        paragraph = article["paragraphs"].setdefault(row["context"], {"context": row["context"], "qas": []})
+        paragraph["qas"].append({"id": row["id"], "question": row["question"],
+                                 "answers": [{"text": t, "answer_start": s} for t, s in
+                                             zip(row["answers"]["text"], row["answers"]["answer_start"])]})
+    data = [{"title": a["title"], "paragraphs": list(a["paragraphs"].values())} for a in articles.values()]
+    path.write_text(json.dumps({"version": "1.1", "data": data}, ensure_ascii=False), "utf-8")
+    return str(path)

@@ -13,27 +13,13 @@ through the ordinary pipeline (resumable; models stay in ``--output`` for ``spee
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
 
 import yaml
 
-from common import REPO, add_training_flags, run_stages, stage_line, study_settings
-
-
-def write_squad(path: Path, dataset) -> str:
-    articles = {}
-    for row in dataset:
-        article = articles.setdefault(row["title"], {"title": row["title"], "paragraphs": {}})
-        paragraph = article["paragraphs"].setdefault(row["context"], {"context": row["context"], "qas": []})
-        paragraph["qas"].append({"id": row["id"], "question": row["question"],
-                                 "answers": [{"text": t, "answer_start": s} for t, s in
-                                             zip(row["answers"]["text"], row["answers"]["answer_start"])]})
-    data = [{"title": a["title"], "paragraphs": list(a["paragraphs"].values())} for a in articles.values()]
-    path.write_text(json.dumps({"version": "1.1", "data": data}, ensure_ascii=False), "utf-8")
-    return str(path)
+from common import REPO, add_training_flags, run_stages, stage_line, study_settings, write_squad
 
 
 def main(argv=None) -> int:

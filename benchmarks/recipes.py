@@ -22,7 +22,9 @@ the same epoch cap, early stopping, learning rate and batch size; only the train
 NER (the default task) trains on ``--labelled`` sentences of CoNLL-2002 ``esp.train`` and uses ``--transfer`` other
 sentences of ``esp.train`` as unlabelled text (their tags are never read); validation is a sample of ``esp.testa``
 (the test split ``esp.testb`` stays unseen). POS splits AnCora's dev file (the one here) into validation,
-labelled and transfer sentences. ``demo`` is the demo's classification task (the Bible's verses -> the genre of
+labelled and transfer sentences. ``qa`` splits SQuAD-es by article: ``--val`` questions of held-out articles,
+``--labelled`` questions of the others, and ``--transfer`` further questions of those as unlabelled ``{"question",
+"context"}`` pairs (the teacher's start/end distributions over the context are their targets). ``demo`` is the demo's classification task (the Bible's verses -> the genre of
 their book; its 200 / 50 verses per genre for training / validation) with ``--transfer`` other verses, without
 their genre, as transfer text; it needs no shared data, and ignores ``--labelled``, ``--val`` and ``--data-seed``
 (the demo's own sizes and seed). The demo's own settings (the README's demo rows)::
@@ -88,6 +90,8 @@ def prepare(args, out: Path) -> dict:
         return {"builtin": "rv1909-genre", "per_class": [200, 50, 100], "seed": 0, "transfer": args.transfer}
     data_dir = Path(args.data_dir)
     rng = random.Random(args.data_seed)
+    if args.task == "qa":
+        return prepare_qa(args, data_dir, out, rng)
     if args.task == "ner":
         train = read_conll(data_dir / "conll2002-es" / "esp.train")
         validation = read_conll(data_dir / "conll2002-es" / "esp.testa")
@@ -109,10 +113,38 @@ def prepare(args, out: Path) -> dict:
     return {"files": files, "transfer": str(transfer)}
 
 
+def prepare_qa(args, data_dir: Path, out: Path, rng: random.Random) -> dict:
+    """SQuAD-es split by article: ``--val`` questions of the held-out articles for validation, ``--labelled``
+    questions of the others with their answers, and ``--transfer`` further questions of those articles as
+    unlabelled ``{"question", "context"}`` lines (their answers are never written)."""
+    from common import write_squad
+    from speedy.data.squad import read_squad, split_by_article
+
+    source = data_dir / "squad-es" / "squad-es-v1.1-dev-small-minus-xquad.json"
+    train, validation = split_by_article(read_squad(source, report=lambda *a: None), 0.2, args.data_seed)
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    labelled, rest = order[: args.labelled], order[args.labelled :][: args.transfer]
+    val = sorted(rng.sample(range(len(validation)), min(args.val, len(validation))))
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"train": write_squad(out / "train.json", train.select(sorted(labelled))),
+             "validation": write_squad(out / "validation.json", validation.select(val))}
+    files["test"] = files["validation"]  # never evaluated here
+    transfer = out / "transfer.jsonl"
+    transfer.write_text("".join(json.dumps({"question": train[i]["question"], "context": train[i]["context"]},
+                                           ensure_ascii=False) + "\n" for i in rest), "utf-8")
+    return {"files": files, "transfer": str(transfer)}
+
+
 def config_for(args, data: dict, recipe: str, depth: int, seed: int) -> dict:
     distill, student = RECIPES[recipe]
     if args.task == "demo":
         task = {"name": "rv1909-genre", "type": "classification", "max_length": args.max_length, "data": data}
+    elif args.task == "qa":
+        task = {"name": "squad-es", "type": "qa", "max_length": args.max_length, "stride": args.stride,
+                "normalization": "es", "data": data["files"]}
+        if args.transfer:
+            task["transfer_files"] = [data["transfer"]]
     else:
         task = {"name": f"{args.task}-es", "type": "tagging", "scheme": "bio" if args.task == "ner" else "pos",
                 "max_length": args.max_length, "data": data["files"]}
@@ -159,13 +191,34 @@ def run_recipe(args, data: dict, recipe: str, depth: int, seed: int, train: bool
     trial = study.store.get(_key(study, recipe, depth, seed)) if teacher else None
     if trial is None or trial.status != "done":
         return None
-    metric = study.task(task).selection_metric
     teachers = study.store.trials(FINETUNE, task.name)
-    return {"recipe": recipe, "depth": depth, "seed": seed, "score": trial.val_metrics[metric],
-            "teacher": teacher.val_metrics[metric], "teachers": {t.name: t.val_metrics[metric] for t in teachers},
+    return {"recipe": recipe, "depth": depth, "seed": seed, "score": validation_score(study, trial),
+            "teacher": validation_score(study, teacher),
+            "teachers": {t.name: validation_score(study, t) for t in teachers},
             "minutes": (trial.seconds or 0) / 60, "epochs": trial.info.get("epochs_run"),
             "train_examples": trial.info.get("train_examples"), "restarts": trial.info.get("restarts", 0),
             "seed_used": trial.info.get("seed", seed), "collapsed": trial.info.get("collapsed")}
+
+
+def validation_score(study, trial) -> float:
+    """A trial's validation score on the task's metric. QA trains and selects by the validation loss (its F1 needs
+    the span post-processing); its score here is the SQuAD F1 on the validation questions, computed once per
+    trial and kept in the store."""
+    task_spec = study.config.tasks[0]
+    task = study.task(task_spec)
+    if task.selection_metric != "loss":
+        return trial.val_metrics[task.selection_metric]
+    scores = study.store.measurement(trial.key, "validation_squad")
+    if scores is None:
+        from speedy.evaluate import evaluate_model
+        from speedy.models.build import load_tokenizer
+
+        data = study.data(task_spec)
+        model = task.model_class().from_pretrained(trial.checkpoint)
+        scores = evaluate_model(model, load_tokenizer(trial.checkpoint), task, data.splits["validation"],
+                                task_spec.max_length, source=data.sources["validation"])
+        study.store.measure(trial.key, "validation_squad", scores)
+    return scores[task.primary_metric]
 
 
 def _key(study, recipe: str, depth: int, seed: int) -> str:
@@ -181,7 +234,7 @@ def _key(study, recipe: str, depth: int, seed: int) -> str:
 
 
 def table(results: list[dict], args) -> str:
-    metric = "F1" if args.task == "ner" else "accuracy"  # POS: every word is scored, so its F1 is the accuracy
+    metric = "F1" if args.task in ("ner", "qa") else "accuracy"  # POS: every word is scored: its F1 is the accuracy
     lines = [f"| recipe | layers | seeds | val {metric} (mean ± std) | vs fine-tuned | of teacher | min / run | epochs |",
              "|---|---|---|---|---|---|---|---|"]
     teacher = max((r["teacher"] for r in results), default=float("nan"))
@@ -202,6 +255,11 @@ def table(results: list[dict], args) -> str:
     if args.task == "demo":
         data = (f"Task demo (rv1909-genre): 1,200 labelled verses (200 a genre), {args.transfer:,} other verses as "
                 f"unlabelled transfer text, 300 validation verses, max length {args.max_length}.")
+    elif args.task == "qa":
+        data = (f"Task qa (SQuAD-es, split by article): {args.labelled} labelled questions, {args.transfer} other "
+                f"questions of the training articles as unlabelled (question, context) pairs, {args.val} validation "
+                f"questions of held-out articles, max length {args.max_length}, stride {args.stride}, Spanish "
+                f"normalisation.")
     else:
         data = (f"Task {args.task}: {args.labelled} labelled sentences, {args.transfer} unlabelled transfer sentences, "
                 f"{args.val} validation sentences ({'esp.testa' if args.task == 'ner' else 'AnCora dev'}), max length "
@@ -242,7 +300,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=["ner", "pos", "demo"], default="ner")
+    parser.add_argument("--task", choices=["ner", "pos", "demo", "qa"], default="ner")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--output", default=str(REPO / "runs" / "bench-recipes"))
     parser.add_argument("--labelled", type=int, default=1000)
@@ -251,7 +309,8 @@ def main(argv=None) -> int:
     parser.add_argument("--depths", type=int, nargs="+", default=[4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=None, help="default: 256 for qa, 128 otherwise")
+    parser.add_argument("--stride", type=int, default=64, help="qa: tokens of overlap between context windows")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--teacher-epochs", type=int, default=10)
     parser.add_argument("--teacher-lr", type=float, default=2e-4)
@@ -264,6 +323,7 @@ def main(argv=None) -> int:
                         "validation example) is trained again from a new seed this many times, every recipe alike")
     parser.add_argument("--table", action="store_true", help="only rebuild the table from the finished runs")
     args = parser.parse_args(argv)
+    args.max_length = args.max_length or (256 if args.task == "qa" else 128)
     if args.task != "demo" and not Path(args.data_dir).is_dir():
         print(f"error: {args.data_dir}: no such folder (the shared Spanish data)", file=sys.stderr)
         return 2
