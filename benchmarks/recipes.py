@@ -17,7 +17,9 @@ the same epoch cap, early stopping, learning rate and batch size; only the train
 * ``transfer-gold``: transfer with alpha 0.5 (half the loss is cross-entropy on the gold labels, which the
   transfer text has none of): for a teacher barely better than the fine-tuned student, whose soft labels on
   unlabelled text are mostly its mistakes;
-* ``logit-kd-gold``: the paper's KD with alpha 0.5, no transfer text (Hinton et al.'s mix of soft and gold targets).
+* ``logit-kd-gold``: the paper's KD with alpha 0.5, no transfer text (Hinton et al.'s mix of soft and gold targets);
+* ``logit-kd-gold-t4``: the same at temperature 4 (Hinton et al.'s softer targets: a teacher that has nearly
+  memorised its training examples gives them almost one-hot at T 1).
 
 NER (the default task) trains on ``--labelled`` sentences of CoNLL-2002 ``esp.train`` and uses ``--transfer`` other
 sentences of ``esp.train`` as unlabelled text (their tags are never read); validation is a sample of ``esp.testa``
@@ -71,6 +73,7 @@ RECIPES = {  # in the order they run: the baseline, the paper's KD, then the lev
     "transfer-relation": ({"transfer": True, "relation_weight": 1.0}, {}),
     "transfer-gold": ({"transfer": True, "alpha": 0.5}, {}),
     "logit-kd-gold": ({"alpha": 0.5}, {}),
+    "logit-kd-gold-t4": ({"alpha": 0.5, "temperature": 4.0}, {}),
 }
 
 
