@@ -117,7 +117,7 @@ BAD = [
     (study(extra="students: [{name: s, kind: truncate}]"), ": students[0].layers: needed for kind 'truncate'"),
     # values outside their set, and settings that do not fit together
     (study(tasks=task("type: tagger")),
-     ": tasks[0].type: unknown task type 'tagger' (allowed: classification, tagging, qa)"),
+     ": tasks[0].type: unknown task type 'tagger' (allowed: classification, tagging, qa, embedding)"),
     (study(tasks=task("type: tagging, scheme: iob")),
      ": tasks[0].scheme: unknown tagging scheme 'iob' (allowed: bio, pos)"),
     (study(tasks="[{name: t, data: {train: a, validation: a, test: a, format: xls}}]"),
@@ -132,7 +132,9 @@ BAD = [
      ": students[0]: kd and finetune are both false: nothing to train"),
     (study(extra="students: [{name: m}]"), ": students[0].name: 'm' is already the name of teachers[0]"),
     (study(tasks=f"[{FILES}, {FILES}]"), ": tasks[1].name: 't' is already the name of tasks[0]"),
-    (study(extra="distill: {loss: cosine}"), ": distill.loss: unknown KD loss 'cosine' (allowed: kl, ce, mse)"),
+    (study(extra="distill: {loss: hinge}"), ": distill.loss: unknown KD loss 'hinge' (allowed: kl, ce, mse, cosine)"),
+    (study(extra="distill: {loss: cosine}"),
+     ": distill.loss: task 't' (classification) takes the KD losses kl, ce, mse, not 'cosine'"),
     (study(extra="distill: {mixed_precision: fp8}"),
      ": distill.mixed_precision: unknown 'fp8' (allowed: no, fp16, bf16)"),
     (study(extra="distill: {metric: f1}"), ": distill.metric: task 't' (classification) has no validation metric 'f1' "
@@ -259,6 +261,8 @@ def test_shipped_configs_load_to_the_values_they_always_did(path, expected):
                 assert loaded[section].pop(name) == default, (section, name)
     for task in loaded["tasks"]:
         assert task.pop("transfer_files") == []
+        # the embedding type's data settings (no trial key holds a task's data settings)
+        assert (task["data"].pop("query_prefix"), task["data"].pop("passage_prefix")) == ("query: ", "passage: ")
     for model in loaded["teachers"] + loaded["students"]:
         assert model.pop("init") == "pretrained"
     # JSON tells 2 from 2.0: the values and their types are those the trial keys were hashed from

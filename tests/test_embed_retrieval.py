@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from speedy.embed import retrieval
 from speedy.embed.retrieval import (bm25_search, exact_search, hnsw_search, recall_of_approximation,
                                     retrieval_metrics, squad_retrieval, to_run)
 from speedy.errors import SpeedyError
+from speedy.tasks import retrieval_metric
 
 
 def normalised(rng, rows, dims):
@@ -23,7 +23,7 @@ def normalised(rng, rows, dims):
 def test_exact_search_equals_a_brute_force_argsort(monkeypatch):
     rng = np.random.default_rng(0)
     queries, passages = normalised(rng, 37, 16), normalised(rng, 300, 16)
-    monkeypatch.setattr(retrieval, "CHUNK_ELEMENTS", 300 * 5)  # 5 queries a chunk: the chunking is exercised
+    monkeypatch.setattr(retrieval_metric, "CHUNK_ELEMENTS", 300 * 5)  # 5 queries a chunk: the chunking is exercised
     scores, indices = exact_search(queries, passages, k=10)
     full = queries.astype(np.float64) @ passages.T.astype(np.float64)
     want = np.argsort(-full, axis=1)[:, :10]

@@ -60,8 +60,8 @@ def test_the_default_recipe_is_the_papers_single_logit_term():
         ("hidden.1", "hidden.6", "cosine", 1.0), ("hidden.2", "hidden.12", "cosine", 1.0),
         ("hidden.2", "hidden.12", "relation", 0.5)]
     assert levers.signals == ("logits", "hidden.6", "hidden.12") and levers.student_needs_hidden_states
-    with pytest.raises(SpeedyError, match="unknown KD loss 'cosine' on 'logits'"):
-        KDTerm("logits", "cosine")
+    with pytest.raises(SpeedyError, match="unknown KD loss 'relation' on 'logits'"):
+        KDTerm("logits", "relation")
 
 
 def test_projections_exist_only_where_widths_differ_and_learn():

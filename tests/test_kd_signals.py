@@ -263,7 +263,7 @@ def test_objective_settings_are_checked():
     with pytest.raises(SpeedyError, match="distill.weight"):
         KDTerm(weight=-1.0)
     with pytest.raises(SpeedyError, match="distill.loss"):
-        KDTerm(kind="cosine")
+        KDTerm(kind="relation")  # a hidden-state kind, not one for logits
     with pytest.raises(SpeedyError, match="at least one term"):
         DistillationObjective([])
     assert DistillationObjective([KDTerm("hidden.3", "mse")], alpha=0.5).signals == ("hidden.3", "logits")

@@ -78,6 +78,7 @@ def test_each_task_has_its_route_and_answers_in_order(clients):
     ({"inputs": [{"text": "Hola."}] * 5}, 413, "too many inputs"),
     ({"inputs": [{"text": ""}]}, 422, "at least 1 character"),
     ({"inputs": [{"text": " \t "}]}, 422, "should match pattern"),
+    ({"inputs": [{"text": "\u0085\ufeff\x1c"}]}, 422, "should match pattern"),  # white space to one regex engine
     ({"inputs": [{"text": 5}]}, 422, "invalid request"),
     ({"inputs": []}, 422, "invalid request"),
     ({"text": "Hola."}, 422, "invalid request"),

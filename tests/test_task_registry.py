@@ -144,7 +144,7 @@ def test_an_unregistered_type_is_refused_and_a_registered_one_checked_by_its_dec
     from speedy.configfile import load_config
 
     with pytest.raises(SpeedyError, match=r"tasks\[0\].type: unknown task type 'regression' \(allowed: "
-                                          r"classification, tagging, qa\)"):
+                                          r"classification, tagging, qa, embedding\)"):
         load_config(write_config(tmp_path, bert_dir))
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(TASK_CLASSES, RegressionTask.type, RegressionTask)

@@ -89,6 +89,9 @@ class DataSpec:
     text: str = "text"
     text_pair: str | None = None
     label: str = "label"
+    # embedding: what a query's and a passage's text start with (e5's prefixes; "" for a model without them)
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
     hub: str | None = None
     hub_config: str | None = None
     hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation",

@@ -20,7 +20,7 @@ from speedy.config import (DataSpec, DistillSettings, Grid, ModelSpec, SpeedSett
                            show)
 from speedy.data.catalog import dataset_entry
 from speedy.data.squad import BAD_ANSWER_POLICIES
-from speedy.distill.losses import KD_KINDS
+from speedy.distill.losses import LOGIT_KINDS
 from speedy.errors import SpeedyError
 from speedy.tasks import TASK_CLASSES
 
@@ -80,9 +80,10 @@ def validate(config: StudyConfig) -> StudyConfig:
     _unique_names(config)
     _check_kd_levers(config)
     distill = config.distill
-    _choice("distill.loss", "KD loss", distill.loss, KD_KINDS)
+    _choice("distill.loss", "KD loss", distill.loss, LOGIT_KINDS)
     for i, loss in enumerate(distill.search_losses):
-        _choice(f"distill.search_losses[{i}]", "KD loss", loss, KD_KINDS)
+        _choice(f"distill.search_losses[{i}]", "KD loss", loss, LOGIT_KINDS)
+    _check_task_kd(config)
     _choice("distill.mixed_precision", "", distill.mixed_precision, ("no", "fp16", "bf16"))
     for task in config.tasks if distill.metric is not None else []:
         allowed = TASK_CLASSES[task.type].metric_names(vars(task))
@@ -116,6 +117,30 @@ def _check_kd_levers(config: StudyConfig) -> None:
         if task_class is not None and "hidden" not in task_class.kd_signals:
             raise SpeedyError(f"distill.hidden_weight/relation_weight: task '{task.name}' ({task.type}) has no "
                               f"hidden-state KD (its KD signals: {', '.join(task_class.kd_signals)})")
+
+
+def _check_task_kd(config: StudyConfig) -> None:
+    """What each task type's KD can take: its losses, and for a type without gold labels to train on
+    (embeddings: its teacher is used as it is) no gold term and no fine-tuned students."""
+    distill = config.distill
+    for task in config.tasks:
+        task_class = TASK_CLASSES[task.type]
+        searched = distill.search_losses if distill.search_trials > 0 else []
+        for key, loss in [("distill.loss", distill.loss)] + [(f"distill.search_losses[{i}]", loss)
+                                                             for i, loss in enumerate(searched)]:
+            if loss not in task_class.kd_losses:
+                raise SpeedyError(f"{key}: task '{task.name}' ({task.type}) takes the KD losses "
+                                  f"{', '.join(task_class.kd_losses)}, not '{loss}'")
+        if not task_class.teacher_as_is:
+            continue
+        high_alpha = distill.search_alpha[1] if distill.search_trials > 0 else distill.alpha
+        if distill.alpha > 0 or high_alpha > 0:
+            raise SpeedyError(f"distill.alpha: task '{task.name}' ({task.type}) has no gold labels to mix in: "
+                              f"alpha (and search_alpha) must be 0")
+        for i, student in enumerate(config.students):
+            if student.finetune:
+                raise SpeedyError(f"students[{i}].finetune: task '{task.name}' ({task.type}) has no gold labels "
+                                  f"to fine-tune on (its students learn from the teacher only)")
 
 
 def _unique_names(config: StudyConfig) -> None:

@@ -197,7 +197,8 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
         trainer = DistillationTrainer(task=task, teacher_caches=teacher_caches, objective=objective, **kwargs)
     else:
         trainer = Trainer(**kwargs)
-    train_resumably(trainer)
+    if epochs > 0:  # 0: a model used as it is (an embedding teacher), only evaluated and saved
+        train_resumably(trainer)
     metrics = trainer.evaluate()
     collapsed = bool(metrics.pop(f"eval_{ONE_CLASS}", 0.0))  # the saved (best) model's verdict
     trainer.model.config.speedy_task = task.describe(max_length)  # lets `speedy evaluate --model` rebuild the task

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from speedy.config import DistillSettings, ModelSpec, StudyConfig, TaskSpec
 from speedy.store import trial_key
+from speedy.tasks import task_class
 
 FINETUNE, DISTILL = "finetune", "distill"  # stages that train
 KD, GOLD = "kd", "finetune"  # how a student learns: from its teacher, or from the gold labels only
@@ -88,9 +89,13 @@ def without_new_defaults(settings) -> dict:
             if name not in RESCUE_SETTINGS and not (name in NEW_SETTINGS and value == NEW_SETTINGS[name])}
 
 
-def finetune_space(config: StudyConfig, teacher: ModelSpec) -> dict[str, list]:
-    """A teacher candidate's grid (its own learning rates when it has them)."""
+def finetune_space(config: StudyConfig, teacher: ModelSpec, task: TaskSpec) -> dict[str, list]:
+    """A teacher candidate's grid (its own learning rates when it has them). A task type whose teacher is used
+    as it is (embeddings) has one point of 0 epochs: the teacher evaluated, not trained."""
     grid = config.grid
+    if task_class(task.type).teacher_as_is:
+        return {"batch_size": list(grid.batch_size)[:1], "epochs": [0],
+                "learning_rate": list(teacher.learning_rate or grid.learning_rate)[:1]}
     space = {"batch_size": list(grid.batch_size), "epochs": list(grid.epochs),
              "learning_rate": list(teacher.learning_rate or grid.learning_rate)}
     if grid.seeds:  # a fragile fine-tuning gets several draws; selection then sees them all
@@ -133,7 +138,7 @@ def planned_specs(config: StudyConfig) -> list[TrialSpec]:
     specs = []
     for task in config.tasks:
         for teacher in config.teachers:
-            specs += [finetune_spec(config, task, teacher, p) for p in grid_points(finetune_space(config, teacher))]
+            specs += [finetune_spec(config, task, teacher, p) for p in grid_points(finetune_space(config, teacher, task))]
         for student in config.students:
             for mode in student_modes(student):
                 if mode == KD and config.distill.search_trials > 0:

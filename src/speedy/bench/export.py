@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -31,7 +32,7 @@ from speedy.errors import SpeedyError
 from speedy.runtime.files import ONNX_FILES, ONNX_FOLDER
 from speedy.runtime.session import check_signature, open_session
 from speedy.tasks import TASK_CLASSES
-from speedy.tasks.base import Task
+from speedy.tasks.base import Task, mean_over_tokens
 
 
 
@@ -68,6 +69,7 @@ class OnnxModel(nn.Module):
         self.output_names = [o.name for o in self.session.get_outputs()]
         expected = config_signature(config)
         wanted = ENCODER_TYPES.get(expected["task"]) or _task_class(expected["task"]).onnx_outputs
+        self.pooled = expected["task"] in ENCODER_TYPES
         check_signature(self.session, self.path, expected, tuple(wanted), config.num_labels)
 
     @property
@@ -81,8 +83,11 @@ class OnnxModel(nn.Module):
         if given["token_type_ids"] is None:
             given["token_type_ids"] = torch.zeros_like(input_ids)
         feed = {name: np.ascontiguousarray(given[name].cpu().numpy().astype(np.int64)) for name in self.input_names}
-        outputs = [torch.from_numpy(o) for o in self.session.run(self.output_names, feed)]
-        return ModelOutput(**dict(zip(self.output_names, outputs)))
+        outputs = dict(zip(self.output_names, (torch.from_numpy(o) for o in self.session.run(self.output_names, feed))))
+        if self.pooled:  # an embedding model answers with its unit vectors too, as the PyTorch one does
+            states = outputs["last_hidden_state"].float()
+            outputs["logits"] = F.normalize(mean_over_tokens(states, given["attention_mask"]), dim=-1)
+        return ModelOutput(**outputs)
 
 
 def _task_class(task_type: str | None) -> type[Task]:
@@ -141,6 +146,7 @@ def export_onnx(model, folder: str | Path, opset: int = 17) -> dict[str, Path]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
 
+    model = getattr(model, "onnx_module", model)  # an embedding model: its encoder (the runtime pools its states)
     task = check_head(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -244,7 +250,7 @@ def compare_engines(reference, engine, tokenizer, task, dataset, max_length: int
 
 def check_export(model, folder: str | Path, threads: int | None = None, tolerance: float = 1e-4) -> dict:
     """Max abs difference of the fp32 and int8 graphs against PyTorch; an error if fp32 is off by ``tolerance``."""
-    folder = Path(folder)
+    folder, model = Path(folder), getattr(model, "onnx_module", model)  # what was exported
     batches = probe_batches(model.config)
     fp32 = max_abs_difference(model, OnnxModel(folder / ONNX_FILES["onnx"], model.config, threads), batches)
     int8 = max_abs_difference(model, OnnxModel(folder / ONNX_FILES["onnx-int8"], model.config, threads), batches)

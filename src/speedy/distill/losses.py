@@ -37,6 +37,7 @@ from speedy.errors import SpeedyError
 from speedy.tasks.base import PAD_LOGIT
 
 KD_KINDS = ("kl", "ce", "mse")
+LOGIT_KINDS = (*KD_KINDS, "cosine")  # cosine: for logits that are vectors (the embedding type's), not scores
 
 
 def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -139,7 +140,7 @@ class KDTerm:
     student_signal: str | None = None  # the student's side when it differs (hidden.2 learning hidden.6)
 
     def __post_init__(self):
-        allowed = KD_KINDS if self.signal == "logits" else HIDDEN_KINDS
+        allowed = LOGIT_KINDS if self.signal == "logits" else HIDDEN_KINDS
         if self.kind not in allowed:
             raise SpeedyError(f"distill.loss: unknown KD loss '{self.kind}' on '{self.signal}' "
                               f"(allowed: {', '.join(allowed)})")

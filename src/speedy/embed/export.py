@@ -38,26 +38,6 @@ def check_pooling(folder: Path) -> None:
         raise SpeedyError(f"{folder / pooling['path'] / 'config.json'}: only mean pooling is exported")
 
 
-def _encoder_model(model):
-    """The encoder as a module whose one output is its token states, for the exporter (the bare Hugging Face
-    model's keyword arguments confuse torch's tracer)."""
-    import torch  # lazy: the training install
-
-    class EncoderModel(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.config = inner, inner.config
-
-        def set_attn_implementation(self, name):
-            self.inner.set_attn_implementation(name)
-
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                              use_cache=False).last_hidden_state
-
-    return EncoderModel(model).eval()
-
-
 def export_embedding(model_dir: str | Path, out: str | Path, max_length: int | None = None) -> Path:
     """Write ``out`` (replaced atomically): the student's encoder and tokenizer with ``speedy_task`` (type
     ``embedding``, its length and prefixes), ``onnx/`` (fp32, int8) and the sentence-transformers files.
@@ -65,6 +45,7 @@ def export_embedding(model_dir: str | Path, out: str | Path, max_length: int | N
     from transformers import AutoModel, AutoTokenizer  # lazy: the training install
 
     from speedy.bench.export import export_onnx  # lazy: imports torch and the onnx extra
+    from speedy.tasks.embedding import TokenStatesModel  # lazy: as above
 
     model_dir, out = Path(model_dir), Path(out)
     if not (model_dir / "modules.json").is_file():
@@ -82,7 +63,7 @@ def export_embedding(model_dir: str | Path, out: str | Path, max_length: int | N
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(tmp)
-    export_onnx(_encoder_model(model), tmp / "onnx")
+    export_onnx(TokenStatesModel(model).eval(), tmp / "onnx")
     for item in model_dir.iterdir():
         if item.name in ST_FILES:
             shutil.copy2(item, tmp / item.name)

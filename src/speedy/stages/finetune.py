@@ -19,7 +19,7 @@ def run(study: Study) -> None:
         study.console.rule(f"Stage 1: fine-tuning teacher candidates on '{task.name}'")
         for teacher in study.config.teachers:
             study.search.grid(f"{study.config.name}/{task.name}/finetune/{teacher.name}",
-                              finetune_space(study.config, teacher), partial(_run_point, study, task, teacher),
+                              finetune_space(study.config, teacher, task), partial(_run_point, study, task, teacher),
                               keys=partial(_key, study, task, teacher))
 
 

@@ -9,10 +9,11 @@ from speedy.data.load import TaskData, load_splits
 from speedy.errors import SpeedyError
 from speedy.tasks.base import Task
 from speedy.tasks.classification import ClassificationTask
+from speedy.tasks.embedding import EmbeddingTask
 from speedy.tasks.qa import QATask
 from speedy.tasks.tagging import TaggingTask
 
-TASK_CLASSES: dict[str, type[Task]] = {cls.type: cls for cls in (ClassificationTask, TaggingTask, QATask)}
+TASK_CLASSES: dict[str, type[Task]] = {cls.type: cls for cls in (ClassificationTask, TaggingTask, QATask, EmbeddingTask)}
 
 
 def task_class(task_type: str, setting: str = "tasks.type") -> type[Task]:
@@ -44,5 +45,5 @@ def load_task_data(spec: TaskSpec, cache_dir: Path, data_dir: Path) -> TaskData:
     return load_splits(spec, task_class(spec.type), cache_dir, data_dir)
 
 
-__all__ = ["Task", "ClassificationTask", "TaggingTask", "QATask", "TASK_CLASSES", "task_class", "make_task",
+__all__ = ["Task", "ClassificationTask", "TaggingTask", "QATask", "EmbeddingTask", "TASK_CLASSES", "task_class", "make_task",
            "task_from_model", "load_task_data"]

@@ -76,6 +76,13 @@ def signal_tensor(outputs, signal: str) -> torch.Tensor:
     raise SpeedyError(f"distill: '{signal}' is not a KD signal (logits, hidden.<layer>)")
 
 
+def mean_over_tokens(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[batch, tokens, width]`` -> ``[batch, width]``: the mean over each sequence's real tokens (the mask's
+    ones), which any tokenizer's sequence of a text agrees on, unlike its first token's state."""
+    mask = attention_mask.to(values.dtype).unsqueeze(-1)
+    return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 def needs_hidden_states(signals) -> bool:
     return any(str(signal).startswith("hidden.") for signal in signals)
 
@@ -87,6 +94,10 @@ class Task(ABC):
     type: ClassVar[str]
     # The KD signals its teacher_rows/kd_rows give: "logits" always; "hidden" = hidden.<layer> at the same units
     kd_signals: ClassVar[tuple[str, ...]] = ("logits",)
+    kd_losses: ClassVar[tuple[str, ...]] = ("kl", "ce", "mse")  # what distill.loss may name for this type
+    # True: the teacher is used as it is, evaluated but never trained (stage 1 runs one point of 0 epochs), and
+    # students learn from it only (there are no gold labels to fine-tune on): embeddings
+    teacher_as_is: ClassVar[bool] = False
     primary_metric: ClassVar[str]  # the test metric reports compare (accuracy, F1)
     selection_metric: ClassVar[str]  # the validation metric that early stopping and the best checkpoint follow
     metrics: ClassVar[dict[str, str]]  # validation metrics compute_metrics reports ("loss" aside): name -> MAX/MIN

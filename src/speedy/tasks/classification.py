@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from speedy.data.readers import FORMATS, load_hub_split, read_labelled_texts
 from speedy.errors import SpeedyError, where
 from speedy.runtime.classification import ClassificationRuntime
-from speedy.tasks.base import MAX, Task, signal_tensor
+from speedy.tasks.base import MAX, Task, mean_over_tokens, signal_tensor
 
 
 class ClassificationTask(Task):
@@ -113,10 +113,7 @@ class ClassificationTask(Task):
         """One row per example: the logits, or the mean of a hidden layer over the example's real tokens (the
         [CLS] state means different things to different tokenizers and pretraining; the mean is comparable)."""
         values = signal_tensor(outputs, signal)
-        if signal == "logits":
-            return values
-        mask = attention_mask.to(values.dtype).unsqueeze(-1)
-        return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return values if signal == "logits" else mean_over_tokens(values, attention_mask)
 
     def teacher_rows(self, outputs, batch, signal: str = "logits"):
         self.row_dim(signal)  # fails for a signal this task cannot give

@@ -1,0 +1,334 @@
+"""Sentence embeddings for semantic search: a student learns its teacher's sentence vectors (the paper's next
+step, text similarity and search; issue 16), through the same stages, teacher cache, store and report as every
+other type.
+
+**Data.** Every row is one text with its prefix (e5's ``query: `` / ``passage: ``, the data settings
+``query_prefix`` / ``passage_prefix``), its kind and its passage. Files:
+
+* ``.txt``: unlabelled text, a passage a line (training: what the student learns the teacher's vectors on);
+* ``.jsonl``: one ``{"query": ..., "passage": ...}`` a line (a question and the paragraph that answers it);
+* ``.json``: SQuAD v1.1 (every question -> its paragraph; answers are not read).
+
+Validation and test need pairs: they are scored by retrieval. Each pair gives a query row followed by a passage
+row; equal passage texts are one passage. Label ids: ``2 * g`` for a query whose gold passage is ``g``,
+``2 * g + 1`` for passage ``g`` itself, -100 for a text of no pair.
+
+**Model.** The encoder's token states averaged over the real tokens and L2-normalised (how multilingual-e5's
+authors use it). That vector is the model's ``logits``, so the KD rows, the teacher cache, the Trainer's
+predictions and evaluation are those of every other type; the saved folder is the plain encoder
+(``AutoModel``), which sentence-transformers and the ONNX runtime's ``/embed`` read as they are.
+
+**Teacher.** Used as it is: stage 1 evaluates it and trains nothing (there are no labels to learn from).
+
+**KD.** One row per text, the teacher's vector; ``distill.loss`` mse or cosine, alpha 0. Hidden-state terms take
+the mean of a layer's token states, as classification does.
+
+**Validation.** Loss: in-batch contrastive (InfoNCE at e5's temperature 0.05) of each query against the distinct
+passages of its batch. Metrics: nDCG@10, MRR@10, recall@1 and @10 over all distinct passages of the split (exact
+search; :mod:`speedy.tasks.retrieval_metric`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import nn
+from transformers import AutoModel, DataCollatorWithPadding
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from speedy.data.squad import read_squad
+from speedy.data.transfer import read_transfer_lines
+from speedy.errors import SpeedyError, where
+from speedy.runtime.embedding import DEFAULT_PREFIXES, EmbeddingRuntime
+from speedy.runtime.fields import InputError
+from speedy.tasks.base import MAX, Task, mean_over_tokens, predict, signal_tensor
+from speedy.tasks.retrieval_metric import MEASURES, exact_search, retrieval_metrics, to_run
+
+CONTRASTIVE_TEMPERATURE = 0.05  # multilingual-e5's (Wang et al., 2022)
+NO_PAIR = -100
+
+
+def pair_label(kind: str, group: int) -> int:
+    """The label id of a text: ``2 * group`` for a query, ``2 * group + 1`` for its passage, -100 without pair."""
+    if group < 0:
+        return NO_PAIR
+    return 2 * group + (kind == "passage")
+
+
+class MeanPooledEncoder(nn.Module):
+    """An encoder (``AutoModel``) whose ``logits`` are the unit-length mean of its token states over the real
+    tokens. With ``labels`` (:func:`pair_label` ids) it also gives the in-batch contrastive loss. It saves and
+    loads as the plain encoder, and reaches the encoder's layers and embeddings as a Hugging Face model with a
+    head would (``base_model``, ``get_input_embeddings``), so truncation and vocabulary pruning work unchanged."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    @property
+    def base_model(self):
+        return self.encoder
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def name_or_path(self) -> str:
+        return getattr(self.encoder, "name_or_path", "")
+
+    @property
+    def onnx_module(self):
+        """What the ONNX export writes: the encoder's token states, which the runtime (and ``OnnxModel``) pools."""
+        return TokenStatesModel(self.encoder).eval()
+
+    def get_input_embeddings(self):
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, embeddings):
+        self.encoder.set_input_embeddings(embeddings)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
+                output_hidden_states=None, **kwargs):
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        out = self.encoder(**inputs, output_hidden_states=output_hidden_states)
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape, device=input_ids.device)
+        vectors = F.normalize(mean_over_tokens(out.last_hidden_state, attention_mask), dim=-1)
+        loss = in_batch_loss(vectors, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=vectors, hidden_states=out.hidden_states)
+
+    def save_pretrained(self, path, **kwargs):
+        self.encoder.save_pretrained(path, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs):
+        for head_setting in ("num_labels", "id2label", "label2id"):  # what other types give their heads
+            kwargs.pop(head_setting, None)
+        if kwargs.get("output_loading_info"):
+            encoder, info = AutoModel.from_pretrained(name_or_path, **kwargs)
+            return cls(encoder), info
+        return cls(AutoModel.from_pretrained(name_or_path, **kwargs))
+
+
+class TokenStatesModel(nn.Module):
+    """An encoder as a module whose one output is its token states, for the ONNX exporter (the bare Hugging Face
+    model's keyword arguments confuse torch's tracer)."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.inner, self.config = encoder, encoder.config
+
+    def set_attn_implementation(self, name):
+        self.inner.set_attn_implementation(name)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                          use_cache=False).last_hidden_state
+
+
+def in_batch_loss(vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """InfoNCE of each query against the distinct passages of the batch (its own passage the positive, the
+    others negatives) at temperature 0.05; queries whose passage is not in the batch are left out, and a batch
+    without a pair gives 0 (with the graph kept)."""
+    labels = labels.tolist()
+    passages, columns = {}, []  # passage group -> column; rows of the distinct passages
+    for row, label in enumerate(labels):
+        if label >= 0 and label % 2 == 1 and label // 2 not in passages:
+            passages[label // 2] = len(columns)
+            columns.append(row)
+    queries = [(row, passages[label // 2]) for row, label in enumerate(labels)
+               if label >= 0 and label % 2 == 0 and label // 2 in passages]
+    if not queries:
+        return vectors.sum() * 0.0
+    rows, targets = zip(*queries)
+    scores = vectors[list(rows)] @ vectors[list(columns)].T / CONTRASTIVE_TEMPERATURE
+    return F.cross_entropy(scores, torch.tensor(targets, device=vectors.device))
+
+
+class EmbeddingTask(Task):
+    type = "embedding"
+    kd_signals = ("logits", "hidden")  # hidden: the mean of an example's token states, as classification's
+    kd_losses = ("mse", "cosine")  # on unit vectors; a softmax over their dimensions (kl, ce) means nothing
+    primary_metric = "ndcg@10"
+    selection_metric = "ndcg@10"
+    metrics = {name: MAX for name in MEASURES}
+    teacher_as_is = True
+    fixed_labels = EmbeddingRuntime.fixed_labels  # no label set: the output is the vector
+    head_architecture = "Model"  # the plain encoder: XLMRobertaModel, BertModel...
+    per_token = True  # the exported graph gives the token states; the runtime pools them
+    onnx_outputs = EmbeddingRuntime.onnx_outputs
+    pipeline_tag = "sentence-similarity"
+    runtime = EmbeddingRuntime  # the route, its inputs and results, and prediction without torch
+    route, route_help, inputs, results = runtime.route, runtime.route_help, runtime.inputs, runtime.results
+    input_item = staticmethod(runtime.input_item)
+
+    def __init__(self, labels=None, prefixes: dict | None = None):
+        super().__init__(list(self.fixed_labels))
+        self.prefixes = dict(prefixes or DEFAULT_PREFIXES)
+
+    @classmethod
+    def from_settings(cls, labels, settings):
+        data = settings.get("data")
+        if data is not None:  # a config's TaskSpec: the data settings name the prefixes
+            data = data if isinstance(data, dict) else vars(data)
+            return cls(prefixes={"query": data.get("query_prefix", DEFAULT_PREFIXES["query"]),
+                                 "passage": data.get("passage_prefix", DEFAULT_PREFIXES["passage"])})
+        return cls(prefixes=settings.get("prefixes"))  # a saved model's describe()
+
+    def describe(self, max_length: int) -> dict:
+        return super().describe(max_length) | {"prefixes": self.prefixes}
+
+    def model_class(self):
+        return MeanPooledEncoder
+
+    def load_model(self, name_or_path: str, **kwargs):
+        return MeanPooledEncoder.from_pretrained(name_or_path, **kwargs)
+
+    def row_dim(self, signal: str = "logits", teacher=None) -> int:
+        if signal != "logits":
+            return super().row_dim(signal, teacher)
+        config = getattr(teacher, "config", None)
+        return int(config.hidden_size) if config is not None else 0  # the vector: the encoder's width
+
+    # ------------------------------------------------------------------ data
+    @classmethod
+    def read_file(cls, path, options, report=print):
+        """``.txt`` (a passage a line), ``.jsonl`` (``{"query", "passage"}`` a line) or SQuAD ``.json``."""
+        path = Path(path)
+        prefixes = {"query": options.get("query_prefix", DEFAULT_PREFIXES["query"]),
+                    "passage": options.get("passage_prefix", DEFAULT_PREFIXES["passage"])}
+        kind = options.get("format") or path.suffix.lstrip(".").lower()
+        if kind == "txt":
+            rows = [("passage", text, -1, line) for _, line, text in read_transfer_lines([str(path)])]
+        elif kind == "jsonl":
+            rows = _pairs(_jsonl_pairs(path))
+        elif kind == "json":
+            squad = read_squad(path, require_answers=False, bad_answers="keep", report=lambda message: None)
+            rows = _pairs(zip(squad["question"], squad["context"], range(1, len(squad) + 1)))
+        else:
+            raise SpeedyError(f"{path}: an embedding task reads .txt (a passage a line), .jsonl "
+                              f"({{\"query\", \"passage\"}} a line) or SQuAD .json, not '{kind or path.name}'")
+        return Dataset.from_dict({"text": [prefixes[k] + text for k, text, _, _ in rows],
+                                  "kind": [k for k, _, _, _ in rows], "group": [g for _, _, g, _ in rows],
+                                  "line": [line for _, _, _, line in rows]})
+
+    @classmethod
+    def load_hub(cls, name, config, split, columns):
+        raise SpeedyError(f"{name}: an embedding task reads local files (data.train / validation / test); "
+                          f"Hub datasets are not read for it")
+
+    def unlabelled_rows(self, lines, columns):
+        return [{"text": self.prefixes["passage"] + text, "kind": "passage", "group": -1, "line": number}
+                for _, number, text in lines]
+
+    def encode(self, dataset, tokenizer, max_length, with_index=False, source=""):
+        encoded = tokenizer(list(dataset["text"]), truncation=True, max_length=max_length)
+        columns = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded}
+        columns["labels"] = [pair_label(kind, group) for kind, group in zip(dataset["kind"], dataset["group"])]
+        if with_index:
+            columns["example_index"] = list(range(len(dataset)))
+        return Dataset.from_dict(columns)
+
+    def collator(self, tokenizer):
+        return DataCollatorWithPadding(tokenizer)
+
+    def compute_metrics(self, predictions, label_ids) -> dict:
+        """Retrieval of every query's passage among the split's distinct passages (exact inner-product search)."""
+        vectors, labels = np.asarray(predictions, dtype=np.float32), np.asarray(label_ids)
+        passage_rows = {}
+        for row, label in enumerate(labels.tolist()):
+            if label >= 0 and label % 2 == 1:
+                passage_rows.setdefault(label // 2, row)
+        queries = [(row, label // 2) for row, label in enumerate(labels.tolist()) if label >= 0 and label % 2 == 0]
+        if not queries or not passage_rows:
+            raise SpeedyError("embedding: the split has no query/passage pairs to score retrieval on (validation "
+                              "and test need .jsonl pairs or SQuAD .json)")
+        groups = list(passage_rows)
+        scores, indices = exact_search(vectors[[row for row, _ in queries]], vectors[list(passage_rows.values())], 10)
+        query_ids = [f"q{i}" for i in range(len(queries))]
+        run = to_run(scores, indices, query_ids, [f"p{g}" for g in groups])
+        qrels = {qid: {f"p{group}": 1} for qid, (_, group) in zip(query_ids, queries)}
+        return retrieval_metrics(run, qrels)
+
+    # ------------------------------------------------------------------ prediction
+    def predict_items(self, model, tokenizer, items, max_length):
+        """Items: ``(text, kind)``; a result: the unit vector of the prefixed text."""
+        out, texts, rows = [None] * len(items), [], []
+        for i, (text, kind) in enumerate(items):
+            if kind not in self.prefixes:
+                out[i] = InputError(f"kind: '{kind}' is not one of {', '.join(self.prefixes)}")
+                continue
+            texts.append(self.prefixes[kind] + text)
+            rows.append(i)
+        if texts:
+            inputs = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            inputs = {name: value.to(model.device) for name, value in inputs.items()}
+            for i, vector in zip(rows, model(**inputs).logits.float().cpu().numpy()):
+                out[i] = {"embedding": vector.tolist()}
+        return out
+
+    def predictions(self, model, tokenizer, dataset, max_length):
+        """The vectors themselves: what the export compares across engines."""
+        vectors, _ = predict(model, tokenizer, self, self.encode(dataset, tokenizer, max_length))
+        return [row for row in vectors]
+
+    # ------------------------------------------------------------------ KD rows
+    def _rows(self, outputs, attention_mask, signal: str):
+        values = signal_tensor(outputs, signal)
+        return values if signal == "logits" else mean_over_tokens(values, attention_mask)
+
+    def teacher_rows(self, outputs, batch, signal="logits"):
+        rows = self._rows(outputs, batch["attention_mask"].to(outputs.logits.device), signal)
+        for example, row in zip(batch["example_index"].tolist(), rows.detach().float().cpu().numpy()):
+            yield example, np.zeros(1, dtype=np.int64), row[None, :]
+
+    def kd_rows(self, outputs, inputs, extras, cache, signal="logits", student_signal=None):
+        student = self._rows(outputs, inputs["attention_mask"], student_signal or signal)
+        teacher, _ = cache.rows(extras["example_index"].tolist(), signal)
+        return student, teacher.to(student.device), None
+
+
+def _jsonl_pairs(path: Path):
+    """``(query, passage, line)`` of each line of a JSON-lines file; a malformed line is a one-line error."""
+    try:
+        lines = path.read_text("utf-8").split("\n")
+    except OSError as error:
+        raise SpeedyError(f"{path}: cannot read ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise SpeedyError(f"{path}: not UTF-8 text") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            raise SpeedyError(f"{where(path, number)}: not a JSON object ({error.msg})") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
+                                                for k in ("query", "passage")):
+            raise SpeedyError(f"{where(path, number)}: expected {{\"query\": text, \"passage\": text}}")
+        yield row["query"], row["passage"], number
+
+
+def _pairs(pairs) -> list[tuple[str, str, int, int]]:
+    """``(kind, text, passage group, line)`` rows: each query followed by its passage; equal passages share a
+    group."""
+    groups: dict[str, int] = {}
+    rows = []
+    for query, passage, line in pairs:
+        group = groups.setdefault(passage, len(groups))
+        rows += [("query", query, group, line), ("passage", passage, group, line)]
+    return rows

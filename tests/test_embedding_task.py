@@ -1,0 +1,173 @@
+"""The embedding task type: its files, its retrieval metrics and contrastive loss against hand-computed values,
+its config rules, and a whole study (teacher used as it is, a KD student, evaluation, report) on tiny models."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModel
+
+from conftest import ACTORS, POLITICS, SPORT, SUBJECTS
+from speedy.build import build_model
+from speedy.configfile import load_config
+from speedy.errors import SpeedyError
+from speedy.models.build import load_tokenizer
+from speedy.pipeline import Study
+from speedy.predictor import Predictor
+from speedy.runtime.predictor import RuntimePredictor
+from speedy.tasks import make_task
+from speedy.tasks.base import predict
+from speedy.tasks.embedding import EmbeddingTask, in_batch_loss, pair_label
+
+
+def pairs(n: int, seed: int) -> list[dict]:
+    """A question-like query and the sentence that answers it: they share their subject and verb."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        subject, verb = (rng.choice(SUBJECTS), rng.choice(SPORT)) if i % 2 else (rng.choice(ACTORS),
+                                                                                 rng.choice(POLITICS))
+        rows.append({"query": f"¿Quién {verb}?", "passage": f"{subject.capitalize()} {verb} ayer."})
+    return rows
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), "utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def embedding_files(tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text("".join(row["passage"] + "\n" for row in pairs(96, seed=5)), "utf-8")
+    return {"train": str(train), "validation": write_jsonl(tmp_path / "validation.jsonl", pairs(24, seed=6)),
+            "test": write_jsonl(tmp_path / "test.jsonl", pairs(24, seed=7))}
+
+
+def test_retrieval_metrics_against_hand_computed_values():
+    task = EmbeddingTask()
+    # q0's passage (group 0) comes first; q1's passage (group 2) second, after passage 1.
+    vectors = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0.6, 0.8, 0], [0, 0.8, 0.6]], dtype=np.float32)
+    labels = [pair_label("query", 0), pair_label("passage", 0), pair_label("passage", 1),
+              pair_label("query", 2), pair_label("passage", 2)]
+    metrics = task.compute_metrics(vectors, np.array(labels))
+    assert metrics["mrr@10"] == pytest.approx(0.75)
+    assert metrics["recall@1"] == pytest.approx(0.5) and metrics["recall@10"] == pytest.approx(1.0)
+    assert metrics["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+    with pytest.raises(SpeedyError, match="no query/passage pairs"):
+        task.compute_metrics(vectors[:3], np.array([-100, -100, -100]))
+
+
+def test_in_batch_loss_is_infonce_over_the_distinct_passages():
+    vectors = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.2], [0.0, 1.0], [0.0, 1.0]]), dim=-1)
+    # query 0 -> passage 0 (row 1); passage 1 twice (rows 2, 3: one column); a text without pair is ignored
+    labels = torch.tensor([pair_label("query", 0), pair_label("passage", 0), pair_label("passage", 1),
+                           pair_label("passage", 1)])
+    scores = torch.stack([vectors[0] @ vectors[1], vectors[0] @ vectors[2]]) / 0.05
+    expected = -torch.log_softmax(scores, 0)[0]
+    assert in_batch_loss(vectors, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert in_batch_loss(vectors, torch.tensor([-100, -100, 1, 3])).item() == 0.0  # no query: nothing to score
+
+
+def test_files_give_prefixed_texts_paired_by_passage(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"query": "¿Quién?", "passage": "Ella."},
+                                                   {"query": "¿Cuándo?", "passage": "Ella."}])
+    split = EmbeddingTask.read_file(path, {})
+    assert split["text"] == ["query: ¿Quién?", "passage: Ella.", "query: ¿Cuándo?", "passage: Ella."]
+    assert split["group"] == [0, 0, 0, 0] and split["line"] == [1, 1, 2, 2]
+    text = tmp_path / "train.txt"
+    text.write_text("Uno.\n\nDos.\n", "utf-8")
+    split = EmbeddingTask.read_file(text, {"passage_prefix": ""})
+    assert split["text"] == ["Uno.", "Dos."] and split["group"] == [-1, -1]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "a", "passage": "b"}\n{"query": "a"}\n', "utf-8")
+    with pytest.raises(SpeedyError, match=r"bad.jsonl:2: expected"):
+        EmbeddingTask.read_file(bad, {})
+    with pytest.raises(SpeedyError, match=r"data.tsv: an embedding task reads"):
+        EmbeddingTask.read_file(tmp_path / "data.tsv", {})
+
+
+def test_a_saved_model_keeps_its_prefixes():
+    task = make_task("embedding", [], {"data": {"query_prefix": "q> ", "passage_prefix": ""}})
+    again = make_task("embedding", [], task.describe(64))
+    assert again.prefixes == {"query": "q> ", "passage": ""}
+
+
+def config_file(tmp_path, files, bert_dir, distill=None, students=None) -> str:
+    config = {
+        "name": "emb", "output_dir": str(tmp_path / "out"), "seed": 1,
+        "tasks": [{"name": "search", "type": "embedding", "max_length": 32, "data": files}],
+        "teachers": [{"name": "teacher", "base": str(bert_dir)}],
+        "students": students if students is not None else
+        [{"name": "student", "base": str(bert_dir), "kind": "truncate", "layers": 2}],
+        "grid": {"batch_size": [16], "epochs": [2, 3], "learning_rate": [1e-3, 2e-3]},
+        "distill": {"epochs": 6, "patience": 6, "batch_size": 16, "learning_rate": 2e-3, "loss": "mse",
+                    **(distill or {})},
+        "speed": {"batch_size": 1, "length": 16, "warmup": 1, "runs": 3, "engines": ["torch", "onnx"]},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.mark.parametrize("distill, students, message", [
+    ({"loss": "kl"}, None, r"distill.loss: task 'search' \(embedding\) takes the KD losses mse, cosine, not 'kl'"),
+    ({"alpha": 0.5}, None, r"distill.alpha: task 'search' \(embedding\) has no gold labels"),
+    ({}, [{"name": "s", "kind": "truncate", "layers": 1, "finetune": True}], r"students\[0\].finetune: task"),
+])
+def test_config_refuses_what_an_embedding_task_cannot_do(tmp_path, embedding_files, bert_dir, distill, students,
+                                                         message):
+    with pytest.raises(SpeedyError, match=message):
+        load_config(config_file(tmp_path, embedding_files, bert_dir, distill, students))
+
+
+def student_vs_teacher_cosine(study, student_dir, teacher_dir, split) -> float:
+    task = study.task(study.config.tasks[0])
+    vectors = []
+    for folder in (student_dir, teacher_dir):
+        model, tokenizer = task.load_model(folder), load_tokenizer(folder)
+        vectors.append(predict(model, tokenizer, task, task.encode(split, tokenizer, 32))[0])
+    return float((vectors[0] * vectors[1]).sum(1).mean())
+
+
+def test_a_study_uses_the_teacher_as_it_is_and_distils_its_vectors(tmp_path, embedding_files, bert_dir,
+                                                                  bert_unigram_dir):
+    # The student is another model with another tokenizer: it learns the teacher's vectors from texts alone.
+    students = [{"name": "student", "base": str(bert_unigram_dir), "kind": "truncate", "layers": 2}]
+    study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, students=students)))
+    study.run()  # every stage, the speed measurement and the report included
+    teachers = study.store.trials("finetune", "search")
+    assert [t.name for t in teachers] == ["teacher bs=16 ep=0 lr=0.001"]  # one point, not the 2x2 grid: no training
+    teacher = study.store.selection("search")
+    saved, original = AutoModel.from_pretrained(teacher.checkpoint), AutoModel.from_pretrained(str(bert_dir))
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), original.state_dict().values()))
+    assert 0.0 <= teacher.val_metrics["ndcg@10"] <= 1.0 and teacher.val_loss > 0
+
+    (student,) = study.store.trials("distill", "search")
+    assert student.name == "student (KD)" and set(student.test_metrics) >= {"ndcg@10", "mrr@10", "recall@1"}
+    # KD moved the student's vectors toward the teacher's: closer than the same student before training
+    spec = study.config.students[0]
+    task = study.task(study.config.tasks[0])
+    fresh, tokenizer = build_model(spec, task, study.corpus(study.config.tasks[0]), seed=1)
+    fresh_dir = tmp_path / "fresh"
+    fresh.save_pretrained(fresh_dir)
+    tokenizer.save_pretrained(fresh_dir)
+    validation = study.data(study.config.tasks[0]).splits["validation"]
+    before = student_vs_teacher_cosine(study, fresh_dir, teacher.checkpoint, validation)
+    after = student_vs_teacher_cosine(study, student.checkpoint, teacher.checkpoint, validation)
+    print("BEFORE-AFTER", before, after)
+    assert after > before + 0.02, (before, after)
+    # The student as users run it: PyTorch, and the torch-free runtime on the graph the measure stage exported
+    items = [("¿Quién marcó un gol?", "query"), ("El delantero marcó un gol ayer.", "passage"), ("x", "document")]
+    full, lean = Predictor(student.checkpoint, "torch").run_each(items), \
+        RuntimePredictor(student.checkpoint, "onnx").run_each(items)
+    for a, b in zip(full[:2], lean[:2]):
+        assert np.asarray(a["embedding"]) == pytest.approx(np.asarray(b["embedding"]), abs=1e-4)
+        assert np.linalg.norm(a["embedding"]) == pytest.approx(1.0, abs=1e-5)
+    assert all(isinstance(r[2], Exception) and "kind: 'document'" in str(r[2]) for r in (full, lean))
+    report = (study.output_dir / "report" / "report.md").read_text()
+    assert "ndcg@10" in report.lower() and "student" in report
