@@ -76,15 +76,18 @@ def test_in_batch_loss_is_infonce_over_the_distinct_passages():
 def test_files_give_prefixed_texts_paired_by_passage(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", [{"query": "¿Quién?", "passage": "Ella."},
                                                    {"query": "¿Cuándo?", "passage": "Ella."}])
+    with open(path, "a", encoding="utf-8") as file:
+        file.write('{"query": "¿Dónde?"}\n{"passage": "Aquí.", "query": null}\n')
     split = EmbeddingTask.read_file(path, {})
-    assert split["text"] == ["query: ¿Quién?", "passage: Ella.", "query: ¿Cuándo?", "passage: Ella."]
-    assert split["group"] == [0, 0, 0, 0] and split["line"] == [1, 1, 2, 2]
+    assert split["text"] == ["query: ¿Quién?", "passage: Ella.", "query: ¿Cuándo?", "query: ¿Dónde?", "passage: Aquí."]
+    assert split["group"] == [0, 0, 0, -1, -1] and split["line"] == [1, 1, 2, 3, 4]
+    assert split["kind"] == ["query", "passage", "query", "query", "passage"]
     text = tmp_path / "train.txt"
     text.write_text("Uno.\n\nDos.\n", "utf-8")
     split = EmbeddingTask.read_file(text, {"passage_prefix": ""})
     assert split["text"] == ["Uno.", "Dos."] and split["group"] == [-1, -1]
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"query": "a", "passage": "b"}\n{"query": "a"}\n', "utf-8")
+    bad.write_text('{"query": "a", "passage": "b"}\n{"text": "a"}\n', "utf-8")
     with pytest.raises(SpeedyError, match=r"bad.jsonl:2: expected"):
         EmbeddingTask.read_file(bad, {})
     with pytest.raises(SpeedyError, match=r"data.tsv: an embedding task reads"):

@@ -6,11 +6,12 @@ other type.
 ``query_prefix`` / ``passage_prefix``), its kind and its passage. Files:
 
 * ``.txt``: unlabelled text, a passage a line (training: what the student learns the teacher's vectors on);
-* ``.jsonl``: one ``{"query": ..., "passage": ...}`` a line (a question and the paragraph that answers it);
+* ``.jsonl``: one ``{"query": ..., "passage": ...}`` a line (a question and the paragraph that answers it), or
+  one of the two alone (an unpaired text of that kind);
 * ``.json``: SQuAD v1.1 (every question -> its paragraph; answers are not read).
 
-Validation and test need pairs: they are scored by retrieval. Each pair gives a query row followed by a passage
-row; equal passage texts are one passage. Label ids: ``2 * g`` for a query whose gold passage is ``g``,
+Validation and test need pairs: they are scored by retrieval. Each pair gives a query row followed by its passage
+row, unless an earlier pair gave the same passage text (one passage, one row). Label ids: ``2 * g`` for a query whose gold passage is ``g``,
 ``2 * g + 1`` for passage ``g`` itself, -100 for a text of no pair.
 
 **Model.** The encoder's token states averaged over the real tokens and L2-normalised (how multilingual-e5's
@@ -215,10 +216,10 @@ class EmbeddingTask(Task):
         if kind == "txt":
             rows = [("passage", text, -1, line) for _, line, text in read_transfer_lines([str(path)])]
         elif kind == "jsonl":
-            rows = _pairs(_jsonl_pairs(path))
+            rows = _rows(_jsonl_rows(path))
         elif kind == "json":
             squad = read_squad(path, require_answers=False, bad_answers="keep", report=lambda message: None)
-            rows = _pairs(zip(squad["question"], squad["context"], range(1, len(squad) + 1)))
+            rows = _rows(zip(squad["question"], squad["context"], range(1, len(squad) + 1)))
         else:
             raise SpeedyError(f"{path}: an embedding task reads .txt (a passage a line), .jsonl "
                               f"({{\"query\", \"passage\"}} a line) or SQuAD .json, not '{kind or path.name}'")
@@ -302,8 +303,9 @@ class EmbeddingTask(Task):
         return student, teacher.to(student.device), None
 
 
-def _jsonl_pairs(path: Path):
-    """``(query, passage, line)`` of each line of a JSON-lines file; a malformed line is a one-line error."""
+def _jsonl_rows(path: Path):
+    """``(query, passage, line)`` of each line of a JSON-lines file, either of them ``None`` for a line that gives
+    one text only (unpaired); a malformed line is a one-line error naming it."""
     try:
         lines = path.read_text("utf-8").split("\n")
     except OSError as error:
@@ -317,18 +319,28 @@ def _jsonl_pairs(path: Path):
             row = json.loads(line)
         except ValueError as error:
             raise SpeedyError(f"{where(path, number)}: not a JSON object ({error.msg})") from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
-                                                for k in ("query", "passage")):
-            raise SpeedyError(f"{where(path, number)}: expected {{\"query\": text, \"passage\": text}}")
-        yield row["query"], row["passage"], number
+        texts = {k: row.get(k) for k in ("query", "passage")} if isinstance(row, dict) else {}
+        given = {k: v for k, v in texts.items() if v is not None}
+        if not given or not all(isinstance(v, str) and v.strip() for v in given.values()):
+            raise SpeedyError(f"{where(path, number)}: expected {{\"query\": text, \"passage\": text}} (or one of "
+                              f"them, for an unpaired text)")
+        yield texts["query"], texts["passage"], number
 
 
-def _pairs(pairs) -> list[tuple[str, str, int, int]]:
-    """``(kind, text, passage group, line)`` rows: each query followed by its passage; equal passages share a
-    group."""
+def _rows(items) -> list[tuple[str, str, int, int]]:
+    """``(kind, text, passage group, line)`` rows from ``(query, passage, line)`` items: a pair gives its query,
+    then its passage unless an earlier pair gave the same text (equal passages are one passage, one group); a
+    lone text is unpaired (group -1)."""
     groups: dict[str, int] = {}
     rows = []
-    for query, passage, line in pairs:
+    for query, passage, line in items:
+        if query is None or passage is None:
+            kind, text = ("query", query) if passage is None else ("passage", passage)
+            rows.append((kind, text, -1, line))
+            continue
+        new = passage not in groups
         group = groups.setdefault(passage, len(groups))
-        rows += [("query", query, group, line), ("passage", passage, group, line)]
+        rows.append(("query", query, group, line))
+        if new:
+            rows.append(("passage", passage, group, line))
     return rows

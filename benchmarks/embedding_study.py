@@ -1,0 +1,153 @@
+r"""Benchmark: sentence embeddings through the study pipeline (the ``embedding`` task type; issue 16).
+
+The same split as ``benchmarks/embeddings.py`` (SQuAD-es by article, read from ``../shared/data``, never copied):
+``--train-texts`` questions and paragraphs of the training articles as unpaired text (a question is never paired
+with its paragraph in training), optionally ``--extra-texts`` other Spanish sentences (CoNLL-2002 ``esp.train``
+and the package's Bible verses) as transfer text, and the ``--validation-articles`` held-out articles as the
+retrieval task (each question's paragraph among all their paragraphs). The study's test split is the same
+validation file: every figure here is a validation figure.
+
+The teacher (multilingual-e5-small) is used as it is; students of ``--depths`` layers (the teacher's layers
+spread, vocabulary pruned to the study's text) learn its cached vectors by ``--loss`` (mse or cosine) with early
+stopping on validation nDCG@10 and the best checkpoint kept. The study lives in ``--output`` and resumes when
+killed. It prints, and writes to ``<output>/embedding-study.md``, one row per model: nDCG@10, MRR@10, R@1,
+R@10, the share of the teacher's nDCG@10, epochs run and wall time. Speed is not timed here (``speedy measure``
+on the study, with nothing else on the CPU, does). Example::
+
+    python benchmarks/embedding_study.py --train-texts 3000 --depths 4 --epochs 10 --output runs/bench-embed-study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from common import REPO
+from embeddings import SQUAD, other_spanish_texts, split_articles, training_texts
+
+PREFIXES = {"query: ": "query", "passage: ": "passage"}
+
+
+def write_unpaired(path: Path, texts: list[str]) -> str:
+    """``texts`` (e5-prefixed) as JSON lines of one unpaired text each, ``{"query": ...}`` or ``{"passage": ...}``,
+    written atomically."""
+    lines = []
+    for text in texts:
+        prefix = next(p for p in PREFIXES if text.startswith(p))
+        lines.append(json.dumps({PREFIXES[prefix]: text[len(prefix):]}, ensure_ascii=False))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", "utf-8")
+    os.replace(tmp, path)
+    return str(path)
+
+
+def write_plain(path: Path, texts: list[str]) -> str:
+    """Passages (prefix removed: the task adds it) one a line, written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(text.removeprefix("passage: ").replace("\n", " ") + "\n" for text in texts), "utf-8")
+    os.replace(tmp, path)
+    return str(path)
+
+
+def study_config(args, files: dict, transfer: list[str]) -> dict:
+    from speedy.models.students import spread_layers
+
+    return {
+        "name": "embedding-study", "output_dir": str(Path(args.output) / "study"), "seed": args.seed,
+        "tasks": [{"name": "squad-es-retrieval", "type": "embedding", "max_length": args.max_length, "data": files,
+                   "transfer_files": transfer}],
+        "teachers": [{"name": "multilingual-e5-small", "prune_vocab": True}],
+        "students": [{"name": f"e5-{d}L", "base": "multilingual-e5-small", "kind": "truncate",
+                      "layers": spread_layers(12, d), "prune_vocab": True} for d in args.depths],
+        "grid": {"batch_size": [args.batch_size], "epochs": [1], "learning_rate": [args.learning_rate]},
+        "distill": {"loss": args.loss, "epochs": args.epochs, "patience": args.patience,
+                    "batch_size": args.batch_size, "learning_rate": args.learning_rate, "warmup_ratio": 0.05,
+                    "weight_decay": 0.0},
+        "speed": {"batch_size": 1, "length": 128, "warmup": 10, "runs": 100},
+    }
+
+
+def table(study, args) -> str:
+    task = study.config.tasks[0].name
+    teacher = study.store.selection(task)
+    rows = [("teacher e5-small (12 layers, as it is)", teacher)]
+    rows += [(f"student {t.name}", t) for t in sorted(study.store.trials("distill", task), key=lambda t: t.name)]
+    reference = (teacher.val_metrics or {}).get("ndcg@10") if teacher else None
+    lines = ["| model | nDCG@10 | MRR@10 | R@1 | R@10 | of teacher | epochs | min |", "|---|---|---|---|---|---|---|---|"]
+    for name, trial in rows:
+        if trial is None or trial.status != "done":
+            lines.append(f"| {name} | (not done) | | | | | | |")
+            continue
+        m = trial.val_metrics or {}
+        share = f"{100 * m['ndcg@10'] / reference:.1f}%" if reference else "-"
+        epochs = (trial.info or {}).get("epochs_run", "-")
+        lines.append(f"| {name} | {100 * m['ndcg@10']:.2f} | {100 * m['mrr@10']:.2f} | {100 * m['recall@1']:.2f} | "
+                     f"{100 * m['recall@10']:.2f} | {share} | {epochs} | {(trial.seconds or 0) / 60:.1f} |")
+    lines += ["", f"Validation: {args.validation_articles} held-out SQuAD-es articles (each question's paragraph among "
+              f"all their paragraphs). Training text: {args.train_texts:,} unpaired questions and paragraphs of the "
+              f"other articles" + (f", + {args.extra_texts:,} other Spanish sentences as transfer text" if
+                                   args.extra_texts else "") +
+              f". Students: KD ({args.loss}) on the teacher's cached vectors, up to {args.epochs} epochs, patience "
+              f"{args.patience}, lr {args.learning_rate:g}, batch {args.batch_size}, max length {args.max_length}, "
+              f"vocabulary pruned to the study's text; best checkpoint by validation nDCG@10."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--output", default=str(REPO / "runs" / "bench-embed-study"))
+    parser.add_argument("--validation-articles", type=int, default=10)
+    parser.add_argument("--train-texts", type=int, default=3000)
+    parser.add_argument("--extra-texts", type=int, default=0)
+    parser.add_argument("--depths", type=int, nargs="+", default=[4])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--loss", choices=["mse", "cosine"], default="mse")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stages", nargs="+", default=["finetune", "select", "distill"],
+                        help="the study's stages to run (measure: only with nothing else on the CPU)")
+    parser.add_argument("--table", action="store_true", help="only print the table from the study's store")
+    args = parser.parse_args()
+    source = Path(args.data_dir) / SQUAD
+    if not source.is_file():
+        print(f"error: {source}: no such file (the shared Spanish data)", file=sys.stderr)
+        return 2
+
+    from speedy.configfile import load_config
+    from speedy.console import quiet_libraries
+    from speedy.pipeline import Study
+
+    quiet_libraries()
+    out = Path(args.output)
+    train_file, validation_file = split_articles(source, out / "data", args.validation_articles, args.seed)
+    files = {"train": write_unpaired(out / "data" / "train.jsonl", training_texts(train_file, args.train_texts,
+                                                                                   args.seed)),
+             "validation": str(validation_file), "test": str(validation_file)}
+    transfer = [write_plain(out / "data" / f"extra-{args.extra_texts}.txt",
+                            other_spanish_texts(Path(args.data_dir), args.extra_texts, args.seed))] \
+        if args.extra_texts else []
+    config_path = out / "study.yaml"
+    config_path.write_text(yaml.safe_dump(study_config(args, files, transfer), sort_keys=False), "utf-8")
+    study = Study(load_config(config_path))
+    if not args.table:
+        study.run(args.stages)
+    text = table(study, args)
+    tmp = out / "embedding-study.md.tmp"
+    tmp.write_text(text + "\n", "utf-8")
+    os.replace(tmp, out / "embedding-study.md")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
