@@ -4,6 +4,7 @@ its config rules, and a whole study (teacher used as it is, a KD student, evalua
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +14,12 @@ from transformers import AutoModel
 
 from conftest import ACTORS, POLITICS, SPORT, SUBJECTS
 from speedy.build import build_model
+from speedy.cli import _predict
 from speedy.configfile import load_config
 from speedy.errors import SpeedyError
 from speedy.models.build import load_tokenizer
 from speedy.pipeline import Study
+from speedy.publish import export_model
 from speedy.predictor import Predictor
 from speedy.runtime.predictor import RuntimePredictor
 from speedy.tasks import make_task
@@ -94,10 +97,54 @@ def test_files_give_prefixed_texts_paired_by_passage(tmp_path):
         EmbeddingTask.read_file(tmp_path / "data.tsv", {})
 
 
-def test_a_saved_model_keeps_its_prefixes():
+def test_a_saved_model_keeps_its_prefixes_and_reads_files_with_them(tmp_path):
     task = make_task("embedding", [], {"data": {"query_prefix": "q> ", "passage_prefix": ""}})
     again = make_task("embedding", [], task.describe(64))
     assert again.prefixes == {"query": "q> ", "passage": ""}
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"query": "¿Quién?", "passage": "Ella."}])
+    assert again.read_file(path, again.read_options())["text"] == ["q> ¿Quién?", "Ella."]  # speedy evaluate --model
+
+
+def test_files_without_what_they_must_hold_are_one_line_errors(tmp_path):
+    text = tmp_path / "validation.txt"
+    text.write_text("Una frase.\n", "utf-8")
+    split = EmbeddingTask.read_file(text, {})
+    with pytest.raises(SpeedyError, match=r"validation.txt: no query/passage pairs: the validation split"):
+        EmbeddingTask.check_split("validation", split, str(text))
+    EmbeddingTask.check_split("train", split, str(text))  # training text needs no pairs
+    with pytest.raises(SpeedyError, match=r"missing.txt: no such file"):
+        EmbeddingTask.read_file(tmp_path / "missing.txt", {})
+    (tmp_path / "blank.txt").write_text("\n \n", "utf-8")
+    with pytest.raises(SpeedyError, match=r"blank.txt: no text"):
+        EmbeddingTask.read_file(tmp_path / "blank.txt", {})
+
+
+class OneCache:
+    def __init__(self, rows):
+        self.values = rows
+
+    def rows(self, indices, signal):
+        return self.values[indices], None
+
+
+def test_a_student_narrower_than_its_teacher_is_refused_in_one_line():
+    task = EmbeddingTask()
+    outputs = type("Out", (), {"logits": torch.zeros(2, 16)})()
+    with pytest.raises(SpeedyError, match="the student's vectors have 16 dimensions and the teacher's 32"):
+        task.kd_rows(outputs, {"attention_mask": torch.ones(2, 3)}, {"example_index": torch.tensor([0, 1])},
+                     OneCache(torch.zeros(2, 32)))
+
+
+def test_vectors_are_never_called_one_class():
+    from transformers import EvalPrediction
+
+    from speedy.training import CollapseGuard
+
+    same_peak = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.1], [0.7, 0.0, 0.3]])  # every row's largest dimension is 0
+    labels = np.array([0, 1, 2])
+    for classifies, verdict in ((True, 1.0), (False, 0.0)):
+        metrics = CollapseGuard.record(lambda p: {}, classifies)(EvalPrediction(same_peak, labels))
+        assert metrics["one_class"] == verdict
 
 
 def config_file(tmp_path, files, bert_dir, distill=None, students=None) -> str:
@@ -120,7 +167,8 @@ def config_file(tmp_path, files, bert_dir, distill=None, students=None) -> str:
 @pytest.mark.parametrize("distill, students, message", [
     ({"loss": "kl"}, None, r"distill.loss: task 'search' \(embedding\) takes the KD losses mse, cosine, not 'kl'"),
     ({"alpha": 0.5}, None, r"distill.alpha: task 'search' \(embedding\) has no gold labels"),
-    ({}, [{"name": "s", "kind": "truncate", "layers": 1, "finetune": True}], r"students\[0\].finetune: task"),
+    ({}, [{"name": "s", "kind": "truncate", "layers": 1, "kd": False, "finetune": True}], r"students\[0\].kd: task"),
+    ({"search_trials": 2, "search_losses": ["mse"]}, None, r"distill.search_alpha: task 'search' \(embedding\)"),
 ])
 def test_config_refuses_what_an_embedding_task_cannot_do(tmp_path, embedding_files, bert_dir, distill, students,
                                                          message):
@@ -140,7 +188,8 @@ def student_vs_teacher_cosine(study, student_dir, teacher_dir, split) -> float:
 def test_a_study_uses_the_teacher_as_it_is_and_distils_its_vectors(tmp_path, embedding_files, bert_dir,
                                                                   bert_unigram_dir):
     # The student is another model with another tokenizer: it learns the teacher's vectors from texts alone.
-    students = [{"name": "student", "base": str(bert_unigram_dir), "kind": "truncate", "layers": 2}]
+    # finetune: true is skipped for an embedding task (no gold labels), not refused
+    students = [{"name": "student", "base": str(bert_unigram_dir), "kind": "truncate", "layers": 2, "finetune": True}]
     study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, students=students)))
     study.run()  # every stage, the speed measurement and the report included
     teachers = study.store.trials("finetune", "search")
@@ -172,5 +221,16 @@ def test_a_study_uses_the_teacher_as_it_is_and_distils_its_vectors(tmp_path, emb
         assert np.asarray(a["embedding"]) == pytest.approx(np.asarray(b["embedding"]), abs=1e-4)
         assert np.linalg.norm(a["embedding"]) == pytest.approx(1.0, abs=1e-5)
     assert all(isinstance(r[2], Exception) and "kind: 'document'" in str(r[2]) for r in (full, lean))
+    exported = export_model(Path(student.checkpoint), tmp_path / "exported",
+                            validation_file=Path(embedding_files["validation"]), speed_runs=2)
+    assert exported["checks"]["fp32_max_abs_diff"] < 1e-4 and exported["checks"]["int8"]["agreement"] > 0.5
+    assert "Labels:" not in (tmp_path / "exported" / "README.md").read_text()
+    printed = _predict(Path(student.checkpoint), items[0][0], None, None, None, "onnx", None, "query")  # speedy predict
+    assert printed["embedding"] == pytest.approx(lean[0]["embedding"], abs=1e-6)
     report = (study.output_dir / "report" / "report.md").read_text()
     assert "ndcg@10" in report.lower() and "student" in report
+
+
+def test_built_in_data_is_refused_for_a_type_without_any(tmp_path, bert_dir):
+    with pytest.raises(SpeedyError, match=r"tasks\[0\].data.builtin: task type 'embedding' has no built-in dataset"):
+        load_config(config_file(tmp_path, {"builtin": "rv1909-genre"}, bert_dir))

@@ -90,17 +90,21 @@ def predict(model: Path = typer.Option(..., help="A model folder trained with sp
             text_pair: Optional[str] = typer.Option(None, help="Classification of pairs: the second text."),
             question: Optional[str] = typer.Option(None, help="QA: the question."),
             context: Optional[str] = typer.Option(None, help="QA: the context to take the answer from."),
+            kind: Optional[str] = typer.Option(None, help="Embedding: query or passage, the prefix the model "
+                                                          "expects (default passage)."),
             engine: str = typer.Option("torch", help="torch | onnx | onnx-int8 (the ONNX files of 'speedy export')."),
             threads: Optional[int] = typer.Option(None, help="CPU threads (default: all).")):
     """Run a trained model on one input and print the result as JSON."""
     quiet_libraries(training=engine not in RUNTIME_ENGINES)
     try:
-        print(json.dumps(_predict(model, text, text_pair, question, context, engine, threads), ensure_ascii=False))
+        print(json.dumps(_predict(model, text, text_pair, question, context, engine, threads, kind),
+                         ensure_ascii=False))
     except SpeedyError as error:
         fail(error)
 
 
-def _predict(model_dir: Path, text, text_pair, question, context, engine: str = "torch", threads=None) -> dict:
+def _predict(model_dir: Path, text, text_pair, question, context, engine: str = "torch", threads=None,
+             kind=None) -> dict:
     from speedy.predictor import open_predictor  # lazy: start-up time (imports the ONNX runtime)
 
     if engine in RUNTIME_ENGINES:
@@ -115,7 +119,7 @@ def _predict(model_dir: Path, text, text_pair, question, context, engine: str = 
             predictor = open_predictor(model_dir, engine, threads)
     task = predictor.task
     # the options are the task's input fields of these names; the type says which it takes and which it needs
-    given = {"text": text, "text_pair": text_pair, "question": question, "context": context}
+    given = {"text": text, "text_pair": text_pair, "question": question, "context": context, "kind": kind}
     required = [name for name, field in task.inputs.items() if field.required]
     if any(not (given.get(name) or "").strip() for name in required):
         flags = " and ".join(f"--{name.replace('_', '-')}" for name in required)
@@ -160,7 +164,7 @@ def _evaluate_file(model_dir: Path, test_file: Path, max_length: Optional[int]) 
 
     folder = check_model_folder(model_dir)
     task = folder.task
-    data = task.read_file(test_file, {}, report=lambda message: console.print(f"[yellow]{message}[/yellow]"))
+    data = task.read_file(test_file, task.read_options(), report=lambda message: console.print(f"[yellow]{message}[/yellow]"))
     model = load_engine(model_dir, "torch")
     metrics = evaluate_model(model, folder.tokenizer, task, data, max_length or folder.max_length,
                              source=str(test_file))

@@ -50,8 +50,10 @@ def validate(config: StudyConfig) -> StudyConfig:
         kind = TASK_CLASSES[task.type]
         for setting, (what, allowed) in kind.choices.items():
             _choice(f"{key}.{setting}", what, getattr(task, setting), allowed)
+        if data.builtin and not kind.builtin_data:
+            raise SpeedyError(f"{key}.data.builtin: task type '{task.type}' has no built-in dataset (give files)")
         if data.builtin:
-            _choice(f"{key}.data.builtin", "dataset", data.builtin, ("rv1909-genre",))
+            _choice(f"{key}.data.builtin", "dataset", data.builtin, kind.builtin_data)
         if data.format is not None and kind.file_formats is not None:
             _choice(f"{key}.data.format", f"{task.type} file format", data.format, kind.file_formats)
         _choice(f"{key}.data.bad_answers", "policy", data.bad_answers, BAD_ANSWER_POLICIES)
@@ -133,14 +135,16 @@ def _check_task_kd(config: StudyConfig) -> None:
                                   f"{', '.join(task_class.kd_losses)}, not '{loss}'")
         if not task_class.teacher_as_is:
             continue
-        high_alpha = distill.search_alpha[1] if distill.search_trials > 0 else distill.alpha
-        if distill.alpha > 0 or high_alpha > 0:
+        if distill.alpha > 0:
             raise SpeedyError(f"distill.alpha: task '{task.name}' ({task.type}) has no gold labels to mix in: "
-                              f"alpha (and search_alpha) must be 0")
+                              f"alpha must be 0")
+        if distill.search_trials > 0 and distill.search_alpha[1] > 0:
+            raise SpeedyError(f"distill.search_alpha: task '{task.name}' ({task.type}) has no gold labels to mix "
+                              f"in: search alpha in [0, 0]")
         for i, student in enumerate(config.students):
-            if student.finetune:
-                raise SpeedyError(f"students[{i}].finetune: task '{task.name}' ({task.type}) has no gold labels "
-                                  f"to fine-tune on (its students learn from the teacher only)")
+            if not student.kd:  # finetune: true is skipped for such a task (see trials.student_modes)
+                raise SpeedyError(f"students[{i}].kd: task '{task.name}' ({task.type}) has no gold labels to "
+                                  f"fine-tune on: its students learn from the teacher only")
 
 
 def _unique_names(config: StudyConfig) -> None:

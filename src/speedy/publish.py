@@ -80,7 +80,7 @@ def model_card(config, task, origin: dict, checks: dict, speed: dict) -> str:
             settings = origin.get("distillation", {})
             lines.append(f"- Teacher: `{origin['teacher']}` (loss {settings.get('loss')}, alpha {settings.get('alpha')}, "
                          f"temperature {settings.get('temperature')})")
-    if task.labels:
+    if task.labels and task.classifies:  # an embedding model's output is a vector, not labels
         lines.append(f"- Labels: {', '.join(task.labels)}")
     if origin.get("test") or origin.get("validation"):
         lines += ["", "## Scores", ""]
@@ -121,12 +121,14 @@ def export_model(model_dir: Path, out: Path, validation_file: Path | None = None
     folder = check_model_folder(model_dir)  # one line naming the file, for any broken folder
     config, task, max_length, tokenizer = folder.config, folder.task, folder.max_length, folder.tokenizer
     architecture = (config.architectures or ["none"])[0]
-    model_class = getattr(transformers, architecture, None)
+    # A bare encoder (an embedding model) is loaded by its type's class, which wraps it as it was trained
+    bare = task.head_architecture == "Model" and architecture.endswith("Model")
+    model_class = task.model_class() if bare else getattr(transformers, architecture, None)
     if model_class is None:
         raise SpeedyError(f"export: unknown task head '{architecture}' in {model_dir}/config.json (known: models "
                           "trained by speedy for classification, tagging or qa)")
     model = load_torch_model(model_dir, model_class).eval()  # the class it was saved as: never a fresh head
-    check_head(model)
+    check_head(getattr(model, "onnx_module", model))  # what the export writes
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -139,7 +141,7 @@ def export_model(model_dir: Path, out: Path, validation_file: Path | None = None
     checks = check_export(model, tmp / ONNX_FOLDER, threads)
     report(f"fp32 ONNX max abs difference {checks['fp32_max_abs_diff']:.2e}, int8 {checks['int8_max_abs_diff']:.2e}")
     if validation_file is not None:
-        data = task.read_file(Path(validation_file), {}, report=report)
+        data = task.read_file(Path(validation_file), task.read_options(), report=report)
         int8 = get_engine("onnx-int8").load(tmp, config, threads)
         checks["int8"] = compare_engines(model, int8, tokenizer, task, data, max_length)
         checks["int8_on"] = str(validation_file)

@@ -152,9 +152,11 @@ class CollapseGuard(TrainerCallback):
         self.stop, self.epochs = stop, epochs
 
     @staticmethod
-    def record(compute_metrics):
+    def record(compute_metrics, classifies: bool = True):
+        """``classifies``: whether the predictions are class scores (an embedding's vector is not: its largest
+        dimension says nothing, and such a run is never called collapsed)."""
         def wrapped(prediction):
-            verdict = one_class_everywhere(prediction.predictions, prediction.label_ids)
+            verdict = classifies and one_class_everywhere(prediction.predictions, prediction.label_ids)
             return {**compute_metrics(prediction), ONE_CLASS: float(verdict)}
         return wrapped
 
@@ -191,7 +193,8 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
     callbacks = [guard] + ([EarlyStoppingCallback(early_stopping_patience=patience)] if patience else [])
     kwargs = dict(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=task.collator(tokenizer), processing_class=tokenizer,
-                  compute_metrics=guard.record(lambda p: task.compute_metrics(p.predictions, p.label_ids)),
+                  compute_metrics=guard.record(lambda p: task.compute_metrics(p.predictions, p.label_ids),
+                                               task.classifies),
                   callbacks=callbacks)
     if teacher_caches:
         trainer = DistillationTrainer(task=task, teacher_caches=teacher_caches, objective=objective, **kwargs)

@@ -113,8 +113,11 @@ def distill_space(config: StudyConfig) -> dict[str, list]:
     return {"batch_size": list(config.distill.batch_size), "learning_rate": list(config.distill.learning_rate)}
 
 
-def student_modes(student: ModelSpec) -> list[str]:
-    return [mode for mode, wanted in ((KD, student.kd), (GOLD, student.finetune)) if wanted]
+def student_modes(student: ModelSpec, task: TaskSpec) -> list[str]:
+    """How ``student`` trains on ``task``: KD, and fine-tuned on the gold labels when asked and the task has
+    them (an embedding task has none: its students learn from the teacher only)."""
+    gold = student.finetune and not task_class(task.type).teacher_as_is
+    return [mode for mode, wanted in ((KD, student.kd), (GOLD, gold)) if wanted]
 
 
 def distill_spec(config: StudyConfig, task: TaskSpec, student: ModelSpec, mode: str, point: dict) -> TrialSpec:
@@ -140,7 +143,7 @@ def planned_specs(config: StudyConfig) -> list[TrialSpec]:
         for teacher in config.teachers:
             specs += [finetune_spec(config, task, teacher, p) for p in grid_points(finetune_space(config, teacher, task))]
         for student in config.students:
-            for mode in student_modes(student):
+            for mode in student_modes(student, task):
                 if mode == KD and config.distill.search_trials > 0:
                     continue
                 specs += [distill_spec(config, task, student, mode, p) for p in grid_points(distill_space(config))]

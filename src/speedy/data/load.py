@@ -61,6 +61,8 @@ class Reader(Protocol):
 
     def gold_labels(self, split: Dataset) -> Iterable[tuple[str, int]]: ...
 
+    def check_split(self, name: str, split: Dataset, source: str) -> None: ...
+
 
 BIBLE_SOURCE = "Reina-Valera 1909 (Debian sword-text-sparv, public domain): verse -> genre of its book"
 
@@ -89,6 +91,7 @@ def load_splits(task: TaskSpec, reader: Reader, cache_dir: Path, data_dir: Path)
     for name in SPLITS:
         if len(splits[name]) == 0:
             raise SpeedyError(f"{sources[name]}: no examples (the {name} split is empty)")
+        reader.check_split(name, splits[name], sources[name])
     labels = list(reader.fixed_labels) if reader.fixed_labels else _check_labels(task, splits, sources, reader)
     return TaskData(task.name, splits, sources, labels, info, transfer)
 

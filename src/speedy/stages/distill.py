@@ -87,7 +87,7 @@ def run(study: Study) -> None:
         study.console.rule(f"Stage 3: distilling {names} on '{task.name}'")
         caches = [SharedTeacherCache(study, task, teacher) for teacher in teachers]
         for student in study.config.students:
-            for mode in student_modes(student):
+            for mode in student_modes(student, task):
                 run_student(study, task, student, mode, teachers, caches)
         warn_if_teacher_is_weak(study, task, teachers[0])
 

@@ -105,6 +105,9 @@ class Task(ABC):
     choices: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
     file_formats: ClassVar[tuple[str, ...] | None] = None  # data.format values read_file takes (None: one format)
     fixed_labels: ClassVar[tuple[str, ...] | None] = None  # outputs that are not a label set of the data (QA)
+    builtin_data: ClassVar[tuple[str, ...]] = ()  # the built-in datasets (data.builtin) of this type
+    # Its predictions are scores over classes, so a run predicting one class everywhere (collapsed) can be told
+    classifies: ClassVar[bool] = True
     min_labels: ClassVar[int] = 1  # fewer labels in a model folder's id2label is an error
     head_architecture: ClassVar[str]  # how config.json's architectures name ends for this head
     per_token: ClassVar[bool] = False  # a head row per token (tagging, QA), not per sequence (the pooled first token)
@@ -137,6 +140,11 @@ class Task(ABC):
         model. A type with settings reads its own."""
         return cls(labels)
 
+    def read_options(self) -> dict:
+        """Reader options (``read_file``'s) that this task's own settings imply, for a file scored by a saved
+        model (``speedy evaluate --model``, ``speedy export --validation-file``): none for most types."""
+        return {}
+
     def describe(self, max_length: int) -> dict:
         """What a saved model needs to be scored again: stored in its ``config.json`` as ``speedy_task``."""
         return {"type": self.type, "max_length": max_length}
@@ -158,6 +166,11 @@ class Task(ABC):
     @abstractmethod
     def load_hub(cls, name: str, config: str | None, split: str, columns: Mapping) -> Dataset:
         """One split of a Hub dataset; ``columns`` names its columns as ``DataSpec``'s settings do."""
+
+    @classmethod
+    def check_split(cls, name: str, split: Dataset, source: str) -> None:
+        """What a split (``train``, ``validation``, ``test``) read from ``source`` must hold beyond examples: a
+        one-line error naming the file, before any training (a no-op for most types)."""
 
     @staticmethod
     def gold_labels(split: Dataset) -> Iterable[tuple[str, int]]:

@@ -25,6 +25,7 @@ class ClassificationTask(Task):
     metrics = {"accuracy": MAX, "macro_f1": MAX}
     file_formats = FORMATS
     min_labels = 2
+    builtin_data = ("rv1909-genre",)  # the demo's: a verse -> the genre of its book
     head_architecture = "ForSequenceClassification"
     pipeline_tag = "text-classification"
     runtime = ClassificationRuntime  # the route, its inputs and results, and prediction without torch

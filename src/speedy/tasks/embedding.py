@@ -43,7 +43,6 @@ from transformers import AutoModel, DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from speedy.data.squad import read_squad
-from speedy.data.transfer import read_transfer_lines
 from speedy.errors import SpeedyError, where
 from speedy.runtime.embedding import DEFAULT_PREFIXES, EmbeddingRuntime
 from speedy.runtime.fields import InputError
@@ -168,6 +167,7 @@ class EmbeddingTask(Task):
     selection_metric = "ndcg@10"
     metrics = {name: MAX for name in MEASURES}
     teacher_as_is = True
+    classifies = False  # a vector, not class scores: never "one class everywhere"
     fixed_labels = EmbeddingRuntime.fixed_labels  # no label set: the output is the vector
     head_architecture = "Model"  # the plain encoder: XLMRobertaModel, BertModel...
     per_token = True  # the exported graph gives the token states; the runtime pools them
@@ -189,6 +189,9 @@ class EmbeddingTask(Task):
             return cls(prefixes={"query": data.get("query_prefix", DEFAULT_PREFIXES["query"]),
                                  "passage": data.get("passage_prefix", DEFAULT_PREFIXES["passage"])})
         return cls(prefixes=settings.get("prefixes"))  # a saved model's describe()
+
+    def read_options(self) -> dict:
+        return {"query_prefix": self.prefixes["query"], "passage_prefix": self.prefixes["passage"]}
 
     def describe(self, max_length: int) -> dict:
         return super().describe(max_length) | {"prefixes": self.prefixes}
@@ -214,7 +217,7 @@ class EmbeddingTask(Task):
                     "passage": options.get("passage_prefix", DEFAULT_PREFIXES["passage"])}
         kind = options.get("format") or path.suffix.lstrip(".").lower()
         if kind == "txt":
-            rows = [("passage", text, -1, line) for _, line, text in read_transfer_lines([str(path)])]
+            rows = [("passage", text, -1, line) for line, text in _text_lines(path)]
         elif kind == "jsonl":
             rows = _rows(_jsonl_rows(path))
         elif kind == "json":
@@ -226,6 +229,12 @@ class EmbeddingTask(Task):
         return Dataset.from_dict({"text": [prefixes[k] + text for k, text, _, _ in rows],
                                   "kind": [k for k, _, _, _ in rows], "group": [g for _, _, g, _ in rows],
                                   "line": [line for _, _, _, line in rows]})
+
+    @classmethod
+    def check_split(cls, name, split, source):
+        if name != "train" and not any(group >= 0 for group in split["group"]):
+            raise SpeedyError(f"{source}: no query/passage pairs: the {name} split of an embedding task is scored by "
+                              f"retrieval (give .jsonl pairs or SQuAD .json)")
 
     @classmethod
     def load_hub(cls, name, config, split, columns):
@@ -283,9 +292,19 @@ class EmbeddingTask(Task):
         return out
 
     def predictions(self, model, tokenizer, dataset, max_length):
-        """The vectors themselves: what the export compares across engines."""
-        vectors, _ = predict(model, tokenizer, self, self.encode(dataset, tokenizer, max_length))
-        return [row for row in vectors]
+        """The passage each query of a split of pairs retrieves first (its group): what two engines must agree on
+        (the vectors themselves differ in their last digits)."""
+        vectors, labels = predict(model, tokenizer, self, self.encode(dataset, tokenizer, max_length))
+        passages = {}
+        for row, label in enumerate(labels.tolist()):
+            if label >= 0 and label % 2 == 1:
+                passages.setdefault(label // 2, row)
+        queries = [row for row, label in enumerate(labels.tolist()) if label >= 0 and label % 2 == 0]
+        if not queries or not passages:
+            raise SpeedyError("embedding: the split has no query/passage pairs to compare retrieval on")
+        _, indices = exact_search(vectors[queries], vectors[list(passages.values())], 1)
+        groups = list(passages)
+        return [groups[i] for i in indices[:, 0].tolist()]
 
     # ------------------------------------------------------------------ KD rows
     def _rows(self, outputs, attention_mask, signal: str):
@@ -300,19 +319,36 @@ class EmbeddingTask(Task):
     def kd_rows(self, outputs, inputs, extras, cache, signal="logits", student_signal=None):
         student = self._rows(outputs, inputs["attention_mask"], student_signal or signal)
         teacher, _ = cache.rows(extras["example_index"].tolist(), signal)
+        if signal == "logits" and student.shape[-1] != teacher.shape[-1]:
+            raise SpeedyError(f"distill: the student's vectors have {student.shape[-1]} dimensions and the "
+                              f"teacher's {teacher.shape[-1]}: an embedding student must be as wide as its teacher "
+                              f"(truncate the teacher, or pick a student of its width)")
         return student, teacher.to(student.device), None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text("utf-8")
+    except FileNotFoundError:
+        raise SpeedyError(f"{path}: no such file") from None
+    except OSError as error:
+        raise SpeedyError(f"{path}: cannot read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise SpeedyError(f"{path}: not UTF-8 text (byte {error.start})") from None
+
+
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, text)`` of every non-blank line (split at "\n" only, as transfer text is)."""
+    lines = [(n, line.strip()) for n, line in enumerate(_read_text(path).split("\n"), 1) if line.strip()]
+    if not lines:
+        raise SpeedyError(f"{path}: no text (a passage a line)")
+    return lines
 
 
 def _jsonl_rows(path: Path):
     """``(query, passage, line)`` of each line of a JSON-lines file, either of them ``None`` for a line that gives
     one text only (unpaired); a malformed line is a one-line error naming it."""
-    try:
-        lines = path.read_text("utf-8").split("\n")
-    except OSError as error:
-        raise SpeedyError(f"{path}: cannot read ({error.strerror or error})") from None
-    except UnicodeDecodeError:
-        raise SpeedyError(f"{path}: not UTF-8 text") from None
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(_read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:
