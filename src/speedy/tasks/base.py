@@ -83,6 +83,16 @@ def mean_over_tokens(values: torch.Tensor, attention_mask: torch.Tensor) -> torc
     return (values * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
+def sequence_dataset(encoded, labels: list[int], with_index: bool = False) -> Dataset:
+    """An encoded dataset of one sequence per example: the tokenizer's inputs, ``labels`` and, ``with_index``,
+    each example's index (what the KD trainer finds its teacher rows by)."""
+    columns = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded}
+    columns["labels"] = labels
+    if with_index:
+        columns["example_index"] = list(range(len(labels)))
+    return Dataset.from_dict(columns)
+
+
 def needs_hidden_states(signals) -> bool:
     return any(str(signal).startswith("hidden.") for signal in signals)
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 from speedy.data.readers import FORMATS, load_hub_split, read_labelled_texts
 from speedy.errors import SpeedyError, where
 from speedy.runtime.classification import ClassificationRuntime
-from speedy.tasks.base import MAX, Task, mean_over_tokens, signal_tensor
+from speedy.tasks.base import MAX, Task, mean_over_tokens, sequence_dataset, signal_tensor
 
 
 class ClassificationTask(Task):
@@ -66,11 +66,7 @@ class ClassificationTask(Task):
                source: str = "") -> Dataset:
         pairs = list(dataset["text_pair"]) if "text_pair" in dataset.column_names else None
         encoded = tokenizer(list(dataset["text"]), pairs, truncation=True, max_length=max_length)
-        columns = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded}
-        columns["labels"] = self.label_ids(dataset, source)
-        if with_index:
-            columns["example_index"] = list(range(len(dataset)))
-        return Dataset.from_dict(columns)
+        return sequence_dataset(encoded, self.label_ids(dataset, source), with_index)
 
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer)

@@ -46,7 +46,7 @@ from speedy.data.squad import read_squad
 from speedy.errors import SpeedyError, where
 from speedy.runtime.embedding import DEFAULT_PREFIXES, EmbeddingRuntime
 from speedy.runtime.fields import InputError
-from speedy.tasks.base import MAX, Task, mean_over_tokens, predict, signal_tensor
+from speedy.tasks.base import MAX, Task, mean_over_tokens, predict, sequence_dataset, signal_tensor
 from speedy.tasks.retrieval_metric import MEASURES, exact_search, retrieval_metrics, to_run
 
 CONTRASTIVE_TEMPERATURE = 0.05  # multilingual-e5's (Wang et al., 2022)
@@ -247,30 +247,19 @@ class EmbeddingTask(Task):
 
     def encode(self, dataset, tokenizer, max_length, with_index=False, source=""):
         encoded = tokenizer(list(dataset["text"]), truncation=True, max_length=max_length)
-        columns = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded}
-        columns["labels"] = [pair_label(kind, group) for kind, group in zip(dataset["kind"], dataset["group"])]
-        if with_index:
-            columns["example_index"] = list(range(len(dataset)))
-        return Dataset.from_dict(columns)
+        labels = [pair_label(kind, group) for kind, group in zip(dataset["kind"], dataset["group"])]
+        return sequence_dataset(encoded, labels, with_index)
 
     def collator(self, tokenizer):
         return DataCollatorWithPadding(tokenizer)
 
     def compute_metrics(self, predictions, label_ids) -> dict:
         """Retrieval of every query's passage among the split's distinct passages (exact inner-product search)."""
-        vectors, labels = np.asarray(predictions, dtype=np.float32), np.asarray(label_ids)
-        passage_rows = {}
-        for row, label in enumerate(labels.tolist()):
-            if label >= 0 and label % 2 == 1:
-                passage_rows.setdefault(label // 2, row)
-        queries = [(row, label // 2) for row, label in enumerate(labels.tolist()) if label >= 0 and label % 2 == 0]
-        if not queries or not passage_rows:
-            raise SpeedyError("embedding: the split has no query/passage pairs to score retrieval on (validation "
-                              "and test need .jsonl pairs or SQuAD .json)")
-        groups = list(passage_rows)
-        scores, indices = exact_search(vectors[[row for row, _ in queries]], vectors[list(passage_rows.values())], 10)
+        vectors = np.asarray(predictions, dtype=np.float32)
+        queries, passages = _queries_and_passages(label_ids)
+        scores, indices = exact_search(vectors[[row for row, _ in queries]], vectors[list(passages.values())], 10)
         query_ids = [f"q{i}" for i in range(len(queries))]
-        run = to_run(scores, indices, query_ids, [f"p{g}" for g in groups])
+        run = to_run(scores, indices, query_ids, [f"p{g}" for g in passages])
         qrels = {qid: {f"p{group}": 1} for qid, (_, group) in zip(query_ids, queries)}
         return retrieval_metrics(run, qrels)
 
@@ -295,14 +284,8 @@ class EmbeddingTask(Task):
         """The passage each query of a split of pairs retrieves first (its group): what two engines must agree on
         (the vectors themselves differ in their last digits)."""
         vectors, labels = predict(model, tokenizer, self, self.encode(dataset, tokenizer, max_length))
-        passages = {}
-        for row, label in enumerate(labels.tolist()):
-            if label >= 0 and label % 2 == 1:
-                passages.setdefault(label // 2, row)
-        queries = [row for row, label in enumerate(labels.tolist()) if label >= 0 and label % 2 == 0]
-        if not queries or not passages:
-            raise SpeedyError("embedding: the split has no query/passage pairs to compare retrieval on")
-        _, indices = exact_search(vectors[queries], vectors[list(passages.values())], 1)
+        queries, passages = _queries_and_passages(labels)
+        _, indices = exact_search(vectors[[row for row, _ in queries]], vectors[list(passages.values())], 1)
         groups = list(passages)
         return [groups[i] for i in indices[:, 0].tolist()]
 
@@ -324,6 +307,21 @@ class EmbeddingTask(Task):
                               f"teacher's {teacher.shape[-1]}: an embedding student must be as wide as its teacher "
                               f"(truncate the teacher, or pick a student of its width)")
         return student, teacher.to(student.device), None
+
+
+def _queries_and_passages(label_ids) -> tuple[list[tuple[int, int]], dict[int, int]]:
+    """From a split's label ids: ``(row, gold passage group)`` of each query, and the row of each distinct passage
+    group; a split without both is an error (retrieval needs pairs)."""
+    queries, passages = [], {}
+    for row, label in enumerate(np.asarray(label_ids).tolist()):
+        if label >= 0 and label % 2 == 1:
+            passages.setdefault(label // 2, row)
+        elif label >= 0:
+            queries.append((row, label // 2))
+    if not queries or not passages:
+        raise SpeedyError("embedding: the split has no query/passage pairs to score retrieval on (validation and test "
+                          "need .jsonl pairs or SQuAD .json)")
+    return queries, passages
 
 
 def _read_text(path: Path) -> str:
