@@ -11,6 +11,8 @@ the same epoch cap, early stopping, learning rate and batch size; only the train
 * ``relation``: + similarity relations of the last layer (MiniLM-style, width-free);
 * ``transfer``: + the unlabelled transfer text, labelled by the teacher (XtremeDistil);
 * ``teacher-init``: the student starts from the fine-tuned teacher's first n layers (DistilBERT);
+* ``teacher-init-finetuned``: the same start, gold labels only: the control that tells what ``teacher-init`` owes
+  to KD from what it owes to starting from a model already fine-tuned on the task;
 * ``two-teachers``: the top-2 teacher candidates of stage 1 (two seeds of the grid) averaged;
 * ``combined``: transfer + hidden + teacher-init together (chosen before any result, not tuned on them);
 * ``transfer-relation``: transfer + similarity relations (the two levers that won alone, combined afterwards);
@@ -69,6 +71,7 @@ RECIPES = {  # in the order they run: the baseline, the paper's KD, then the lev
     "hidden": ({"hidden_weight": 1.0}, {}),
     "relation": ({"relation_weight": 1.0}, {}),
     "teacher-init": ({}, {"init": "teacher"}),
+    "teacher-init-finetuned": ({}, {"init": "teacher", "kd": False, "finetune": True}),
     "two-teachers": ({"teachers": 2}, {}),
     "transfer-relation": ({"transfer": True, "relation_weight": 1.0}, {}),
     "transfer-gold": ({"transfer": True, "alpha": 0.5}, {}),
@@ -229,7 +232,7 @@ def _key(study, recipe: str, depth: int, seed: int) -> str:
     from speedy.trials import GOLD, KD, distill_spec
 
     config, task = study.config, study.config.tasks[0]
-    mode = GOLD if recipe == "finetuned" else KD
+    mode = KD if RECIPES[recipe][1].get("kd", True) else GOLD
     point = {"batch_size": config.distill.batch_size[0], "learning_rate": config.distill.learning_rate[0]}
     spec = distill_spec(config, task, config.students[0], mode, point)
     teacher_key = teachers_key(selected_teachers(study, task))

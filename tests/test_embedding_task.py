@@ -16,6 +16,7 @@ from conftest import ACTORS, POLITICS, SPORT, SUBJECTS
 from speedy.build import build_model
 from speedy.cli import _predict
 from speedy.configfile import load_config
+from speedy.embed.files import embed_files, saved_prefixes
 from speedy.errors import SpeedyError
 from speedy.models.build import load_tokenizer
 from speedy.pipeline import Study
@@ -103,6 +104,14 @@ def test_a_saved_model_keeps_its_prefixes_and_reads_files_with_them(tmp_path):
     assert again.prefixes == {"query": "q> ", "passage": ""}
     path = write_jsonl(tmp_path / "pairs.jsonl", [{"query": "¿Quién?", "passage": "Ella."}])
     assert again.read_file(path, again.read_options())["text"] == ["q> ¿Quién?", "Ella."]  # speedy evaluate --model
+
+
+def test_speedy_embed_uses_the_prefixes_a_study_model_saved(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"speedy_task": {"type": "embedding",
+                                                                      "prefixes": {"query": "", "passage": "p: "}}}))
+    assert saved_prefixes(tmp_path) == {"query": "", "passage": "p: "}
+    (tmp_path / "config.json").write_text("{}")
+    assert saved_prefixes(tmp_path) is None  # a sentence-transformers folder: e5's
 
 
 def test_files_without_what_they_must_hold_are_one_line_errors(tmp_path):
@@ -225,6 +234,10 @@ def test_a_study_uses_the_teacher_as_it_is_and_distils_its_vectors(tmp_path, emb
                             validation_file=Path(embedding_files["validation"]), speed_runs=2)
     assert exported["checks"]["fp32_max_abs_diff"] < 1e-4 and exported["checks"]["int8"]["agreement"] > 0.5
     assert "Labels:" not in (tmp_path / "exported" / "README.md").read_text()
+    query_file = tmp_path / "queries.txt"
+    query_file.write_text(items[0][0] + "\n", "utf-8")
+    embed_files(Path(student.checkpoint), [query_file], tmp_path / "queries.npy", "query")  # speedy embed
+    assert np.load(tmp_path / "queries.npy")[0] == pytest.approx(np.asarray(full[0]["embedding"]), abs=1e-5)
     printed = _predict(Path(student.checkpoint), items[0][0], None, None, None, "onnx", None, "query")  # speedy predict
     assert printed["embedding"] == pytest.approx(lean[0]["embedding"], abs=1e-6)
     report = (study.output_dir / "report" / "report.md").read_text()

@@ -5,6 +5,7 @@ output is written to a temporary file and renamed, so a killed run leaves no hal
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -80,6 +81,17 @@ def encoder_of(model_dir: Path, max_length: int = 256, batch_size: int = 64):
     return lambda texts: encode(model, texts, batch_size=batch_size)
 
 
+def saved_prefixes(model_dir: Path) -> dict | None:
+    """The prefixes a model trained by a study keeps in its ``config.json`` (``speedy_task.prefixes``); None for
+    any other folder (e5's are then used)."""
+    try:
+        task = json.loads((model_dir / "config.json").read_text("utf-8")).get("speedy_task") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    prefixes = task.get("prefixes") if isinstance(task, dict) else None
+    return prefixes if isinstance(prefixes, dict) else None
+
+
 def embed_files(model_dir: Path, files: list[Path], out: Path, kind: str, batch_size: int = 256,
                 max_length: int = 256, progress=None) -> int:
     """Encode every line of ``files`` with ``kind``'s prefix; returns how many texts were written."""
@@ -89,7 +101,7 @@ def embed_files(model_dir: Path, files: list[Path], out: Path, kind: str, batch_
         raise SpeedyError(f"--out: {Path(out).name}: write .npy or .parquet")
     texts = read_lines(files)
     encode = encoder_of(model_dir, max_length)
-    shown = with_prefix(texts, kind) if kind != "none" else texts
+    shown = with_prefix(texts, kind, saved_prefixes(Path(model_dir))) if kind != "none" else texts
     chunks = []
     for start in range(0, len(shown), batch_size):
         chunks.append(encode(shown[start : start + batch_size]))
