@@ -234,6 +234,11 @@ def test_a_study_uses_the_teacher_as_it_is_and_distils_its_vectors(tmp_path, emb
                             validation_file=Path(embedding_files["validation"]), speed_runs=2)
     assert exported["checks"]["fp32_max_abs_diff"] < 1e-4 and exported["checks"]["int8"]["agreement"] > 0.5
     assert "Labels:" not in (tmp_path / "exported" / "README.md").read_text()
+    from sentence_transformers import SentenceTransformer
+
+    loaded = SentenceTransformer(student.checkpoint, device="cpu")  # the library users already have
+    vector = loaded.encode([items[0][0]], prompt_name="query")[0]
+    assert vector == pytest.approx(np.asarray(full[0]["embedding"]), abs=1e-5)
     query_file = tmp_path / "queries.txt"
     query_file.write_text(items[0][0] + "\n", "utf-8")
     embed_files(Path(student.checkpoint), [query_file], tmp_path / "queries.npy", "query")  # speedy embed

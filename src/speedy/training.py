@@ -104,14 +104,17 @@ def write_json_atomically(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
-def save_atomically(model, tokenizer, target: Path) -> Path:
-    """Write the model and tokenizer under a temporary name, then rename: a folder that exists is complete."""
+def save_atomically(model, tokenizer, target: Path, complete=None) -> Path:
+    """Write the model and tokenizer under a temporary name, then rename: a folder that exists is complete.
+    ``complete(folder)`` adds what else the folder holds (a task type's extra files) before the rename."""
     target = Path(target)
     tmp = target.with_name(target.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if complete is not None:
+        complete(tmp)
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
@@ -205,7 +208,7 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
     metrics = trainer.evaluate()
     collapsed = bool(metrics.pop(f"eval_{ONE_CLASS}", 0.0))  # the saved (best) model's verdict
     trainer.model.config.speedy_task = task.describe(max_length)  # lets `speedy evaluate --model` rebuild the task
-    saved = save_atomically(trainer.model, tokenizer, output_dir / "model")
+    saved = save_atomically(trainer.model, tokenizer, output_dir / "model", complete=task.complete_folder)
     remove_checkpoints(output_dir)
     return {"val_loss": float(metrics["eval_loss"]),
             "val_metrics": {k.removeprefix("eval_"): float(v) for k, v in metrics.items()

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+from speedy.embed.files import saved_prefixes
 from speedy.embed.text import PREFIXES
 from speedy.errors import SpeedyError
 
@@ -58,7 +59,9 @@ def export_embedding(model_dir: str | Path, out: str | Path, max_length: int | N
         except (OSError, KeyError, TypeError, json.JSONDecodeError):
             max_length = 256
     model = AutoModel.from_pretrained(str(model_dir)).eval()
-    model.config.speedy_task = {"type": "embedding", "max_length": max_length, "prefixes": dict(PREFIXES)}
+    # a study's model keeps its own prefixes; a speedy.embed student uses e5's
+    prefixes = saved_prefixes(model_dir) or dict(PREFIXES)
+    model.config.speedy_task = {"type": "embedding", "max_length": max_length, "prefixes": prefixes}
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

@@ -150,6 +150,10 @@ class Task(ABC):
         model. A type with settings reads its own."""
         return cls(labels)
 
+    def complete_folder(self, folder) -> None:
+        """Add to a saved model folder (model, tokenizer and ``speedy_task`` written) what else users of the type
+        load it with: nothing for most types."""
+
     def read_options(self) -> dict:
         """Reader options (``read_file``'s) that this task's own settings imply, for a file scored by a saved
         model (``speedy evaluate --model``, ``speedy export --validation-file``): none for most types."""

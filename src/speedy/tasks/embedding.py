@@ -196,6 +196,19 @@ class EmbeddingTask(Task):
     def describe(self, max_length: int) -> dict:
         return super().describe(max_length) | {"prefixes": self.prefixes}
 
+    def complete_folder(self, folder) -> None:
+        """The sentence-transformers files (Transformer -> mean Pooling -> Normalize, and the prefixes as its
+        ``query`` / ``passage`` prompts), so ``SentenceTransformer(folder)`` loads the model as it was trained."""
+        from sentence_transformers import SentenceTransformer  # lazy: only when a model is saved
+        from sentence_transformers.sentence_transformer import modules
+
+        max_length = json.loads((Path(folder) / "config.json").read_text("utf-8"))["speedy_task"]["max_length"]
+        transformer = modules.Transformer(str(folder), max_seq_length=max_length)
+        model = SentenceTransformer(modules=[transformer, modules.Pooling(transformer.get_embedding_dimension(),
+                                                                          pooling_mode="mean"), modules.Normalize()],
+                                    prompts=dict(self.prefixes), device="cpu")
+        model.save(str(folder))
+
     def model_class(self):
         return MeanPooledEncoder
 
