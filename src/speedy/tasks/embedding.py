@@ -144,18 +144,13 @@ def in_batch_loss(vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """InfoNCE of each query against the distinct passages of the batch (its own passage the positive, the
     others negatives) at temperature 0.05; queries whose passage is not in the batch are left out, and a batch
     without a pair gives 0 (with the graph kept)."""
-    labels = labels.tolist()
-    passages, columns = {}, []  # passage group -> column; rows of the distinct passages
-    for row, label in enumerate(labels):
-        if label >= 0 and label % 2 == 1 and label // 2 not in passages:
-            passages[label // 2] = len(columns)
-            columns.append(row)
-    queries = [(row, passages[label // 2]) for row, label in enumerate(labels)
-               if label >= 0 and label % 2 == 0 and label // 2 in passages]
+    queries, passages = _queries_and_passages(labels.tolist(), required=False)
+    column = {group: i for i, group in enumerate(passages)}  # passage group -> its column of the scores
+    queries = [(row, column[group]) for row, group in queries if group in column]
     if not queries:
         return vectors.sum() * 0.0
     rows, targets = zip(*queries)
-    scores = vectors[list(rows)] @ vectors[list(columns)].T / CONTRASTIVE_TEMPERATURE
+    scores = vectors[list(rows)] @ vectors[list(passages.values())].T / CONTRASTIVE_TEMPERATURE
     return F.cross_entropy(scores, torch.tensor(targets, device=vectors.device))
 
 
@@ -322,16 +317,16 @@ class EmbeddingTask(Task):
         return student, teacher.to(student.device), None
 
 
-def _queries_and_passages(label_ids) -> tuple[list[tuple[int, int]], dict[int, int]]:
-    """From a split's label ids: ``(row, gold passage group)`` of each query, and the row of each distinct passage
-    group; a split without both is an error (retrieval needs pairs)."""
+def _queries_and_passages(label_ids, required: bool = True) -> tuple[list[tuple[int, int]], dict[int, int]]:
+    """From label ids: ``(row, gold passage group)`` of each query, and the first row of each distinct passage
+    group (in order of appearance); with ``required``, a split without both is an error (retrieval needs pairs)."""
     queries, passages = [], {}
     for row, label in enumerate(np.asarray(label_ids).tolist()):
         if label >= 0 and label % 2 == 1:
             passages.setdefault(label // 2, row)
         elif label >= 0:
             queries.append((row, label // 2))
-    if not queries or not passages:
+    if required and (not queries or not passages):
         raise SpeedyError("embedding: the split has no query/passage pairs to score retrieval on (validation and test "
                           "need .jsonl pairs or SQuAD .json)")
     return queries, passages
