@@ -51,10 +51,10 @@ def free_port() -> int:
 
 
 def start_server(model_dir: str, engine: str, port: int, threads: int, max_batch: int, max_wait_ms: float,
-                 speedy: list[str] | None = None, spin: bool = False):
+                 speedy: list[str] | None = None):
     command = [*(speedy or [sys.executable, "-m", "speedy"]), "serve", model_dir, "--engine", engine, "--port", str(port),
                "--threads", str(threads), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-               "--max-chars", "5000", "--spin" if spin else "--no-spin"]
+               "--max-chars", "5000"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": "" if speedy else str(REPO / "src")})
     deadline = time.time() + 300
@@ -172,8 +172,6 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
-    parser.add_argument("--spin", action="store_true", help="serve the ONNX engines with busy-waiting threads "
-                        "(ONNX Runtime's default; speedy serve's is --no-spin)")
     parser.add_argument("--out", default=None, help="JSON results (default: <study>/serving.json)")
     args = parser.parse_args()
 
@@ -216,15 +214,14 @@ def main() -> int:
     console.print(f"CPU: {cpu_description()}")
     console.print(f"loopback, concurrency {args.concurrency}, one CoNLL-2002 sentence per request "
                   f"({np.mean([len(s.split()) for s in sentences]):.1f} words on average), server threads "
-                  f"{args.threads} ({'spinning' if args.spin else 'not spinning'} between calls), dynamic batching "
-                  f"max {args.max_batch} / {args.max_wait_ms} ms")
+                  f"{args.threads}, dynamic batching max {args.max_batch} / {args.max_wait_ms} ms")
     results = []
     for label, trial, engine in configurations:
         requests = args.teacher_requests or args.requests if label.startswith("teacher") else args.requests
         port = free_port()
         served_by = lean if lean and engine == "onnx-int8" and label.startswith("student") else None
         server, health = start_server(trial.checkpoint, engine, port, args.threads, args.max_batch, args.max_wait_ms,
-                                      served_by, args.spin)
+                                      served_by)
         try:
             result = asyncio.run(load(port, route, sentences, requests, args.concurrency,
                                       warmup=2 * args.concurrency))

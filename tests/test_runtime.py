@@ -76,17 +76,6 @@ def test_cutting_a_batch_by_tokens_changes_no_answer(exported):
     assert small.run_each(sentences) == whole
 
 
-def test_a_session_without_spinning_threads_gives_the_same_answers(exported):
-    folder = exported["tagging"]
-    sentences = [LONG.split()[: n] for n in (3, 40, 7)]
-    spinning, quiet = RuntimePredictor(folder, "onnx", threads=2), RuntimePredictor(folder, "onnx", threads=2, spin=False)
-    entry = "session.intra_op.allow_spinning"
-    assert quiet.runner.session.get_session_options().get_session_config_entry(entry) == "0"
-    with pytest.raises(RuntimeError, match="does not have configuration"):  # unset: ONNX Runtime's default, spin
-        spinning.runner.session.get_session_options().get_session_config_entry(entry)
-    assert quiet.run_each(sentences) == spinning.run_each(sentences)
-
-
 def test_calls_hold_every_row_once_longest_first_within_the_budget():
     runner = OnnxRunner.__new__(OnnxRunner)
     runner.max_tokens = 100

@@ -274,9 +274,6 @@ def serve(model: Path = typer.Argument(..., help="A model folder trained with sp
                                                           "a batch is sorted by length and cut to fit."),
           max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more inputs (milliseconds)."),
           threads: Optional[int] = typer.Option(None, help="CPU threads of the model (default: all)."),
-          spin: bool = typer.Option(False, help="ONNX engines: idle engine threads busy-wait for the next call "
-                                                "(faster back to back; slower when they share the cores with the "
-                                                "server's own work)."),
           graceful_seconds: int = typer.Option(30, help="On SIGTERM, how long requests under way may take."),
           max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body; larger ones get 413 "
                                                                   "before they are read (default: what max-items "
@@ -292,8 +289,8 @@ def serve(model: Path = typer.Argument(..., help="A model folder trained with sp
 
         run_server(model, host, port, graceful_seconds, engine=engine, max_chars=max_chars, max_items=max_items,
                    max_batch=max_batch, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, threads=threads,
-                   spin=spin, max_body_bytes=max_body_bytes, max_header_bytes=max_header_bytes,
-                   idle_seconds=idle_seconds, read_seconds=read_seconds)
+                   max_body_bytes=max_body_bytes, max_header_bytes=max_header_bytes, idle_seconds=idle_seconds,
+                   read_seconds=read_seconds)
     except SpeedyError as error:
         fail(error)
 

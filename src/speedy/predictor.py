@@ -16,11 +16,10 @@ from speedy.runtime.predictor import RuntimePredictor
 
 
 def open_predictor(model_dir: str | Path, engine: str = "onnx-int8", threads: int | None = None,
-                   max_tokens: int = 8192, spin: bool = True):
-    """The model of ``model_dir`` in ``engine``; a broken folder or a missing file is one line naming it.
-    ``max_tokens`` and ``spin`` concern the ONNX engines (see ``speedy.runtime.session``)."""
+                   max_tokens: int = 8192):
+    """The model of ``model_dir`` in ``engine``; a broken folder or a missing file is one line naming it."""
     if engine in RUNTIME_ENGINES:
-        return RuntimePredictor(model_dir, engine, threads, max_tokens, spin)
+        return RuntimePredictor(model_dir, engine, threads, max_tokens)
     return Predictor(model_dir, engine, threads)
 
 

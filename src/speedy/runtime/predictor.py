@@ -25,11 +25,10 @@ RUNTIME_TASKS: dict[str, type[RuntimeTask]] = {t.type: t for t in (Classificatio
 class RuntimePredictor:
     """One exported model in ONNX Runtime: ``run_each`` answers a batch of its task's inputs (what the server's
     batcher calls), ``run_batch`` the same but raising the first ``InputError`` (what ``speedy predict`` calls).
-    ``max_tokens``: the most padded tokens of one model call, ``spin``: whether idle engine threads busy-wait (see
-    ``runtime.session``)."""
+    ``max_tokens``: the most padded tokens of one model call (see ``runtime.session``)."""
 
     def __init__(self, model_dir: str | Path, engine: str = "onnx-int8", threads: int | None = None,
-                 max_tokens: int = 8192, spin: bool = True):
+                 max_tokens: int = 8192):
         if engine not in ONNX_FILES:
             raise SpeedyError(f"--engine: '{engine}' is not an ONNX engine (allowed: {', '.join(ONNX_FILES)})")
         require_onnxruntime()  # a missing library first: it is what the user must fix before anything else
@@ -43,7 +42,7 @@ class RuntimePredictor:
         path = folder / ONNX_FOLDER / ONNX_FILES[engine]
         if not path.is_file():
             raise SpeedyError(f"{path}: no such file: run 'speedy export {folder} OUT' and serve OUT")
-        session = open_session(path, threads, spin)
+        session = open_session(path, threads)
         check_signature(session, path, signature(raw), self.task.onnx_outputs, len(labels))
         self.runner = OnnxRunner(session, self.tokenizer.pad_id, self.tokenizer.type_ids, max_tokens)
         self.engine, self.path = engine, path

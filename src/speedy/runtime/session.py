@@ -25,11 +25,9 @@ def require_onnxruntime():
     return onnxruntime
 
 
-def open_session(path: Path, threads: int | None = None, spin: bool = True):
+def open_session(path: Path, threads: int | None = None):
     """An ONNX Runtime CPU session on ``path``, with every graph optimisation; a file that is missing or not a
-    model is one line naming it. ``spin``: the intra-op threads busy-wait for work between calls (ONNX Runtime's
-    default). That is fastest for back-to-back calls on idle cores, but a server's calls have gaps, and the
-    spinning threads then take the cores its event loop and tokenizer need."""
+    model is one line naming it."""
     ort = require_onnxruntime()
     if not path.is_file():
         raise SpeedyError(f"{path}: no such ONNX model (write it with 'speedy export')")
@@ -38,8 +36,6 @@ def open_session(path: Path, threads: int | None = None, spin: bool = True):
     options.inter_op_num_threads = 1
     if threads:
         options.intra_op_num_threads = threads
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types

@@ -43,7 +43,6 @@ class ServeSettings:
     max_batch_tokens: int = 8192  # padded tokens per model call (ONNX engines): a batch is cut by length
     max_wait_ms: float = 5.0  # how long the first input of a batch waits for company
     threads: int | None = None
-    spin: bool = False  # ONNX engines: idle engine threads busy-wait (see speedy.runtime.session)
     max_body_bytes: int | None = None  # None: room for max_items inputs at their longest (see below)
     max_header_bytes: int = 16384  # the request line and headers (431 past it)
     idle_seconds: float = 5.0  # a kept-alive connection with no new request is closed after this
@@ -223,8 +222,7 @@ def server_options(settings: ServeSettings) -> dict:
 def create_app(model_dir: str | Path, settings: ServeSettings | None = None, predictor=None) -> FastAPI:
     """The app of one model folder. ``predictor``: one opened already (``speedy.predictor.open_predictor``)."""
     settings = settings or ServeSettings()
-    predictor = predictor or open_predictor(model_dir, settings.engine, settings.threads,
-                                            settings.max_batch_tokens, settings.spin)
+    predictor = predictor or open_predictor(model_dir, settings.engine, settings.threads, settings.max_batch_tokens)
     batcher = DynamicBatcher(predictor.run_each, settings.max_batch, settings.max_wait_ms / 1000)
 
     @asynccontextmanager
