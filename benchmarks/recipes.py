@@ -258,6 +258,8 @@ def table(results: list[dict], args) -> str:
             lines.append(f"| {recipe} | {depth} | {len(rows)} | {mean:.2f} ± {std:.2f} | {gap} | "
                          f"{mean / (100 * teacher):.1%} | {minutes:.1f} | {epochs:.1f} |")
     teachers = next((r["teachers"] for r in results), {})
+    # what early stopping and the best checkpoint follow (the task's selection_metric)
+    followed = "loss (QA's, each epoch; F1 is scored on the best checkpoint)" if args.task == "qa" else metric
     if args.task == "demo":
         data = (f"Task demo (rv1909-genre): 1,200 labelled verses (200 a genre), {args.transfer:,} other verses as "
                 f"unlabelled transfer text, 300 validation verses, max length {args.max_length}.")
@@ -275,7 +277,7 @@ def table(results: list[dict], args) -> str:
              f"{args.teacher_seeds}, selected by validation {metric}: "
              + ", ".join(f"{name} {100 * score:.2f}" for name, score in teachers.items())
              + f". Students: up to {args.student_epochs} epochs, patience {args.patience}, lr {args.student_lr:g}, "
-             f"batch {args.batch_size}, best checkpoint by validation {metric}.")
+             f"batch {args.batch_size}, best checkpoint by validation {followed}.")
     return "\n".join(lines) + "\n\n" + sizes + " " + collapse_note(results, args.restarts) + "\n"
 
 
