@@ -11,3 +11,6 @@ S2=$T/42ecd18b79348a9d6745caf3/model
 cd benchmarks
 ../.venv/bin/python serving.py --config ../runs/bench-recipes/configs/transfer-2L-s1.yaml --student e5-2L --requests 400 --teacher-requests 200 --concurrency 8 --threads 2 --lean-venv /tmp/speedy-serve --out ../runs/serving.json
 ../.venv/bin/python embeddings.py --train-texts 3000 --epochs 5 --depths 2 4 --no-pruned --phase time --output /work/main/runs/bench-embed
+cd ..
+# the embedding task type's students through the pipeline (benchmarks/embedding_study.py writes the study)
+.venv/bin/speedy measure runs/bench-embed-study/study.yaml
