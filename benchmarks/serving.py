@@ -19,7 +19,10 @@ throughput. Example::
     python benchmarks/serving.py --config runs/bench-recipes/configs/transfer-4L-s1.yaml --requests 400 \
         --lean-venv /tmp/speedy-serve
 
-Client and server share this machine's cores, so the figures include the client's own cost.
+Client and server share this machine's cores, so the figures include the client's own cost. The servers batch at
+most half the clients (``--max-batch``, default ``--concurrency`` / 2): clients that each wait for their answer
+send in step, and a cap of half lets one half's batch run while the event loop answers the other half, which
+served the int8 2-layer student 10-20% faster here than batches of all 8.
 """
 
 from __future__ import annotations
@@ -170,10 +173,13 @@ def main() -> int:
     parser.add_argument("--teacher-requests", type=int, default=None, help="default: --requests")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="the servers' --max-batch (default: half of --concurrency, so that one half's batch "
+                             "runs while the event loop answers the other half)")
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--out", default=None, help="JSON results (default: <study>/serving.json)")
     args = parser.parse_args()
+    args.max_batch = args.max_batch or max(1, args.concurrency // 2)
 
     from rich.console import Console
     from rich.table import Table
