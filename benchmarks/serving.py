@@ -21,8 +21,8 @@ throughput. Example::
 
 Client and server share this machine's cores, so the figures include the client's own cost. The servers batch at
 most half the clients (``--max-batch``, default ``--concurrency`` / 2): clients that each wait for their answer
-send in step, and a cap of half lets one half's batch run while the event loop answers the other half, which
-served the int8 2-layer student 10-20% faster here than batches of all 8.
+send in step, and a cap of half lets one half's batch run while the event loop answers the other half (8 clients,
+int8 2-layer student: 441-536 requests/s in 3 runs at a cap of 4, 432-453 in 2 runs at 32).
 """
 
 from __future__ import annotations
