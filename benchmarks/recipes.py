@@ -258,8 +258,11 @@ def table(results: list[dict], args) -> str:
             lines.append(f"| {recipe} | {depth} | {len(rows)} | {mean:.2f} ± {std:.2f} | {gap} | "
                          f"{mean / (100 * teacher):.1%} | {minutes:.1f} | {epochs:.1f} |")
     teachers = next((r["teachers"] for r in results), {})
-    # what early stopping and the best checkpoint follow (the task's selection_metric)
-    followed = "loss (QA's, each epoch; F1 is scored on the best checkpoint)" if args.task == "qa" else metric
+    from speedy.tasks import task_class
+
+    # what early stopping and the best checkpoint follow: the task type's own selection metric
+    selection = task_class({"qa": "qa", "demo": "classification"}.get(args.task, "tagging")).selection_metric
+    followed = metric if selection != "loss" else f"loss ({metric} is scored on the best checkpoint)"
     if args.task == "demo":
         data = (f"Task demo (rv1909-genre): 1,200 labelled verses (200 a genre), {args.transfer:,} other verses as "
                 f"unlabelled transfer text, 300 validation verses, max length {args.max_length}.")
