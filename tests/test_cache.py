@@ -172,3 +172,25 @@ def test_the_cache_keeps_the_time_of_the_run_that_built_it(tmp_path):
     built = TeacherCache.load_or_build(tmp_path, "k", slow)
     loaded = TeacherCache.load_or_build(tmp_path, "k", must_not_run)
     assert built.build_seconds >= 0.3 and loaded.build_seconds == built.build_seconds
+
+
+def test_a_built_cache_says_its_size_on_disk_per_1000_examples(tmp_path, capsys):
+    """The issue asks what a cache costs per 1,000 examples: logits in float32, hidden states in float16."""
+    per_example = [np.ones((3, 4)), np.ones((5, 4))]  # 8 rows
+    hidden = [np.ones((3, 10)), np.ones((5, 10))]
+    cache = TeacherCache.load_or_build(tmp_path, "k", lambda: {"logits": per_example, "hidden.2": hidden,
+                                                               "hidden.4": hidden},
+                                       signals=("logits", "hidden.2", "hidden.4"))
+    sizes = cache.disk_bytes()
+    header_and_offsets = {name: sizes[name] - rows for name, rows in
+                          (("logits", 8 * 4 * 4), ("hidden.2", 8 * 10 * 2), ("hidden.4", 8 * 10 * 2))}
+    # Each signal's size is its float32 / float16 rows plus the .npy headers and the 3 int64 offsets.
+    assert all(3 * 8 < extra < 3 * 8 + 2 * 256 for extra in header_and_offsets.values()), header_and_offsets
+    assert sum(sizes.values()) == sum((tmp_path / "k" / f).stat().st_size for f in os.listdir(tmp_path / "k")
+                                      if f.endswith(".npy"))
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    per_1000 = sum(sizes.values()) / 1e6 * 1000 / 2
+    assert said.startswith("teacher cache k: 2 examples") and f"({per_1000:.1f} MB per 1,000 examples" in said
+    assert f"hidden.* {(sizes['hidden.2'] + sizes['hidden.4']) / 1e6 * 500:.1f}" in said
+    TeacherCache.load_or_build(tmp_path, "k", lambda: None, signals=("logits",))  # loading says nothing
+    assert capsys.readouterr().err == ""

@@ -175,6 +175,23 @@ class TeacherCache:
         """How long the run that built this cache spent computing it (the teacher's pass), whoever reads it."""
         return self.meta.get("build_seconds")
 
+    def disk_bytes(self) -> dict[str, int]:
+        """Bytes on disk per signal (its values and offsets files): what a cache of this task and size costs."""
+        files = {"logits": ("values.npy", "offsets.npy")} if self.format == 1 else {
+            name: (f"{name}.values.npy", f"{name}.offsets.npy") for name in self.signals}
+        return {name: sum((self.folder / file).stat().st_size for file in pair) for name, pair in files.items()}
+
+    def size_line(self) -> str:
+        """One line: examples, megabytes on disk and per 1,000 examples, per kind of signal (``hidden.*`` summed)."""
+        kinds: dict[str, int] = {}
+        for name, size in self.disk_bytes().items():
+            kind = name.split(".")[0] + (".*" if "." in name else "")
+            kinds[kind] = kinds.get(kind, 0) + size
+        total, examples = sum(kinds.values()), max(len(self), 1)
+        parts = ", ".join(f"{kind} {size / 1e6 * 1000 / examples:.1f}" for kind, size in kinds.items())
+        return (f"teacher cache {self.folder.name}: {len(self):,} examples, {total / 1e6:.1f} MB on disk "
+                f"({total / 1e6 * 1000 / examples:.1f} MB per 1,000 examples: {parts})")
+
     def _signal(self, signal: str):
         if signal not in self._values:
             raise SpeedyError(f"teacher cache {self.folder.name}: no signal '{signal}' (it holds: "
@@ -268,7 +285,9 @@ class TeacherCache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        return cls(folder)
+        cache = cls(folder)
+        say(cache.size_line())
+        return cache
 
     @classmethod
     def _add_signals(cls, cache: "TeacherCache", key: str, compute, missing: list[str]) -> "TeacherCache":
@@ -296,7 +315,9 @@ class TeacherCache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        return cls(folder)
+        cache = cls(folder)
+        say(cache.size_line())
+        return cache
 
 
 def stored_dtype(signal: str):
