@@ -87,3 +87,11 @@ def test_bad_paper_configs_fail_before_any_work(tmp_path, edit, message):
 
 def test_every_paper_model_has_a_known_shape():
     assert set(HUB_MODELS) <= set(ARCHITECTURES)
+
+
+def test_small_compute_is_shown_in_significant_digits_not_rounded_to_zero():
+    from speedy.plan import pmac
+
+    assert pmac(2.4e13) == "0.024"  # a small embedding study's teacher cache: not "0.0"
+    assert pmac(3.2e15) == "3.2" and pmac(1.234e14) == "0.1"
+    assert pmac(0) == "0.0" and pmac(3.258e20) == "325,800"

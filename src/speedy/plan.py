@@ -103,6 +103,17 @@ def teacher_cache_macs(config: StudyConfig) -> float:
     return total
 
 
+def readable(value: float) -> str:
+    """One decimal (no decimals from 100 on), or two significant digits below 0.1: a small study is not 0.0."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 0.1 or value == 0 else f"{value:.2g}"
+
+
+def pmac(macs: float) -> str:
+    return readable(macs / 1e15)
+
+
 def print_plan(config: StudyConfig, console, done_names: set[tuple[str, str]] = frozenset()) -> list[PlannedTrial]:
     trials = plan(config, done_names)
     for t in trials:  # plain lines (one per trial, never wrapped), so the list can be grepped and counted
@@ -121,11 +132,11 @@ def print_plan(config: StudyConfig, console, done_names: set[tuple[str, str]] = 
     for (stage, task), group in groups.items():
         known = [t.training_macs for t in group if t.training_macs is not None]
         table.add_row(stage, task, str(len(group)), str(sum(not t.done for t in group)),
-                      f"{sum(known) / 1e15:.1f}" + ("" if len(known) == len(group) else " (+ unknown)"))
+                      pmac(sum(known)) + ("" if len(known) == len(group) else " (+ unknown)"))
     cache = teacher_cache_macs(config)
     total = sum(t.training_macs or 0 for t in trials) + cache
     console.print(table)
-    console.print(f"teacher caches: {cache / 1e15:.1f} PMAC; total: {total / 1e15:.1f} PMAC "
-                  f"(= {total * 2 / 1e18:.1f} EFLOP; about {total * 2 / 100e12 / 3600:.0f} GPU-hours at an "
+    console.print(f"teacher caches: {pmac(cache)} PMAC; total: {pmac(total)} PMAC "
+                  f"(= {readable(total * 2 / 1e18)} EFLOP; about {readable(total * 2 / 100e12 / 3600)} GPU-hours at an "
                   "effective 100 TFLOP/s)")
     return trials
