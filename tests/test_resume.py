@@ -393,3 +393,38 @@ def test_a_grid_point_the_store_no_longer_counts_done_is_run_again(tmp_path):
     worker.join(timeout=30)
     assert not worker.is_alive()  # before the fix it waited forever
     assert "x1" in calls and store.get("x1").status == "done"
+
+
+def test_a_resumed_run_stops_early_at_the_epoch_the_unkilled_run_would(bert_dir, tiny_files, tmp_path, monkeypatch):
+    """With a learning rate of 0 the validation loss never improves after epoch 1, so patience 2 stops the run
+    after epoch 3. A run killed while saving epoch 3 resumes from epoch 2 and must still stop after epoch 3: the
+    count of epochs without progress (1 at epoch 2) is restored, not started again (which stopped it after 4)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer
+
+    from speedy.config import DataSpec, TaskSpec
+    from speedy.tasks import ClassificationTask, load_task_data
+    from speedy.training import fit
+
+    data = load_task_data(TaskSpec(name="tiny", data=DataSpec(**tiny_files), max_length=32), tmp_path / "cache",
+                          tmp_path / "data")
+    task = ClassificationTask(data.labels)
+
+    def run(folder):
+        model = AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=len(task.labels))
+        return fit(model, AutoTokenizer.from_pretrained(bert_dir), task, data, folder, epochs=6, batch_size=16,
+                   learning_rate=0.0, seed=0, max_length=32, patience=2)
+
+    assert run(tmp_path / "unkilled")["epochs_run"] == 3.0
+    original, saves = Trainer._save, []
+
+    def killed_at_the_third(self, output_dir=None, *args, **kwargs):
+        saves.append(output_dir)
+        if len(saves) == 3:
+            raise KeyboardInterrupt("killed while saving epoch 3")
+        return original(self, output_dir, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_save", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed")
+    monkeypatch.setattr(Trainer, "_save", original)
+    assert run(tmp_path / "killed")["epochs_run"] == 3.0

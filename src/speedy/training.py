@@ -31,6 +31,9 @@ def training_args(output_dir: Path, *, epochs: int, batch_size: int, learning_ra
         warmup_steps=warmup_ratio,  # transformers 5 reads a float below 1 as a share of all steps
         weight_decay=weight_decay, report_to="none",
         save_only_model=False,  # optimizer and scheduler state too: a killed trial resumes mid-way
+        # ... and early stopping's count of epochs without progress: else a resumed run starts it again at 0 and
+        # trains up to `patience` epochs longer than the same run unkilled (seen on a QA student resumed at epoch 7)
+        restore_callback_states_from_checkpoint=True,
         dataloader_num_workers=0, remove_unused_columns=False, train_sampling_strategy="group_by_length",
         disable_tqdm=False, use_cpu=not torch.cuda.is_available(), **extra)
 
