@@ -132,6 +132,7 @@ class TeacherCache:
         else:
             raise SpeedyError(f"teacher cache {self.folder}: format {self.format!r} is not one this speedy reads "
                               f"(1, {FORMAT}); a newer speedy wrote it: upgrade, or delete the folder")
+        self._files = files  # {signal: (values file, offsets file)}
         self._values, self._offsets = {}, {}
         examples = self.meta.get("examples")
         for name, (values_file, offsets_file) in files.items():
@@ -177,9 +178,7 @@ class TeacherCache:
 
     def disk_bytes(self) -> dict[str, int]:
         """Bytes on disk per signal (its values and offsets files): what a cache of this task and size costs."""
-        files = {"logits": ("values.npy", "offsets.npy")} if self.format == 1 else {
-            name: (f"{name}.values.npy", f"{name}.offsets.npy") for name in self.signals}
-        return {name: sum((self.folder / file).stat().st_size for file in pair) for name, pair in files.items()}
+        return {name: sum((self.folder / file).stat().st_size for file in pair) for name, pair in self._files.items()}
 
     def size_line(self) -> str:
         """One line: examples, megabytes on disk and per 1,000 examples, per kind of signal (``hidden.*`` summed)."""
