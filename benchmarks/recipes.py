@@ -202,6 +202,7 @@ def run_recipe(args, data: dict, recipe: str, depth: int, seed: int, train: bool
             "teacher": validation_score(study, teacher),
             "teachers": {t.name: validation_score(study, t) for t in teachers},
             "minutes": (trial.seconds or 0) / 60, "epochs": trial.info.get("epochs_run"),
+            "best_epoch": trial.info.get("best_epoch"),  # absent in trials recorded before the tenth session
             "train_examples": trial.info.get("train_examples"), "restarts": trial.info.get("restarts", 0),
             "seed_used": trial.info.get("seed", seed), "collapsed": trial.info.get("collapsed")}
 
@@ -241,7 +242,8 @@ def _key(study, recipe: str, depth: int, seed: int) -> str:
 
 def table(results: list[dict], args) -> str:
     metric = "F1" if args.task in ("ner", "qa") else "accuracy"  # POS: every word is scored: its F1 is the accuracy
-    lines = [f"| recipe | layers | seeds | val {metric} (mean ± std) | vs fine-tuned | of teacher | min / run | epochs |",
+    lines = [f"| recipe | layers | seeds | val {metric} (mean ± std) | vs fine-tuned | of teacher | min / run | "
+             f"epochs (best) |",
              "|---|---|---|---|---|---|---|---|"]
     teacher = max((r["teacher"] for r in results), default=float("nan"))
     for depth in args.depths:
@@ -255,8 +257,10 @@ def table(results: list[dict], args) -> str:
             gap = f"{mean - 100 * statistics.mean(base):+.2f}" if base and recipe != "finetuned" else ""
             minutes = statistics.mean(r["minutes"] for r in rows)
             epochs = statistics.mean(r["epochs"] or 0 for r in rows)
+            best = [r["best_epoch"] for r in rows if r.get("best_epoch") is not None]
+            kept = f" ({'-'.join(f'{b:g}' for b in sorted({min(best), max(best)}))})" if best else ""
             lines.append(f"| {recipe} | {depth} | {len(rows)} | {mean:.2f} ± {std:.2f} | {gap} | "
-                         f"{mean / (100 * teacher):.1%} | {minutes:.1f} | {epochs:.1f} |")
+                         f"{mean / (100 * teacher):.1%} | {minutes:.1f} | {epochs:.1f}{kept} |")
     teachers = next((r["teachers"] for r in results), {})
     from speedy.tasks import task_class
 

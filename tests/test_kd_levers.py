@@ -195,6 +195,9 @@ def test_a_study_with_every_lever(tmp_path, bert_dir, unigram_dir, capsys):
     assert sorted(students) == ["from-teacher (KD)", "wide (KD)", "wide (fine-tuned)"]
     kd = students["wide (KD)"]
     assert len(kd.info["teachers"]) == 2 and kd.info["train_examples"] == 24 + 16  # gold, then transfer text
+    for trial in [*teachers, kd]:  # each epoch's validation figures are kept with the record, and the epoch kept
+        assert [row["epoch"] for row in trial.info["history"]] == [1.0, 2.0] and trial.info["best_epoch"] in (1.0, 2.0)
+    assert all("f1" in row for row in kd.info["history"])  # students select by the task's metric
     assert kd.params["teacher"].count("+") == 1  # both teachers' keys
     cache = TeacherCache(tmp_path / "out" / "teacher-cache" / kd.info["teacher_cache"])
     assert {"logits", "hidden.2", "hidden.4"} <= set(cache.signals) and len(cache) == 40

@@ -414,7 +414,10 @@ def test_a_resumed_run_stops_early_at_the_epoch_the_unkilled_run_would(bert_dir,
         return fit(model, AutoTokenizer.from_pretrained(bert_dir), task, data, folder, epochs=6, batch_size=16,
                    learning_rate=0.0, seed=0, max_length=32, patience=2)
 
-    assert run(tmp_path / "unkilled")["epochs_run"] == 3.0
+    unkilled = run(tmp_path / "unkilled")
+    assert unkilled["epochs_run"] == 3.0
+    # every epoch's figures are kept; a loss that never improves keeps the first epoch's checkpoint
+    assert [row["epoch"] for row in unkilled["history"]] == [1.0, 2.0, 3.0] and unkilled["best_epoch"] == 1.0
     original, saves = Trainer._save, []
 
     def killed_at_the_third(self, output_dir=None, *args, **kwargs):
@@ -427,4 +430,23 @@ def test_a_resumed_run_stops_early_at_the_epoch_the_unkilled_run_would(bert_dir,
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "killed")
     monkeypatch.setattr(Trainer, "_save", original)
-    assert run(tmp_path / "killed")["epochs_run"] == 3.0
+    resumed = run(tmp_path / "killed")
+    assert resumed["epochs_run"] == 3.0
+    # the epochs before the kill come back with the checkpoint's log (at lr 0 every epoch scores the same model)
+    assert [row["epoch"] for row in resumed["history"]] == [1.0, 2.0, 3.0] and resumed["best_epoch"] == 1.0
+    losses = [row["loss"] for row in resumed["history"]]
+    assert losses == pytest.approx([losses[0]] * 3, abs=1e-6)
+
+
+def test_best_epoch_is_the_first_best_in_the_metrics_direction():
+    from speedy.training import best_epoch, epoch_history
+
+    log = [{"loss": 2.0, "epoch": 1.0}, {"eval_loss": 1.5, "eval_f1": 0.4, "epoch": 1.0},
+           {"eval_loss": 1.2, "eval_f1": 0.6, "epoch": 2.0}, {"eval_loss": 1.3, "eval_f1": 0.6, "epoch": 3.0},
+           {"train_runtime": 9.0, "epoch": 3.0}]
+    history = epoch_history(log, "f1")
+    assert history == [{"epoch": 1.0, "loss": 1.5, "f1": 0.4}, {"epoch": 2.0, "loss": 1.2, "f1": 0.6},
+                       {"epoch": 3.0, "loss": 1.3, "f1": 0.6}]
+    assert best_epoch(history, "f1", greater_is_better=True) == 2.0  # the tie at epoch 3 is no improvement
+    assert best_epoch(epoch_history(log, "loss"), "loss", greater_is_better=False) == 2.0
+    assert best_epoch(history, "accuracy", greater_is_better=True) is None  # a metric the log never had

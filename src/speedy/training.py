@@ -208,6 +208,7 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
         trainer = Trainer(**kwargs)
     if epochs > 0:  # 0: a model used as it is (an embedding teacher), only evaluated and saved
         train_resumably(trainer)
+    history = epoch_history(trainer.state.log_history, metric)  # before the final evaluation joins the log
     metrics = trainer.evaluate()
     collapsed = bool(metrics.pop(f"eval_{ONE_CLASS}", 0.0))  # the saved (best) model's verdict
     trainer.model.config.speedy_task = task.describe(max_length)  # lets `speedy evaluate --model` rebuild the task
@@ -217,4 +218,35 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
             "val_metrics": {k.removeprefix("eval_"): float(v) for k, v in metrics.items()
                             if k.startswith("eval_") and isinstance(v, (int, float))},
             "checkpoint": str(saved.resolve()), "epochs_run": float(trainer.state.epoch or 0),
-            "collapsed": collapsed}
+            "collapsed": collapsed, "history": history,
+            "best_epoch": best_epoch(history, metric, greater_is_better=not lower_is_better(metric))}
+
+
+def run_info(result: dict) -> dict:
+    """What a trial's record keeps of a :func:`fit` result beside its scores: epochs run, the epoch kept, and
+    every epoch's validation figures."""
+    return {key: result.get(key) for key in ("epochs_run", "best_epoch", "history")}
+
+
+def epoch_history(log_history: list[dict], metric: str) -> list[dict]:
+    """Each epoch's validation loss and ``metric``, from the Trainer's log (which a resumed run restores from its
+    checkpoint, so a killed run's early epochs are in it): what a study keeps to say which epoch won and why a run
+    stopped where it did."""
+    rows = []
+    for entry in log_history:
+        if "eval_loss" in entry and "epoch" in entry:
+            row = {"epoch": round(float(entry["epoch"]), 2), "loss": float(entry["eval_loss"])}
+            if f"eval_{metric}" in entry:
+                row[metric] = float(entry[f"eval_{metric}"])
+            rows.append(row)
+    return rows
+
+
+def best_epoch(history: list[dict], metric: str, greater_is_better: bool) -> float | None:
+    """The epoch whose checkpoint the Trainer kept: the first best by ``metric`` (it keeps a new best only when
+    strictly better)."""
+    scored = [row for row in history if metric in row]
+    if not scored:
+        return None
+    best = (max if greater_is_better else min)(scored, key=lambda row: row[metric])
+    return best["epoch"]

@@ -31,7 +31,7 @@ from speedy.models.build import check_layers, load_tokenizer
 from speedy.selection import ranked_teachers
 from speedy.store import Trial
 from speedy.tasks.base import lower_is_better, selection_score
-from speedy.training import fit, write_json_atomically
+from speedy.training import fit, run_info, write_json_atomically
 from speedy.trials import DISTILL, FINETUNE, GOLD, KD, TrialSpec, distill_space, distill_spec, student_modes
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
                  warmup_ratio=settings.warmup_ratio, weight_decay=settings.weight_decay,
                  mixed_precision=settings.mixed_precision, teacher_caches=teacher_caches, objective=objective,
                  train_split=kd_train_split(study, spec.task) if kd else None, stop_collapsed=stop_collapsed)
-    result["info"] = {"epochs_run": result.get("epochs_run")}
+    result["info"] = run_info(result)
     if kd:  # Tables 5-8 need the teacher pass's time, which a run that found the cache on disk did not pay
         first = caches[0].cache
         result["info"].update(teacher_cache=first.folder.name, teacher_cache_seconds=first.build_seconds,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from speedy.build import build_model
 from speedy.config import ModelSpec, TaskSpec
-from speedy.training import fit
+from speedy.training import fit, run_info
 from speedy.trials import TrialSpec, finetune_space, finetune_spec
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ def _run_point(study: Study, task: TaskSpec, teacher: ModelSpec, point: dict) ->
 def train_teacher(study: Study, spec: TrialSpec, output_dir) -> dict:
     data, task = study.data(spec.task), study.task(spec.task)
     model, tokenizer = build_model(spec.model, task, study.corpus(spec.task), study.cache_dir, seed=spec.seed)
-    return fit(model, tokenizer, task, data, output_dir, epochs=spec.epochs, batch_size=spec.batch_size,
-               learning_rate=spec.learning_rate, seed=spec.seed, max_length=spec.task.max_length, metric="loss",
-               warmup_ratio=0.1, mixed_precision=study.config.distill.mixed_precision)
+    result = fit(model, tokenizer, task, data, output_dir, epochs=spec.epochs, batch_size=spec.batch_size,
+                 learning_rate=spec.learning_rate, seed=spec.seed, max_length=spec.task.max_length, metric="loss",
+                 warmup_ratio=0.1, mixed_precision=study.config.distill.mixed_precision)
+    return {**result, "info": run_info(result)}
