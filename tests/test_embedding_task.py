@@ -202,7 +202,7 @@ def test_a_study_uses_the_teacher_as_it_is_and_distils_its_vectors(tmp_path, emb
     study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, students=students)))
     study.run()  # every stage, the speed measurement and the report included
     teachers = study.store.trials("finetune", "search")
-    assert [t.name for t in teachers] == ["teacher bs=16 ep=0 lr=0.001"]  # one point, not the 2x2 grid: no training
+    assert [t.name for t in teachers] == ["teacher (as it is)"]  # one point, not the 2x2 grid: no training
     teacher = study.store.selection("search")
     saved, original = AutoModel.from_pretrained(teacher.checkpoint), AutoModel.from_pretrained(str(bert_dir))
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), original.state_dict().values()))

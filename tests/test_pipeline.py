@@ -1,5 +1,6 @@
 """The whole study on tiny models and files: every stage, the report, and resumption after a kill."""
 
+import dataclasses
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ from conftest import make_examples, write_tsv
 from speedy.configfile import load_config
 from speedy.distill.cache import TeacherCache
 from speedy.pipeline import Study
-from speedy.plan import plan
+from speedy.plan import plan, settings_signature
 
 
 def study_config(tmp_path, files, teachers, students, grid=None, epochs=3, task=None, batch_size=16,
@@ -74,6 +75,11 @@ def test_every_stage_runs_and_the_report_compares_teacher_and_students(tmp_path,
     assert selected.val_loss == min(t.val_loss for t in candidates)  # stage 2: lowest validation loss
     planned = {(t.stage, t.task, t.settings) for t in plan(study.config)}
     assert planned == {(t.stage, t.task, t.name) for t in study.store.trials()}  # the plan is what ran
+    done = {(t.task, settings_signature(t.params)) for t in study.store.trials() if t.status == "done"}
+    assert all(t.done for t in plan(study.config, done))
+    # a KD setting the trial names leave out makes other trials: --plan must not call them done
+    hotter = dataclasses.replace(study.config, distill=dataclasses.replace(study.config.distill, temperature=4.0))
+    assert {(t.stage, t.done) for t in plan(hotter, done)} == {("finetune", True), ("distill", False)}
     students = study.store.trials("distill", "tiny")
     assert sorted(t.name for t in students) == ["albert-base-2 (KD)", "bert-2L (KD)", "bert-2L (fine-tuned)"]
     for trial in candidates + students:

@@ -194,7 +194,7 @@ def run(config: Path = typer.Argument(..., help="The study's YAML config."),
 
 def _print_plan(config_path: Path, output: Optional[Path]) -> None:
     from speedy.configfile import load_config  # lazy: start-up time (imports torch)
-    from speedy.plan import print_plan  # lazy: start-up time (imports torch)
+    from speedy.plan import print_plan, settings_signature  # lazy: start-up time (imports torch)
 
     config = load_config(config_path)
     if output is not None:
@@ -204,7 +204,7 @@ def _print_plan(config_path: Path, output: Optional[Path]) -> None:
     if "://" in config.store_url or store_path.is_file():  # never create a store just to plan
         from speedy.store import Store  # lazy: start-up time (SQLAlchemy would double --help's 0.1 s)
 
-        done = {(t.task, t.name) for t in Store(config.store_url).trials()}
+        done = {(t.task, settings_signature(t.params)) for t in Store(config.store_url).trials() if t.status == "done"}
     print_plan(config, console, done)
 
 

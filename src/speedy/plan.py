@@ -78,12 +78,21 @@ def forward_macs(spec: ModelSpec, task: TaskSpec, labels: int = 2) -> int | None
     return encoder_macs(layers, hidden, ffn, embedding, task.max_length, 1, task.type, labels)
 
 
-def plan(config: StudyConfig, done_names: set[tuple[str, str]] = frozenset()) -> list[PlannedTrial]:
+def settings_signature(params: dict) -> str:
+    """A trial's parameters without its data fingerprint and teacher key, which the plan cannot know without
+    reading the data and selecting teachers. A stored trial with the planned one's signature is that trial (its
+    data aside); its name alone is not enough, since a name leaves out most KD settings."""
+    return json.dumps({k: v for k, v in params.items() if k not in ("data", "teacher")}, sort_keys=True, default=str)
+
+
+def plan(config: StudyConfig, done: set[tuple[str, str]] = frozenset()) -> list[PlannedTrial]:
     """Every trial of stages 1 and 3 (the same specs the stages run), then the TPE trials, whose KD settings
-    are drawn at run time: only their count is known."""
+    are drawn at run time: only their count is known. ``done``: ``(task, settings_signature)`` of the store's
+    finished trials."""
     examples = {task.name: train_examples(task) for task in config.tasks}
     trials = [PlannedTrial(spec.stage, spec.task.name, spec.model.name, spec.name, examples[spec.task.name],
-                           spec.epochs, forward_macs(spec.model, spec.task), (spec.task.name, spec.name) in done_names)
+                           spec.epochs, forward_macs(spec.model, spec.task),
+                           (spec.task.name, settings_signature(spec.params(""))) in done)
               for spec in planned_specs(config)]
     if config.distill.search_trials > 0:
         n = config.distill.search_trials
@@ -114,8 +123,8 @@ def pmac(macs: float) -> str:
     return readable(macs / 1e15)
 
 
-def print_plan(config: StudyConfig, console, done_names: set[tuple[str, str]] = frozenset()) -> list[PlannedTrial]:
-    trials = plan(config, done_names)
+def print_plan(config: StudyConfig, console, done: set[tuple[str, str]] = frozenset()) -> list[PlannedTrial]:
+    trials = plan(config, done)
     for t in trials:  # plain lines (one per trial, never wrapped), so the list can be grepped and counted
         macs = t.training_macs
         shown = f"{macs / 1e15:10.2f} PMAC" if macs is not None else "         ? PMAC"

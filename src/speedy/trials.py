@@ -38,6 +38,8 @@ class TrialSpec:
     def name(self) -> str:
         """A readable label, unique within its task and stage."""
         if self.stage == FINETUNE:
+            if self.epochs == 0:  # a teacher used as it is (embeddings): no batch or learning rate applies
+                return f"{self.model.name} (as it is)"
             seed = f" seed={self.seed}" if self.show_point else ""  # the grid has a seed axis
             return f"{self.model.name} bs={self.batch_size} ep={self.epochs} lr={self.learning_rate:g}{seed}"
         name = f"{self.model.name} ({'KD' if self.mode == KD else 'fine-tuned'})"
