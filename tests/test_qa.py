@@ -192,8 +192,74 @@ def test_predict_answers_gives_a_span_of_the_context(bert_unigram_dir):
 
 # ----------------------------------------------------------------------------------------------- selection
 
+SECOND = "Ayer llovió en Sevilla. Hoy hace sol."
+# Questions over contexts of different lengths (so their windows differ in length, and a validation that grouped
+# them by length would hand their logits back out of order), answers spread over each context.
+VALIDATION = [(CONTEXT, "¿Quién ganó?", "El Real Madrid"), (SECOND, "¿Dónde llovió?", "Sevilla"),
+              (CONTEXT, "¿Dónde fue la final?", "Lisboa"), (SECOND, "¿Cuándo hace sol?", "Hoy"),
+              (CONTEXT, "¿Quién era el entrenador?", "Carlo Ancelotti"), (SECOND, "¿Qué pasó ayer?", "llovió"),
+              (CONTEXT, "¿Qué ciudad festejó?", "la ciudad de Madrid"), (CONTEXT, "¿En qué año?", "2014")]
+
+
+def validation_split():
+    return Dataset.from_list([{"id": f"q{i}", "title": "t", "context": context, "question": question,
+                               "answers": {"text": [answer], "answer_start": [context.index(answer)]}}
+                              for i, (context, question, answer) in enumerate(VALIDATION)])
+
+
+def gold_logits(encoded, width):
+    """Window logits that point at each window's gold span (the first token where a window holds no answer)."""
+    start, end = np.full((len(encoded), width), -5.0), np.full((len(encoded), width), -5.0)
+    for row, (s, e) in enumerate(zip(encoded["start_positions"], encoded["end_positions"])):
+        start[row, s], end[row, e] = 5.0, 5.0
+    return start, end
+
+
+def test_qa_validation_scores_the_decoded_spans_with_squad_f1(bert_dir):
+    """Each epoch's metrics decode the best span of every question from its windows, in the windows' order: logits
+    at the gold spans score F1 1; the same logits handed to other windows do not."""
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    task, split = QATask(stride=8), validation_split()
+    encoded = task.encode(split, tokenizer, max_length=32)
+    assert len(encoded) > len(split)  # the long context takes several windows
+    metrics = task.validation_metrics(split, tokenizer, max_length=32, source="val.json")
+    start, end = gold_logits(encoded, 40)  # wider than any window: the Trainer pads across batches
+    labels = (np.array(encoded["start_positions"]), np.array(encoded["end_positions"]))
+    scores = metrics((start, end), labels)
+    assert scores["f1"] == pytest.approx(1.0) and scores["exact_match"] == pytest.approx(1.0)
+    assert scores["window_span_accuracy"] == pytest.approx(1.0)
+    shifted = metrics((np.roll(start, 1, axis=0), np.roll(end, 1, axis=0)), labels)
+    assert shifted["f1"] < 0.5
+    with pytest.raises(SpeedyError, match=r"val\.json: validation gave 3 windows' logits for"):
+        metrics((start[:3], end[:3]), labels)
+
+
+def test_qa_training_selects_by_the_f1_of_the_saved_model(tmp_path, bert_dir):
+    """QA students select by SQuAD F1, decoded at every epoch in the windows' order: the kept model's validation
+    F1 is what ``evaluate`` gives it on the same split (a validation that shuffled windows would differ)."""
+    from types import SimpleNamespace
+
+    from speedy.training import fit
+
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    model = AutoModelForQuestionAnswering.from_pretrained(bert_dir)
+    task, split = QATask(stride=8), validation_split()
+    assert task.selection_metric == "f1"
+    data = SimpleNamespace(splits={"train": split, "validation": split},
+                           sources={"train": "train.json", "validation": "val.json"})
+    result = fit(model, tokenizer, task, data, tmp_path, epochs=6, batch_size=4, learning_rate=3e-3, seed=1,
+                 max_length=32, metric=task.selection_metric)
+    saved = AutoModelForQuestionAnswering.from_pretrained(result["checkpoint"])
+    evaluated = task.evaluate(saved, tokenizer, split, max_length=32)
+    assert result["val_metrics"]["f1"] > 0.2  # it learnt spans: a wrong order could not give the same score
+    assert result["val_metrics"]["f1"] == pytest.approx(evaluated["f1"])
+    assert result["val_metrics"]["exact_match"] == pytest.approx(evaluated["exact_match"])
+    assert result["best_epoch"] == max(result["history"], key=lambda row: row["f1"])["epoch"]
+
+
 def test_a_qa_study_keeps_and_reports_the_student_with_the_lowest_validation_loss(tmp_path):
-    """QA selects on validation loss, which must be minimised: with losses 1.0 and 3.0 the 1.0 trial is kept."""
+    """With ``distill.metric: loss``, QA selects on validation loss, which must be minimised: with losses 1.0 and
+    3.0 the 1.0 trial is kept."""
     import yaml
 
     from speedy.configfile import load_config
@@ -210,7 +276,7 @@ def test_a_qa_study_keeps_and_reports_the_student_with_the_lowest_validation_los
     (tmp_path / "qa.yaml").write_text(yaml.safe_dump(config), "utf-8")
     study = Study(load_config(tmp_path / "qa.yaml"))
     for i, loss in enumerate((3.0, 1.0, 2.0)):
-        params = {"stage": "distill", "mode": "kd", "model": {"name": "s"}, "settings": {"metric": None}, "i": i}
+        params = {"stage": "distill", "mode": "kd", "model": {"name": "s"}, "settings": {"metric": "loss"}, "i": i}
         key = f"trial{i}"
         assert study.store.claim(key, "distill", "qa", f"s lr={i}", params, "w")
         study.store.finish(key, "w", status="done", val_loss=loss, val_metrics={"loss": loss}, checkpoint=None,
@@ -256,3 +322,23 @@ def test_qa_transfer_pairs_are_labelled_by_the_teacher_and_distilled(tmp_path, b
                              ["id", "title", "context", "question", "answers"])
     with pytest.raises(SpeedyError, match=r"x\.jsonl:5: .* non-empty \"question\""):
         task.unlabelled_rows([("x.jsonl", 5, '{"question": " ", "context": "b"}')], [])
+
+
+def test_a_qa_student_selected_by_f1_is_a_new_trial_and_an_explicit_metric_keeps_its_key():
+    """Stores made while QA selected by loss hold students whose kept epoch another rule chose: with the default
+    metric a QA student's key now names F1, so they are trained again; a tagging student's key is unchanged, and so
+    is a student whose ``distill.metric`` is set (it never followed the default)."""
+    import dataclasses
+
+    from speedy.config import DistillSettings, ModelSpec, TaskSpec
+    from speedy.trials import DISTILL, KD, TrialSpec
+
+    def params(task_type, metric=None):
+        settings = dataclasses.replace(DistillSettings(), metric=metric)
+        spec = TrialSpec(DISTILL, TaskSpec(name="t", type=task_type), ModelSpec(name="s"), 16, 10, 2e-4, 1,
+                         mode=KD, settings=settings)
+        return spec.params("data", "teacher")
+
+    assert params("qa")["selection_metric"] == "f1"
+    assert "selection_metric" not in params("qa", metric="loss")
+    assert "selection_metric" not in params("tagging")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
 
-from speedy.distill.trainer import DistillationTrainer
+from speedy.distill.trainer import DistillationTrainer, TaskTrainer
 from speedy.tasks.base import lower_is_better
 
 
@@ -197,15 +197,16 @@ def fit(model, tokenizer, task, data, output_dir: Path, *, epochs: int, batch_si
                          weight_decay=weight_decay, fp16=mixed_precision == "fp16", bf16=mixed_precision == "bf16")
     guard = CollapseGuard(stop=stop_collapsed)
     callbacks = [guard] + ([EarlyStoppingCallback(early_stopping_patience=patience)] if patience else [])
+    metrics_of = task.validation_metrics(data.splits["validation"], tokenizer, max_length,
+                                         source=data.sources["validation"])
     kwargs = dict(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=task.collator(tokenizer), processing_class=tokenizer,
-                  compute_metrics=guard.record(lambda p: task.compute_metrics(p.predictions, p.label_ids),
-                                               task.classifies),
-                  callbacks=callbacks)
+                  compute_metrics=guard.record(lambda p: metrics_of(p.predictions, p.label_ids), task.classifies),
+                  callbacks=callbacks, task=task)
     if teacher_caches:
-        trainer = DistillationTrainer(task=task, teacher_caches=teacher_caches, objective=objective, **kwargs)
+        trainer = DistillationTrainer(teacher_caches=teacher_caches, objective=objective, **kwargs)
     else:
-        trainer = Trainer(**kwargs)
+        trainer = TaskTrainer(**kwargs)
     if epochs > 0:  # 0: a model used as it is (an embedding teacher), only evaluated and saved
         train_resumably(trainer)
     history = epoch_history(trainer.state.log_history, metric)  # before the final evaluation joins the log

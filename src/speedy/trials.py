@@ -59,9 +59,13 @@ class TrialSpec:
         if self.stage == FINETUNE:
             return {**common, "batch_size": self.batch_size, "epochs": self.epochs,
                     "learning_rate": self.learning_rate, "seed": self.seed}
-        return {**common, "mode": self.mode, "settings": without_new_defaults(self.settings),
-                "teacher": teacher_key if self.mode == KD or self.model.init == "teacher" else None,
-                "seed": self.seed}
+        params = {**common, "mode": self.mode, "settings": without_new_defaults(self.settings),
+                  "teacher": teacher_key if self.mode == KD or self.model.init == "teacher" else None,
+                  "seed": self.seed}
+        selection = task_class(self.task.type).selection_metric
+        if self.settings.metric is None and SELECTION_CHANGED.get(self.task.type) == selection:
+            params["selection_metric"] = selection  # a student kept by the type's old rule is another trial
+        return params
 
     def key(self, data_fingerprint: str, teacher_key: str | None = None) -> str:
         return trial_key(self.params(data_fingerprint, teacher_key))
@@ -79,6 +83,12 @@ class TrialSpec:
 # earlier studies keep their keys (and are not trained again) and only a trial that uses a new lever differs.
 NEW_SETTINGS = {"init": "pretrained", "seed": None, "teachers": 1, "transfer": True, "hidden_weight": 0.0,
                 "hidden_loss": "mse", "hidden_layers": "uniform", "relation_weight": 0.0, "teacher_weighting": "equal"}
+
+
+# Task types whose students' default selection metric (``Task.selection_metric``, when ``distill.metric`` is not
+# set) changed after stores existed, with the new one: their keys name it, so a student whose best epoch was
+# chosen by the old rule is not taken for one chosen by the new (QA chose by validation loss until December 2026).
+SELECTION_CHANGED = {"qa": "f1"}
 
 
 # Settings that change only a run that failed (a collapsed student trained again): never part of a key, so turning

@@ -1,6 +1,7 @@
-"""Stage 3's trainer: the ``transformers`` Trainer with a KD objective read from teacher caches.
+"""The trainers: the ``transformers`` Trainer that validates in the task's way (:class:`TaskTrainer`), and stage 3's
+one with a KD objective read from teacher caches (:class:`DistillationTrainer`).
 
-Only ``compute_loss`` changes. Training batches carry ``example_index``; the objective asks the task for the
+KD changes only ``compute_loss``. Training batches carry ``example_index``; the objective asks the task for the
 student's rows of each signal and the matching teacher rows in each cache (so no teacher runs during training
 and the data can be shuffled every epoch). Evaluation batches carry no index and get the task's ordinary loss
 against gold labels, so validation losses of students and teachers compare. A *training* batch without
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from speedy.distill.cache import TeacherCache
@@ -23,19 +25,35 @@ from speedy.tasks.base import EXTRA_KEYS, Task
 PROJECTIONS = "kd_projections.pt"
 
 
-class DistillationTrainer(Trainer):
+class TaskTrainer(Trainer):
+    """The Trainer, validating in the order of the validation split when the task's metrics need it
+    (``Task.ordered_validation``: QA maps each window's logits to its question by the window's row). Otherwise
+    validation batches are grouped by length like training ones, which pads less, and predictions travel with
+    their labels, so order does not matter."""
+
+    def __init__(self, *args, task: Task, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task = task
+
+    def _get_eval_sampler(self, eval_dataset):
+        if self.task.ordered_validation and eval_dataset is not None:
+            return SequentialSampler(eval_dataset)
+        return super()._get_eval_sampler(eval_dataset)
+
+
+class DistillationTrainer(TaskTrainer):
     """``teacher_caches``: one cache per teacher, over the same training examples; ``objective``: the KD terms."""
 
     def __init__(self, *args, task: Task, teacher_caches: list[TeacherCache] | None = None,
                  objective: DistillationObjective | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, task=task, **kwargs)
         if not teacher_caches or objective is None:
             raise SpeedyError("distill: the KD trainer needs teacher caches and an objective")
         sizes = {len(cache) for cache in teacher_caches}
         if len(sizes) > 1:
             raise SpeedyError(f"distill: the teacher caches cover different numbers of examples ({sorted(sizes)}): "
                               f"every teacher must run over the same training split")
-        self.teacher_caches, self.objective, self.task = list(teacher_caches), objective, task
+        self.teacher_caches, self.objective = list(teacher_caches), objective
         self.objective.to(self.args.device)
 
     def create_optimizer(self, model=None):

@@ -118,6 +118,9 @@ class Task(ABC):
     builtin_data: ClassVar[tuple[str, ...]] = ()  # the built-in datasets (data.builtin) of this type
     # Its predictions are scores over classes, so a run predicting one class everywhere (collapsed) can be told
     classifies: ClassVar[bool] = True
+    # Its validation metrics need the predictions in the order of the encoded validation split (QA decodes each
+    # window's span against the window's offsets), so the trainer validates in that order
+    ordered_validation: ClassVar[bool] = False
     min_labels: ClassVar[int] = 1  # fewer labels in a model folder's id2label is an error
     head_architecture: ClassVar[str]  # how config.json's architectures name ends for this head
     per_token: ClassVar[bool] = False  # a head row per token (tagging, QA), not per sequence (the pooled first token)
@@ -242,6 +245,12 @@ class Task(ABC):
     @abstractmethod
     def compute_metrics(self, predictions: np.ndarray, label_ids: np.ndarray) -> dict:
         """Metrics from the model's logits and the gold label ids (the Trainer's validation)."""
+
+    def validation_metrics(self, split: Dataset, tokenizer, max_length: int, source: str = ""):
+        """The function ``(predictions, label_ids) -> metrics`` that scores each epoch's validation of ``split``
+        (encoded by ``encode``): ``compute_metrics`` for a type whose metrics need only the predictions and gold
+        labels; a type that needs more of the split (QA: the contexts, to decode spans) builds it here, once."""
+        return self.compute_metrics
 
     def evaluate(self, model, tokenizer, dataset, max_length: int, source: str = "") -> dict:
         """Test metrics of ``model`` on a split."""

@@ -80,8 +80,12 @@ class QACollator(DataCollatorWithPadding):
 class QATask(Task):
     type = "qa"
     primary_metric = "f1"
-    selection_metric = "loss"  # SQuAD F1 needs the span post-processing; validation loss is what each epoch has
-    metrics = {"window_start_accuracy": MAX, "window_end_accuracy": MAX, "window_span_accuracy": MAX}
+    # SQuAD F1 of the spans decoded at each validation (validation_metrics): the loss picked the wrong epoch of a
+    # 6-layer student (its lowest-loss epoch scored 52.40 F1, the epoch before it 54.31)
+    selection_metric = "f1"
+    metrics = {"f1": MAX, "exact_match": MAX, "window_start_accuracy": MAX, "window_end_accuracy": MAX,
+               "window_span_accuracy": MAX}
+    ordered_validation = True
     choices = {"normalization": ("normalisation", ("en", "es"))}
     fixed_labels = ("start", "end")
     head_architecture = "ForQuestionAnswering"
@@ -230,6 +234,29 @@ class QATask(Task):
         end = np.asarray(end_logits).argmax(-1) == np.asarray(end_gold)
         return {"window_start_accuracy": float(start.mean()), "window_end_accuracy": float(end.mean()),
                 "window_span_accuracy": float((start & end).mean())}
+
+    def validation_metrics(self, split, tokenizer, max_length: int, source: str = ""):
+        """Window agreement plus the SQuAD F1 and exact match of each epoch: the best span of every question is
+        decoded from its windows' logits (in the order ``encode`` made the windows, which the trainer keeps), as
+        ``evaluate`` does on a saved model."""
+        encoded = self._tokenize(split, tokenizer, max_length, source)
+        contexts, ids = list(split["context"]), list(split["id"])
+        golds = {qid: list(answers["text"]) for qid, answers in zip(ids, split["answers"])}
+
+        def metrics(predictions, label_ids) -> dict:
+            start_logits, end_logits = predictions[:2] if isinstance(predictions, (tuple, list)) else predictions
+            if len(start_logits) != len(encoded["input_ids"]):
+                raise SpeedyError(f"{source or 'qa'}: validation gave {len(start_logits)} windows' logits for "
+                                  f"{len(encoded['input_ids'])} windows")
+            best: dict[int, dict] = {}
+            for row in range(len(start_logits)):  # padding beyond a window's tokens is never inside its context
+                self._best_span(encoded, row, np.asarray(start_logits[row]), np.asarray(end_logits[row]), contexts,
+                                best)
+            answers = {ids[i]: answer["text"] for i, answer in best.items()}
+            scores = squad_scores(answers, golds, self.normalization)
+            return {**self.compute_metrics(predictions, label_ids), "f1": scores["f1"] / 100,
+                    "exact_match": scores["exact_match"] / 100}
+        return metrics
 
     @torch.no_grad()
     def predict_answers(self, model, tokenizer, dataset, max_length: int, batch_size: int = 32,
