@@ -208,13 +208,12 @@ def run_recipe(args, data: dict, recipe: str, depth: int, seed: int, train: bool
 
 
 def validation_score(study, trial) -> float:
-    """A trial's validation score on the task's metric. QA trains and selects by the validation loss (its F1 needs
-    the span post-processing); its score here is the SQuAD F1 on the validation questions, computed once per
-    trial and kept in the store."""
+    """A trial's validation score on the task's metric. A QA trial recorded before QA validated by F1 (it selected
+    by the loss) has no F1 in its record: it is scored from its checkpoint once, and the score kept in the store."""
     task_spec = study.config.tasks[0]
     task = study.task(task_spec)
-    if task.selection_metric != "loss":
-        return trial.val_metrics[task.selection_metric]
+    if task.primary_metric in trial.val_metrics:
+        return trial.val_metrics[task.primary_metric]
     scores = study.store.measurement(trial.key, "validation_squad")
     if scores is None:
         from speedy.evaluate import evaluate_model
