@@ -342,3 +342,35 @@ def test_a_qa_student_selected_by_f1_is_a_new_trial_and_an_explicit_metric_keeps
     assert params("qa")["selection_metric"] == "f1"
     assert "selection_metric" not in params("qa", metric="loss")
     assert "selection_metric" not in params("tagging")
+
+
+def test_a_store_from_before_qa_selected_by_f1_still_reports_and_selects(tmp_path):
+    """QA trials recorded when QA validated by loss alone have no F1: the report compares them by the loss they
+    followed and puts a student kept by today's rule (F1) first; selection by F1 ranks such teachers last."""
+    from types import SimpleNamespace
+
+    from speedy.config import ModelSpec, StudyConfig, TaskSpec
+    from speedy.selection import models_to_report, ranked_teachers
+    from speedy.store import Store
+
+    store = Store(tmp_path / "store.sqlite")
+    old = {"stage": "distill", "mode": "kd", "model": {"name": "s"}, "settings": {"metric": None}}
+    rows = [("old-a", old, 2.0, {"loss": 2.0}), ("old-b", old, 1.5, {"loss": 1.5}),
+            ("new", {**old, "selection_metric": "f1"}, 2.5, {"loss": 2.5, "f1": 0.4})]
+    for key, params, loss, metrics in rows:
+        assert store.claim(key, "distill", "qa", key, params, "w")
+        store.finish(key, "w", status="done", val_loss=loss, val_metrics=metrics, checkpoint=None, info={})
+    config = StudyConfig(name="s", output_dir=str(tmp_path), tasks=[TaskSpec(name="qa", type="qa")],
+                         teachers=[ModelSpec(name="t")])
+    assert [t.key for t in models_to_report(store, config, config.tasks[0])] == ["new"]
+    # the old trials alone: the one with the lower loss is kept
+    only_old = Store(tmp_path / "old.sqlite")
+    for key, params, loss, metrics in rows[:2]:
+        assert only_old.claim(key, "distill", "qa", key, params, "w")
+        only_old.finish(key, "w", status="done", val_loss=loss, val_metrics=metrics, checkpoint=None, info={})
+    assert [t.key for t in models_to_report(only_old, config, config.tasks[0])] == ["old-b"]
+
+    teachers = [SimpleNamespace(key=k, val_loss=l, val_metrics=m) for k, l, m in
+                (("old", 1.0, {"loss": 1.0}), ("weak", 2.0, {"f1": 0.3}), ("strong", 3.0, {"f1": 0.5}))]
+    assert [t.key for t in ranked_teachers(teachers, "metric", "f1")] == ["strong", "weak", "old"]
+    assert [t.key for t in ranked_teachers(teachers, "loss", "f1")] == ["old", "weak", "strong"]

@@ -15,7 +15,7 @@ from speedy.config import SpeedSettings, StudyConfig, TaskSpec
 from speedy.store import Store, Trial
 from speedy.tasks import TASK_CLASSES
 from speedy.tasks.base import selection_score
-from speedy.trials import DISTILL, FINETUNE
+from speedy.trials import DISTILL, FINETUNE, followed_metric
 
 
 def best_teacher(trials: list[Trial], by: str = "loss", metric: str = "loss") -> Trial:
@@ -25,10 +25,14 @@ def best_teacher(trials: list[Trial], by: str = "loss", metric: str = "loss") ->
 
 
 def ranked_teachers(trials: list[Trial], by: str = "loss", metric: str = "loss") -> list[Trial]:
-    """Teacher candidates best first, by the rule of :func:`best_teacher` (ties keep the store's order)."""
-    if by == "loss":
+    """Teacher candidates best first, by the rule of :func:`best_teacher` (ties keep the store's order). By a
+    metric, candidates recorded without it (QA's before it validated by F1) come after those with it, by loss."""
+    if by == "loss" or metric == "loss":
         return sorted(trials, key=lambda t: t.val_loss)
-    return sorted(trials, key=lambda t: -selection_score(t.val_metrics, t.val_loss, metric))
+    scored = [t for t in trials if metric in (t.val_metrics or {})]
+    unscored = [t for t in trials if metric not in (t.val_metrics or {})]
+    return (sorted(scored, key=lambda t: -selection_score(t.val_metrics, t.val_loss, metric))
+            + sorted(unscored, key=lambda t: t.val_loss))
 
 
 def models_to_report(store: Store, config: StudyConfig, task: TaskSpec) -> list[Trial]:
@@ -38,11 +42,13 @@ def models_to_report(store: Store, config: StudyConfig, task: TaskSpec) -> list[
         name = trial.params["model"]["name"]
         if name not in best_per_teacher or trial.val_loss < best_per_teacher[name].val_loss:
             best_per_teacher[name] = trial
-    best_per_student: dict[tuple, tuple[float, Trial]] = {}
+    best_per_student: dict[tuple, tuple[tuple, Trial]] = {}
+    current = config.distill.metric or TASK_CLASSES[task.type].selection_metric
     for trial in store.trials(DISTILL, task.name):
         group = (trial.params["model"]["name"], trial.params["mode"])
-        metric = trial.params["settings"].get("metric") or TASK_CLASSES[task.type].selection_metric
-        score = selection_score(trial.val_metrics, trial.val_loss, metric)
+        metric = followed_metric(trial.params, task.type)
+        # scores by different metrics do not compare: trials kept by today's rule first, then by their own metric
+        score = (metric == current, selection_score(trial.val_metrics, trial.val_loss, metric))
         if group not in best_per_student or score > best_per_student[group][0]:
             best_per_student[group] = (score, trial)
     return list(best_per_teacher.values()) + [trial for _, trial in best_per_student.values()]

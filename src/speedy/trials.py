@@ -62,9 +62,9 @@ class TrialSpec:
         params = {**common, "mode": self.mode, "settings": without_new_defaults(self.settings),
                   "teacher": teacher_key if self.mode == KD or self.model.init == "teacher" else None,
                   "seed": self.seed}
-        selection = task_class(self.task.type).selection_metric
-        if self.settings.metric is None and SELECTION_CHANGED.get(self.task.type) == selection:
-            params["selection_metric"] = selection  # a student kept by the type's old rule is another trial
+        if self.settings.metric is None and self.task.type in SELECTION_CHANGED:
+            # a student kept by the type's old rule is another trial
+            params["selection_metric"] = task_class(self.task.type).selection_metric
         return params
 
     def key(self, data_fingerprint: str, teacher_key: str | None = None) -> str:
@@ -86,9 +86,17 @@ NEW_SETTINGS = {"init": "pretrained", "seed": None, "teachers": 1, "transfer": T
 
 
 # Task types whose students' default selection metric (``Task.selection_metric``, when ``distill.metric`` is not
-# set) changed after stores existed, with the new one: their keys name it, so a student whose best epoch was
-# chosen by the old rule is not taken for one chosen by the new (QA chose by validation loss until December 2026).
-SELECTION_CHANGED = {"qa": "f1"}
+# set) changed after stores existed, with the old one: their keys name the new one, so a student whose best epoch
+# was chosen by the old rule is not taken for one chosen by the new (QA chose by validation loss until December
+# 2026, and its trials of that time have no F1 in their records).
+SELECTION_CHANGED = {"qa": "loss"}
+
+
+def followed_metric(params: dict, task_type: str) -> str:
+    """The validation metric a student trial's early stopping and best checkpoint followed, read from its params:
+    ``distill.metric`` when set, else the one its key names, else the type's default of the time it was recorded."""
+    return (params["settings"].get("metric") or params.get("selection_metric")
+            or SELECTION_CHANGED.get(task_type) or task_class(task_type).selection_metric)
 
 
 # Settings that change only a run that failed (a collapsed student trained again): never part of a key, so turning
