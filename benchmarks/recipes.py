@@ -212,7 +212,7 @@ def validation_score(study, trial) -> float:
     by the loss) has no F1 in its record: it is scored from its checkpoint once, and the score kept in the store."""
     task_spec = study.config.tasks[0]
     task = study.task(task_spec)
-    if task.primary_metric in trial.val_metrics:
+    if task.primary_metric in trial.val_metrics or task.type != "qa":
         return trial.val_metrics[task.primary_metric]
     scores = study.store.measurement(trial.key, "validation_squad")
     if scores is None:

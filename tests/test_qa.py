@@ -372,5 +372,12 @@ def test_a_store_from_before_qa_selected_by_f1_still_reports_and_selects(tmp_pat
 
     teachers = [SimpleNamespace(key=k, val_loss=l, val_metrics=m) for k, l, m in
                 (("old", 1.0, {"loss": 1.0}), ("weak", 2.0, {"f1": 0.3}), ("strong", 3.0, {"f1": 0.5}))]
-    assert [t.key for t in ranked_teachers(teachers, "metric", "f1")] == ["strong", "weak", "old"]
-    assert [t.key for t in ranked_teachers(teachers, "loss", "f1")] == ["old", "weak", "strong"]
+    assert [t.key for t in ranked_teachers(teachers[1:], "metric", "f1")] == ["strong", "weak"]
+    # one candidate without F1: all by loss, whatever the time each was trained
+    assert [t.key for t in ranked_teachers(teachers, "metric", "f1")] == ["old", "weak", "strong"]
+
+    from speedy.stages.distill import teacher_scores
+
+    study = SimpleNamespace(task=lambda spec: QATask())
+    assert teacher_scores(study, None, teachers[1:]) == [0.3, 0.5]
+    assert teacher_scores(study, None, teachers) == [1.0, 0.5, 1 / 3]

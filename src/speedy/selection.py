@@ -26,13 +26,11 @@ def best_teacher(trials: list[Trial], by: str = "loss", metric: str = "loss") ->
 
 def ranked_teachers(trials: list[Trial], by: str = "loss", metric: str = "loss") -> list[Trial]:
     """Teacher candidates best first, by the rule of :func:`best_teacher` (ties keep the store's order). By a
-    metric, candidates recorded without it (QA's before it validated by F1) come after those with it, by loss."""
-    if by == "loss" or metric == "loss":
+    metric that one candidate's record lacks (a QA candidate recorded before QA validated by F1), all are ranked
+    by loss: the choice must not depend on when each candidate was trained."""
+    if by == "loss" or metric == "loss" or any(metric not in (t.val_metrics or {}) for t in trials):
         return sorted(trials, key=lambda t: t.val_loss)
-    scored = [t for t in trials if metric in (t.val_metrics or {})]
-    unscored = [t for t in trials if metric not in (t.val_metrics or {})]
-    return (sorted(scored, key=lambda t: -selection_score(t.val_metrics, t.val_loss, metric))
-            + sorted(unscored, key=lambda t: t.val_loss))
+    return sorted(trials, key=lambda t: -selection_score(t.val_metrics, t.val_loss, metric))
 
 
 def models_to_report(store: Store, config: StudyConfig, task: TaskSpec) -> list[Trial]:

@@ -217,7 +217,7 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
     objective = teacher_caches = None
     if kd:
         teacher_layers = _layers_of(caches[0].teacher.checkpoint)
-        scores = ([teacher_score(study, spec.task, c.teacher, settings.metric) for c in caches]
+        scores = (teacher_scores(study, spec.task, [c.teacher for c in caches], settings.metric)
                   if settings.teacher_weighting == "score" and len(caches) > 1 else None)
         objective = objective_for(settings, model.config.num_hidden_layers, teacher_layers, teacher_scores=scores)
         teacher_caches = [cache.get(objective.signals) for cache in caches]
@@ -244,14 +244,16 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
     return result
 
 
-def teacher_score(study: Study, task: TaskSpec, teacher: Trial, metric: str | None = None) -> float:
-    """A teacher's validation score for weighting (positive, higher is better): its task metric, or the inverse of
-    a metric that is better lower (the loss, when the task selects by it)."""
+def teacher_scores(study: Study, task: TaskSpec, teachers: list[Trial], metric: str | None = None) -> list[float]:
+    """The teachers' validation scores for weighting (positive, higher is better): their task metric, or the
+    inverse of a metric that is better lower (the loss, when the task selects by it). When one teacher's record
+    lacks the metric (a QA teacher recorded before QA validated by F1), all are weighted by their loss, so that
+    weights never depend on when a teacher was trained."""
     metric = metric or study.task(task).selection_metric  # distill.metric, else the task's
-    value = (teacher.val_metrics or {}).get(metric, teacher.val_loss if metric == "loss" else None)
-    if value is None:
-        return 1.0
-    return 1.0 / max(value, 1e-6) if lower_is_better(metric) else max(value, 1e-6)
+    if metric != "loss" and any(metric not in (t.val_metrics or {}) for t in teachers):
+        metric = "loss"
+    values = [t.val_loss if metric == "loss" else t.val_metrics[metric] for t in teachers]
+    return [1.0 / max(v, 1e-6) if lower_is_better(metric) else max(v, 1e-6) for v in values]
 
 
 def _layers_of(checkpoint: str) -> int:
