@@ -24,11 +24,17 @@ def best_teacher(trials: list[Trial], by: str = "loss", metric: str = "loss") ->
     return ranked_teachers(trials, by, metric)[0]
 
 
+def shared_metric(trials: list[Trial], metric: str) -> str:
+    """``metric`` when every trial's record has it, else ``"loss"``: teachers compared by a metric that one of them
+    lacks (a QA teacher recorded before QA validated by F1) are compared by loss instead, so that a choice or a
+    weight never depends on when each teacher was trained."""
+    return metric if all(metric in (t.val_metrics or {}) for t in trials) else "loss"
+
+
 def ranked_teachers(trials: list[Trial], by: str = "loss", metric: str = "loss") -> list[Trial]:
-    """Teacher candidates best first, by the rule of :func:`best_teacher` (ties keep the store's order). By a
-    metric that one candidate's record lacks (a QA candidate recorded before QA validated by F1), all are ranked
-    by loss: the choice must not depend on when each candidate was trained."""
-    if by == "loss" or metric == "loss" or any(metric not in (t.val_metrics or {}) for t in trials):
+    """Teacher candidates best first, by the rule of :func:`best_teacher` (ties keep the store's order; by a metric
+    one candidate lacks, all by loss: :func:`shared_metric`)."""
+    if by == "loss" or shared_metric(trials, metric) == "loss":
         return sorted(trials, key=lambda t: t.val_loss)
     return sorted(trials, key=lambda t: -selection_score(t.val_metrics, t.val_loss, metric))
 

@@ -28,7 +28,7 @@ from speedy.distill.recipe import objective_for
 from speedy.distill.teacher import teacher_cache_for
 from speedy.errors import SpeedyError
 from speedy.models.build import check_layers, load_tokenizer
-from speedy.selection import ranked_teachers
+from speedy.selection import ranked_teachers, shared_metric
 from speedy.store import Trial
 from speedy.tasks.base import lower_is_better, selection_score
 from speedy.training import fit, run_info, write_json_atomically
@@ -246,12 +246,9 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
 
 def teacher_scores(study: Study, task: TaskSpec, teachers: list[Trial], metric: str | None = None) -> list[float]:
     """The teachers' validation scores for weighting (positive, higher is better): their task metric, or the
-    inverse of a metric that is better lower (the loss, when the task selects by it). When one teacher's record
-    lacks the metric (a QA teacher recorded before QA validated by F1), all are weighted by their loss, so that
-    weights never depend on when a teacher was trained."""
-    metric = metric or study.task(task).selection_metric  # distill.metric, else the task's
-    if metric != "loss" and any(metric not in (t.val_metrics or {}) for t in teachers):
-        metric = "loss"
+    inverse of a metric that is better lower (the loss, when the task selects by it, or when one teacher's record
+    lacks the metric: :func:`~speedy.selection.shared_metric`)."""
+    metric = shared_metric(teachers, metric or study.task(task).selection_metric)  # distill.metric, else the task's
     values = [t.val_loss if metric == "loss" else t.val_metrics[metric] for t in teachers]
     return [1.0 / max(v, 1e-6) if lower_is_better(metric) else max(v, 1e-6) for v in values]
 
