@@ -240,8 +240,7 @@ class QATask(Task):
         decoded from its windows' logits (in the order ``encode`` made the windows, which the trainer keeps), as
         ``evaluate`` does on a saved model."""
         encoded = self._tokenize(split, tokenizer, max_length, source)
-        contexts, ids = list(split["context"]), list(split["id"])
-        golds = {qid: list(answers["text"]) for qid, answers in zip(ids, split["answers"])}
+        contexts = list(split["context"])
 
         def metrics(predictions, label_ids) -> dict:
             start_logits, end_logits = predictions[:2] if isinstance(predictions, (tuple, list)) else predictions
@@ -252,10 +251,7 @@ class QATask(Task):
             for row in range(len(start_logits)):  # padding beyond a window's tokens is never inside its context
                 self._best_span(encoded, row, np.asarray(start_logits[row]), np.asarray(end_logits[row]), contexts,
                                 best)
-            answers = {ids[i]: answer["text"] for i, answer in best.items()}
-            scores = squad_scores(answers, golds, self.normalization)
-            return {**self.compute_metrics(predictions, label_ids), "f1": scores["f1"] / 100,
-                    "exact_match": scores["exact_match"] / 100}
+            return {**self.compute_metrics(predictions, label_ids), **self._squad(best, split)}
         return metrics
 
     @torch.no_grad()
@@ -305,9 +301,12 @@ class QATask(Task):
         return [(answers[i]["start"], answers[i]["end"]) if i in answers else None for i in range(len(dataset))]
 
     def evaluate(self, model, tokenizer, dataset, max_length: int, source: str = "") -> dict:
-        answers = self.predict_answers(model, tokenizer, dataset, max_length, source=source)
+        return self._squad(self.predict_answers(model, tokenizer, dataset, max_length, source=source), dataset)
+
+    def _squad(self, best: dict[int, dict], dataset) -> dict:
+        """SQuAD F1 and exact match (as fractions) of the best span per example index against the gold answers."""
         ids = list(dataset["id"])
-        predictions = {ids[i]: answer["text"] for i, answer in answers.items()}
+        predictions = {ids[i]: answer["text"] for i, answer in best.items()}
         golds = {qid: list(a["text"]) for qid, a in zip(ids, dataset["answers"])}
         scores = squad_scores(predictions, golds, self.normalization)
         return {"f1": scores["f1"] / 100, "exact_match": scores["exact_match"] / 100}
