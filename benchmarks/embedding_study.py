@@ -8,9 +8,10 @@ retrieval task (each question's paragraph among all their paragraphs). The study
 validation file: every figure here is a validation figure.
 
 The teacher (multilingual-e5-small) is used as it is; students of ``--depths`` layers (the teacher's layers
-spread, vocabulary pruned to the study's text) learn its cached vectors by ``--loss`` (mse or cosine) with early
-stopping on validation nDCG@10 and the best checkpoint kept. The study lives in ``--output`` and resumes when
-killed. It prints, and writes to ``<output>/embedding-study.md``, one row per model: nDCG@10, MRR@10, R@1,
+spread, vocabulary pruned to the study's text) learn its cached vectors by ``--loss`` (mse or cosine), and with
+``--relation-weight`` also how each text of a batch relates to the others (the teacher's in-batch similarities of
+its last layer's mean-pooled states, i.e. of its vectors: ``distill.relation_weight``), with early stopping on
+validation nDCG@10 and the best checkpoint kept. The study lives in ``--output`` and resumes when killed. It prints, and writes to ``<output>/embedding-study.md``, one row per model: nDCG@10, MRR@10, R@1,
 R@10, the share of the teacher's nDCG@10, epochs run and wall time. Speed is not timed here (``speedy measure``
 on the study, with nothing else on the CPU, does). Example::
 
@@ -65,7 +66,8 @@ def study_config(args, files: dict, transfer: list[str]) -> dict:
         "students": [{"name": f"e5-{d}L", "base": "multilingual-e5-small", "kind": "truncate",
                       "layers": spread_layers(12, d), "prune_vocab": True} for d in args.depths],
         "grid": {"batch_size": [args.batch_size], "epochs": [1], "learning_rate": [args.learning_rate]},
-        "distill": {"loss": args.loss, "epochs": args.epochs, "patience": args.patience,
+        "distill": {"loss": args.loss, "relation_weight": args.relation_weight, "epochs": args.epochs,
+                    "patience": args.patience,
                     "batch_size": args.batch_size, "learning_rate": args.learning_rate, "warmup_ratio": 0.05,
                     "weight_decay": 0.0},
         "speed": {"batch_size": 1, "length": 128, "warmup": 10, "runs": 100},
@@ -92,7 +94,9 @@ def table(study, args) -> str:
               f"all their paragraphs). Training text: {args.train_texts:,} unpaired questions and paragraphs of the "
               f"other articles" + (f", + {args.extra_texts:,} other Spanish sentences as transfer text" if
                                    args.extra_texts else "") +
-              f". Students: KD ({args.loss}) on the teacher's cached vectors, up to {args.epochs} epochs, patience "
+              f". Students: KD ({args.loss}" + (f" + in-batch relations, weight {args.relation_weight:g}"
+                                                if args.relation_weight else "") +
+              f") on the teacher's cached vectors, up to {args.epochs} epochs, patience "
               f"{args.patience}, lr {args.learning_rate:g}, batch {args.batch_size}, max length {args.max_length}, "
               f"vocabulary pruned to the study's text; best checkpoint by validation nDCG@10."]
     return "\n".join(lines)
@@ -113,6 +117,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--loss", choices=["mse", "cosine"], default="mse")
+    parser.add_argument("--relation-weight", type=float, default=0.0,
+                        help="weight of in-batch similarity-relation KD beside the vectors' loss (0: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", nargs="+", default=["finetune", "select", "distill"],
                         help="the study's stages to run (measure: only with nothing else on the CPU)")

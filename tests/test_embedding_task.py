@@ -136,6 +136,46 @@ class OneCache:
         return self.values[indices], None
 
 
+class SignalCache:
+    """A teacher cache of one row per example for each signal."""
+
+    def __init__(self, signals: dict):
+        self.signals = signals
+
+    def rows(self, indices, signal):
+        return self.signals[signal][indices], None
+
+
+def test_relation_kd_of_an_embedding_student_distils_the_in_batch_similarities_of_its_vectors(bert_dir):
+    # distill.relation_weight on the embedding type: the relation term compares the last layers' mean-pooled
+    # states, which point where the vectors do, so it teaches how the batch's texts relate to each other in the
+    # teacher's vector space (its neighbours, what retrieval ranks), beside the vectors themselves.
+    from speedy.config import DistillSettings
+    from speedy.distill.losses import logit_mse, similarity_relation
+    from speedy.distill.recipe import objective_for
+    from speedy.tasks.embedding import MeanPooledEncoder
+
+    student = MeanPooledEncoder(AutoModel.from_pretrained(str(bert_dir))).eval()
+    layers = student.config.num_hidden_layers
+    tokenizer = load_tokenizer(str(bert_dir))
+    texts = [row["passage"] for row in pairs(6, seed=3)] + ["Un gol.", "La ley del congreso fue aprobada ayer."]
+    inputs = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    outputs = student(**inputs, output_hidden_states=True)
+    generator = torch.Generator().manual_seed(0)
+    teacher_states = torch.randn(len(texts), student.config.hidden_size, generator=generator)
+    teacher = SignalCache({"hidden.12": teacher_states,
+                           "logits": torch.nn.functional.normalize(teacher_states, dim=-1)})
+    objective = objective_for(DistillSettings(loss="mse", relation_weight=0.5), layers, 12)
+    assert [(t.signal, t.kind, t.student_signal) for t in objective.terms] == \
+        [("logits", "mse", None), ("hidden.12", "relation", f"hidden.{layers}")]
+    with torch.no_grad():
+        value = objective(EmbeddingTask(), outputs, inputs, {"example_index": torch.arange(len(texts))}, [teacher])
+    vectors, teacher_vectors = outputs.logits, teacher.signals["logits"]
+    expected = logit_mse(vectors, teacher_vectors) + 0.5 * similarity_relation(vectors, teacher_vectors)
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    assert float(similarity_relation(vectors, teacher_vectors)) > 1e-3  # the term is not trivially 0 here
+
+
 def test_a_student_narrower_than_its_teacher_is_refused_in_one_line():
     task = EmbeddingTask()
     outputs = type("Out", (), {"logits": torch.zeros(2, 16)})()
