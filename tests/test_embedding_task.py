@@ -128,14 +128,6 @@ def test_files_without_what_they_must_hold_are_one_line_errors(tmp_path):
         EmbeddingTask.read_file(tmp_path / "blank.txt", {})
 
 
-class OneCache:
-    def __init__(self, rows):
-        self.values = rows
-
-    def rows(self, indices, signal):
-        return self.values[indices], None
-
-
 class SignalCache:
     """A teacher cache of one row per example for each signal."""
 
@@ -181,7 +173,7 @@ def test_a_student_narrower_than_its_teacher_is_refused_in_one_line():
     outputs = type("Out", (), {"logits": torch.zeros(2, 16)})()
     with pytest.raises(SpeedyError, match="the student's vectors have 16 dimensions and the teacher's 32"):
         task.kd_rows(outputs, {"attention_mask": torch.ones(2, 3)}, {"example_index": torch.tensor([0, 1])},
-                     OneCache(torch.zeros(2, 32)))
+                     SignalCache({"logits": torch.zeros(2, 32)}))
 
 
 def test_vectors_are_never_called_one_class():
