@@ -2,7 +2,8 @@ r"""Benchmark: sentence embeddings through the study pipeline (the ``embedding``
 
 The same split as ``benchmarks/embeddings.py`` (SQuAD-es by article, read from ``../shared/data``, never copied):
 ``--train-texts`` questions and paragraphs of the training articles as unpaired text (a question is never paired
-with its paragraph in training), optionally ``--extra-texts`` other Spanish sentences (CoNLL-2002 ``esp.train``
+with its paragraph in training), optionally ``--sentences`` sentences cut from those paragraphs (as queries: short
+in-domain text like the questions) and ``--extra-texts`` other Spanish sentences (CoNLL-2002 ``esp.train``
 and the package's Bible verses) as transfer text, and the ``--validation-articles`` held-out articles as the
 retrieval task (each question's paragraph among all their paragraphs). The study's test split is the same
 validation file: every figure here is a validation figure.
@@ -10,7 +11,8 @@ validation file: every figure here is a validation figure.
 The teacher (multilingual-e5-small) is used as it is; students of ``--depths`` layers (the teacher's layers
 spread, vocabulary pruned to the study's text) learn its cached vectors by ``--loss`` (mse or cosine), and with
 ``--relation-weight`` also how each text of a batch relates to the others (the teacher's in-batch similarities of
-its last layer's mean-pooled states, i.e. of its vectors: ``distill.relation_weight``), with early stopping on
+its last layer's mean-pooled states, i.e. of its vectors: ``distill.relation_weight``), with ``--token-weight``
+every real token's state (what the vector is the mean of: ``distill.hidden_units: tokens``), with early stopping on
 validation nDCG@10 and the best checkpoint kept. The study lives in ``--output`` and resumes when killed. It prints, and writes to ``<output>/embedding-study.md``, one row per model: nDCG@10, MRR@10, R@1,
 R@10, the share of the teacher's nDCG@10, epochs run and wall time. Speed is not timed here (``speedy measure``
 on the study, with nothing else on the CPU, does). Example::
@@ -29,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from common import REPO
-from embeddings import SQUAD, other_spanish_texts, split_articles, training_texts
+from embeddings import SQUAD, other_spanish_texts, paragraph_sentences, split_articles, training_texts
 
 PREFIXES = {"query: ": "query", "passage: ": "passage"}
 
@@ -67,6 +69,8 @@ def study_config(args, files: dict, transfer: list[str]) -> dict:
                       "layers": spread_layers(12, d), "prune_vocab": True} for d in args.depths],
         "grid": {"batch_size": [args.batch_size], "epochs": [1], "learning_rate": [args.learning_rate]},
         "distill": {"loss": args.loss, "relation_weight": args.relation_weight, "epochs": args.epochs,
+                    "hidden_weight": args.token_weight, "hidden_loss": args.token_loss,
+                    "hidden_layers": args.token_layers, "hidden_units": "tokens",
                     "patience": args.patience,
                     "batch_size": args.batch_size, "learning_rate": args.learning_rate, "warmup_ratio": 0.05,
                     "weight_decay": 0.0},
@@ -92,10 +96,13 @@ def table(study, args) -> str:
                      f"{100 * m['recall@10']:.2f} | {share} | {epochs} | {(trial.seconds or 0) / 60:.1f} |")
     lines += ["", f"Validation: {args.validation_articles} held-out SQuAD-es articles (each question's paragraph among "
               f"all their paragraphs). Training text: {args.train_texts:,} unpaired questions and paragraphs of the "
-              f"other articles" + (f", + {args.extra_texts:,} other Spanish sentences as transfer text" if
+              f"other articles" + (f", + up to {args.sentences:,} sentences of their paragraphs as queries" if
+                                   args.sentences else "") + (f", + {args.extra_texts:,} other Spanish sentences as transfer text" if
                                    args.extra_texts else "") +
               f". Students: KD ({args.loss}" + (f" + in-batch relations, weight {args.relation_weight:g}"
                                                 if args.relation_weight else "") +
+              (f" + every token's states ({args.token_loss}, {args.token_layers} layers), weight "
+               f"{args.token_weight:g}" if args.token_weight else "") +
               f") on the teacher's cached vectors, up to {args.epochs} epochs, patience "
               f"{args.patience}, lr {args.learning_rate:g}, batch {args.batch_size}, max length {args.max_length}, "
               f"vocabulary pruned to the study's text; best checkpoint by validation nDCG@10."]
@@ -110,6 +117,8 @@ def main() -> int:
     parser.add_argument("--validation-articles", type=int, default=10)
     parser.add_argument("--train-texts", type=int, default=3000)
     parser.add_argument("--extra-texts", type=int, default=0)
+    parser.add_argument("--sentences", type=int, default=0,
+                        help="add up to N sentences cut from the training paragraphs, as queries (0: none)")
     parser.add_argument("--depths", type=int, nargs="+", default=[4])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
@@ -119,6 +128,12 @@ def main() -> int:
     parser.add_argument("--loss", choices=["mse", "cosine"], default="mse")
     parser.add_argument("--relation-weight", type=float, default=0.0,
                         help="weight of in-batch similarity-relation KD beside the vectors' loss (0: off)")
+    parser.add_argument("--token-weight", type=float, default=0.0,
+                        help="weight of token-level KD: every real token's state of the student's layers against "
+                             "the teacher's (distill.hidden_units: tokens; 0: off)")
+    parser.add_argument("--token-loss", choices=["mse", "cosine"], default="cosine")
+    parser.add_argument("--token-layers", choices=["last", "uniform"], default="last",
+                        help="last: the last layers only; uniform: each student layer with the teacher's it came from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", nargs="+", default=["finetune", "select", "distill"],
                         help="the study's stages to run (measure: only with nothing else on the CPU)")
@@ -136,8 +151,10 @@ def main() -> int:
     quiet_libraries()
     out = Path(args.output)
     train_file, validation_file = split_articles(source, out / "data", args.validation_articles, args.seed)
-    files = {"train": write_unpaired(out / "data" / "train.jsonl", training_texts(train_file, args.train_texts,
-                                                                                   args.seed)),
+    texts = training_texts(train_file, args.train_texts, args.seed)
+    if args.sentences:
+        texts += paragraph_sentences(train_file, args.sentences, args.seed)
+    files = {"train": write_unpaired(out / "data" / "train.jsonl", texts),
              "validation": str(validation_file), "test": str(validation_file)}
     transfer = [write_plain(out / "data" / f"extra-{args.extra_texts}.txt",
                             other_spanish_texts(Path(args.data_dir), args.extra_texts, args.seed))] \

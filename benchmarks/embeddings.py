@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -70,6 +71,22 @@ def training_texts(path: Path, limit: int, seed: int) -> list[str]:
     texts = with_prefix(questions, "query") + with_prefix(paragraphs, "passage")
     random.Random(seed).shuffle(texts)
     return texts[:limit]
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[¿¡\"«(]?[A-ZÁÉÍÓÚÑ0-9])")
+
+
+def paragraph_sentences(path: Path, limit: int, seed: int, min_words: int = 4) -> list[str]:
+    """``limit`` sentences of the training articles' paragraphs (split after ``.``, ``!`` or ``?`` before a capital
+    or a digit; fragments under ``min_words`` words dropped), shuffled, prefixed as queries: short in-domain
+    texts like the questions, cut from text the students already see whole, and never from validation articles."""
+    from speedy.embed.encoder import with_prefix
+
+    data = json.loads(path.read_text("utf-8"))
+    sentences = sorted({s.strip() for a in data["data"] for p in a["paragraphs"]
+                        for s in SENTENCE_END.split(p["context"]) if len(s.split()) >= min_words})
+    random.Random(seed).shuffle(sentences)
+    return with_prefix(sentences[:limit], "query")
 
 
 def other_spanish_texts(data_dir: Path, limit: int, seed: int) -> list[str]:

@@ -129,13 +129,17 @@ def test_files_without_what_they_must_hold_are_one_line_errors(tmp_path):
 
 
 class SignalCache:
-    """A teacher cache of one row per example for each signal."""
+    """A teacher cache for each signal: a tensor of one row per example, or a list of each example's rows."""
 
     def __init__(self, signals: dict):
         self.signals = signals
 
     def rows(self, indices, signal):
-        return self.signals[signal][indices], None
+        values = self.signals[signal]
+        if isinstance(values, list):
+            parts = [values[i] for i in indices]
+            return torch.cat(parts), [len(part) for part in parts]
+        return values[indices], None
 
 
 def test_relation_kd_of_an_embedding_student_distils_the_in_batch_similarities_of_its_vectors(bert_dir):
@@ -166,6 +170,45 @@ def test_relation_kd_of_an_embedding_student_distils_the_in_batch_similarities_o
     expected = logit_mse(vectors, teacher_vectors) + 0.5 * similarity_relation(vectors, teacher_vectors)
     assert float(value) == pytest.approx(float(expected), rel=1e-5)
     assert float(similarity_relation(vectors, teacher_vectors)) > 1e-3  # the term is not trivially 0 here
+
+
+def test_token_level_kd_of_an_embedding_student_compares_every_real_token_with_the_teachers(bert_dir):
+    # distill.hidden_units: tokens: each real token's state is a target (what the mean vector is made of), not
+    # only the mean; padding is left out, and a student that tokenizes otherwise is refused in one line.
+    from speedy.config import DistillSettings
+    from speedy.distill.losses import hidden_cosine, logit_mse
+    from speedy.distill.recipe import objective_for
+    from speedy.tasks.embedding import MeanPooledEncoder
+
+    student = MeanPooledEncoder(AutoModel.from_pretrained(str(bert_dir))).eval()
+    layers, width = student.config.num_hidden_layers, student.config.hidden_size
+    tokenizer = load_tokenizer(str(bert_dir))
+    texts = ["Un gol.", "La ley del congreso fue aprobada ayer por la tarde."]
+    inputs = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    lengths = inputs["attention_mask"].sum(-1).tolist()
+    assert lengths[0] < lengths[1]  # the first text is padded
+    outputs = student(**inputs, output_hidden_states=True)
+    generator = torch.Generator().manual_seed(0)
+    teacher_tokens = [torch.randn(n, width, generator=generator) for n in lengths]
+    teacher_vectors = torch.nn.functional.normalize(torch.randn(2, width, generator=generator), dim=-1)
+    teacher = SignalCache({"tokens.12": teacher_tokens, "logits": teacher_vectors})
+    settings = DistillSettings(loss="mse", hidden_weight=0.5, hidden_loss="cosine", hidden_layers="last",
+                               hidden_units="tokens")
+    objective = objective_for(settings, layers, 12)
+    assert [(t.signal, t.kind, t.student_signal) for t in objective.terms] == \
+        [("logits", "mse", None), ("tokens.12", "cosine", f"tokens.{layers}")]
+    extras = {"example_index": torch.arange(2)}
+    with torch.no_grad():
+        value = objective(EmbeddingTask(), outputs, inputs, extras, [teacher])
+    states = outputs.hidden_states[layers]
+    real = torch.cat([states[0, :lengths[0]], states[1, :lengths[1]]])  # padding left out, in order
+    expected = logit_mse(outputs.logits, teacher_vectors) + 0.5 * hidden_cosine(real, torch.cat(teacher_tokens))
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    # one more token on the teacher's side: not the same tokenization
+    other = SignalCache({"tokens.12": [teacher_tokens[0], torch.randn(lengths[1] + 1, width)],
+                         "logits": teacher_vectors})
+    with pytest.raises(SpeedyError, match=rf"text 1 is {lengths[1]} tokens for the student and {lengths[1] + 1}"):
+        objective(EmbeddingTask(), outputs, inputs, extras, [other])
 
 
 def test_a_student_narrower_than_its_teacher_is_refused_in_one_line():
@@ -210,6 +253,7 @@ def config_file(tmp_path, files, bert_dir, distill=None, students=None) -> str:
     ({"alpha": 0.5}, None, r"distill.alpha: task 'search' \(embedding\) has no gold labels"),
     ({}, [{"name": "s", "kind": "truncate", "layers": 1, "kd": False, "finetune": True}], r"students\[0\].kd: task"),
     ({"search_trials": 2, "search_losses": ["mse"]}, None, r"distill.search_alpha: task 'search' \(embedding\)"),
+    ({"hidden_weight": 1.0, "hidden_units": "words"}, None, r"distill.hidden_units: .*'words'"),
 ])
 def test_config_refuses_what_an_embedding_task_cannot_do(tmp_path, embedding_files, bert_dir, distill, students,
                                                          message):
@@ -279,6 +323,28 @@ def test_a_study_uses_the_teacher_as_it_is_and_distils_its_vectors(tmp_path, emb
     assert printed["embedding"] == pytest.approx(lean[0]["embedding"], abs=1e-6)
     report = (study.output_dir / "report" / "report.md").read_text()
     assert "ndcg@10" in report.lower() and "student" in report
+
+
+def test_a_study_distils_every_token_of_a_student_that_tokenizes_as_its_teacher(tmp_path, embedding_files,
+                                                                                 bert_dir):
+    # hidden_units: tokens through the stages: the teacher pass caches one row per real token of every training
+    # text (tokens.<layer>, beside the vectors), and the truncated student learns them with its vectors.
+    from speedy.distill.cache import TeacherCache
+
+    distill = {"hidden_weight": 1.0, "hidden_loss": "cosine", "hidden_layers": "last", "hidden_units": "tokens",
+               "epochs": 2, "patience": 2}
+    study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, distill)))
+    study.run(["finetune", "select", "distill"])
+    (student,) = study.store.trials("distill", "search")
+    assert student.status == "done" and "ndcg@10" in student.val_metrics
+    (folder,) = [meta.parent for meta in (study.output_dir / "teacher-cache").rglob("meta.json")]
+    cache = TeacherCache(folder)
+    layers = AutoModel.from_pretrained(str(bert_dir)).config.num_hidden_layers
+    assert set(cache.signals) == {"logits", f"tokens.{layers}"}
+    task = study.task(study.config.tasks[0])
+    train = task.encode(study.data(study.config.tasks[0]).splits["train"], load_tokenizer(str(bert_dir)), 32)
+    rows, counts = cache.rows(range(len(train)), f"tokens.{layers}")
+    assert counts == [sum(mask) for mask in train["attention_mask"]] and rows.shape[0] == sum(counts)
 
 
 def test_built_in_data_is_refused_for_a_type_without_any(tmp_path, bert_dir):

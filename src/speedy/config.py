@@ -183,6 +183,10 @@ class DistillSettings:
     # which student layer learns which teacher layer: uniform (student i of n <- teacher round(i*m/n)), last
     # (the last layers only), or explicit [[student layer, teacher layer], ...] (0 = the embeddings)
     hidden_layers: str | list[Annotated[list[Count], Field(min_length=2, max_length=2)]] = "uniform"
+    # the rows hidden-state terms compare: task (the task's units: a word's first sub-token, an example's mean) or
+    # tokens (every real token's state: many more targets a text; the student must tokenize as its teacher does,
+    # as truncated students do; task types that list "tokens" in their KD signals)
+    hidden_units: str = "task"
     relation_weight: Annotated[Float, Field(ge=0)] = 0.0  # similarity-relation KD of the last layers (0: off)
     # a student whose best model predicts one class on every validation example (a collapsed run) is trained
     # again from a new seed, up to this many times (a run one class at its first two epochs is stopped there); it

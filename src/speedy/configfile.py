@@ -113,12 +113,17 @@ def _check_kd_levers(config: StudyConfig) -> None:
     _choice("distill.teacher_weighting", "teacher weighting", distill.teacher_weighting, ("equal", "score"))
     if isinstance(distill.hidden_layers, str):
         _choice("distill.hidden_layers", "layer map", distill.hidden_layers, HIDDEN_LAYER_MAPS)
+    _choice("distill.hidden_units", "hidden-state rows", distill.hidden_units, ("task", "tokens"))
     uses_hidden = distill.hidden_weight > 0 or distill.relation_weight > 0
+    per_token = distill.hidden_weight > 0 and distill.hidden_units == "tokens"
     for task in config.tasks if uses_hidden else []:
         task_class = TASK_CLASSES.get(task.type)
         if task_class is not None and "hidden" not in task_class.kd_signals:
             raise SpeedyError(f"distill.hidden_weight/relation_weight: task '{task.name}' ({task.type}) has no "
                               f"hidden-state KD (its KD signals: {', '.join(task_class.kd_signals)})")
+        if task_class is not None and per_token and "tokens" not in task_class.kd_signals:
+            raise SpeedyError(f"distill.hidden_units: task '{task.name}' ({task.type}) has no token-level "
+                              f"hidden-state KD (its KD signals: {', '.join(task_class.kd_signals)}): use 'task'")
 
 
 def _check_task_kd(config: StudyConfig) -> None:

@@ -82,7 +82,7 @@ class TrialSpec:
 # Settings added after stores existed: left out of a trial's key while at their default, so the trials of
 # earlier studies keep their keys (and are not trained again) and only a trial that uses a new lever differs.
 NEW_SETTINGS = {"init": "pretrained", "seed": None, "teachers": 1, "transfer": True, "hidden_weight": 0.0,
-                "hidden_loss": "mse", "hidden_layers": "uniform", "relation_weight": 0.0, "teacher_weighting": "equal"}
+                "hidden_loss": "mse", "hidden_layers": "uniform", "hidden_units": "task", "relation_weight": 0.0, "teacher_weighting": "equal"}
 
 
 # Task types whose students' default selection metric (``Task.selection_metric``, when ``distill.metric`` is not

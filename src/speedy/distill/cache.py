@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from speedy.errors import SpeedyError
+from speedy.tasks.base import is_state_signal
 
 
 LEFTOVER_AGE = 24 * 3600.0  # a temporary file untouched this long is a killed run's, whoever wrote it
@@ -322,7 +323,7 @@ class TeacherCache:
 def stored_dtype(signal: str):
     """Hidden states are stored in float16: half the disk and page cache of float32 (a 384-wide layer costs
     768 bytes a row), with errors (~1e-3 relative) far below what a student learns to match. Logits stay float32."""
-    return np.float16 if signal.startswith("hidden.") else np.float32
+    return np.float16 if is_state_signal(signal) else np.float32
 
 
 def _produced(output, signals) -> dict[str, list[np.ndarray]]:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speedy.errors import SpeedyError
-from speedy.tasks.base import PAD_LOGIT
+from speedy.tasks.base import PAD_LOGIT, is_state_signal
 
 KD_KINDS = ("kl", "ce", "mse")
 LOGIT_KINDS = (*KD_KINDS, "cosine")  # cosine: for logits that are vectors (the embedding type's), not scores
@@ -215,14 +215,14 @@ class DistillationObjective(nn.Module):
         student's hidden states (``teacher_widths``: ``{signal: width}``, from the teacher cache)."""
         for i, term in enumerate(self.terms):
             width = teacher_widths.get(term.signal)
-            if term.signal.startswith("hidden.") and term.kind in PROJECTED_KINDS and width \
+            if is_state_signal(term.signal) and term.kind in PROJECTED_KINDS and width \
                     and width != student_width and str(i) not in self.projections:
                 self.projections[str(i)] = nn.Linear(student_width, width)
         return self
 
     @property
     def student_needs_hidden_states(self) -> bool:
-        return any((term.student_signal or term.signal).startswith("hidden.") for term in self.terms)
+        return any(is_state_signal(term.student_signal or term.signal) for term in self.terms)
 
     @classmethod
     def single(cls, kind: str = "kl", alpha: float = 0.0, temperature: float = 1.0) -> "DistillationObjective":

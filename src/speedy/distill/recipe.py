@@ -50,7 +50,8 @@ def objective_for(settings: DistillSettings, student_layers: int, teacher_layers
     pairs = layer_map(settings.hidden_layers, student_layers, teacher_layers)
     if settings.hidden_weight > 0:
         weight = settings.hidden_weight / len(pairs)
-        terms += [KDTerm(f"hidden.{t}", settings.hidden_loss, weight, student_signal=f"hidden.{s}") for s, t in pairs]
+        unit = "tokens" if settings.hidden_units == "tokens" else "hidden"
+        terms += [KDTerm(f"{unit}.{t}", settings.hidden_loss, weight, student_signal=f"{unit}.{s}") for s, t in pairs]
     if settings.relation_weight > 0:
         s, t = pairs[-1]
         terms.append(KDTerm(f"hidden.{t}", "relation", settings.relation_weight, student_signal=f"hidden.{s}"))

@@ -33,7 +33,7 @@ def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_lengt
         device = next(teacher.parameters()).device
         # Rows a teacher never produced (a word it saw no piece of) stay NaN and are left out of the KD loss.
         rows = {signal: [np.full((n, dims[signal]), np.nan, dtype=stored_dtype(signal))
-                         for n in task.rows_per_example(dataset, signal)] for signal in signals}
+                         for n in task.rows_per_example(dataset, signal, encoded)] for signal in signals}
         # Sequences in order of length, so batches carry little padding; rows land by example index anyway.
         lengths = [len(ids) for ids in encoded["input_ids"]]
         by_length = sorted(range(len(encoded)), key=lengths.__getitem__)

@@ -60,20 +60,29 @@ PAD_LOGIT = -1e4
 EXTRA_KEYS = ("example_index", "word_index", "unit_index", "unit_first", "unit_last", "unit_owned")
 
 
+STATE_SIGNALS = ("hidden", "tokens")  # hidden.<layer>: at the task's units; tokens.<layer>: at every real token
+
+
+def is_state_signal(signal: str) -> bool:
+    """Whether a KD signal names a layer's hidden states (``hidden.<layer>``, ``tokens.<layer>``)."""
+    return str(signal).partition(".")[0] in STATE_SIGNALS
+
+
 def signal_tensor(outputs, signal: str) -> torch.Tensor:
-    """The model output a KD signal names: ``logits``, or ``hidden.<layer>`` (``[batch, tokens, width]``; layer 0
-    is the embeddings, layer i the i-th layer's output; the model must run with ``output_hidden_states``)."""
+    """The model output a KD signal names: ``logits``, or ``hidden.<layer>`` / ``tokens.<layer>`` (``[batch,
+    tokens, width]``; layer 0 is the embeddings, layer i the i-th layer's output; the model must run with
+    ``output_hidden_states``). The two state signals differ only in the rows a task takes from them."""
     if signal == "logits":
         return outputs.logits
     kind, _, layer = signal.partition(".")
-    if kind == "hidden" and layer.isdigit():
+    if kind in STATE_SIGNALS and layer.isdigit():
         states = getattr(outputs, "hidden_states", None)
         if states is None:
             raise SpeedyError(f"distill: signal '{signal}' needs the model run with output_hidden_states=True")
         if int(layer) >= len(states):
             raise SpeedyError(f"distill: signal '{signal}': the model has layers 0..{len(states) - 1} (0: embeddings)")
         return states[int(layer)]
-    raise SpeedyError(f"distill: '{signal}' is not a KD signal (logits, hidden.<layer>)")
+    raise SpeedyError(f"distill: '{signal}' is not a KD signal (logits, hidden.<layer>, tokens.<layer>)")
 
 
 def mean_over_tokens(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -94,7 +103,7 @@ def sequence_dataset(encoded, labels: list[int], with_index: bool = False) -> Da
 
 
 def needs_hidden_states(signals) -> bool:
-    return any(str(signal).startswith("hidden.") for signal in signals)
+    return any(is_state_signal(signal) for signal in signals)
 
 
 class Task(ABC):
@@ -102,7 +111,8 @@ class Task(ABC):
     registered ones); the others have the default most types want."""
 
     type: ClassVar[str]
-    # The KD signals its teacher_rows/kd_rows give: "logits" always; "hidden" = hidden.<layer> at the same units
+    # The KD signals its teacher_rows/kd_rows give: "logits" always; "hidden" = hidden.<layer> at the same units;
+    # "tokens" = tokens.<layer>, a row per real token (students that tokenize as the teacher)
     kd_signals: ClassVar[tuple[str, ...]] = ("logits",)
     kd_losses: ClassVar[tuple[str, ...]] = ("kl", "ce", "mse")  # what distill.loss may name for this type
     # True: the teacher is used as it is, evaluated but never trained (stage 1 runs one point of 0 epochs), and
@@ -229,8 +239,9 @@ class Task(ABC):
     def prepare(self, train_split) -> None:
         """Learn what the task needs from its training split before use (a no-op for most tasks)."""
 
-    def rows_per_example(self, dataset, signal: str = "logits") -> list[int]:
-        """How many KD rows of ``signal`` each example has (what the teacher cache stores per example)."""
+    def rows_per_example(self, dataset, signal: str = "logits", encoded=None) -> list[int]:
+        """How many KD rows of ``signal`` each example has (what the teacher cache stores per example);
+        ``encoded``: the teacher's encoding of ``dataset``, for rows that depend on it (one per token)."""
         return [1] * len(dataset)
 
     @abstractmethod

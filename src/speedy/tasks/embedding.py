@@ -22,7 +22,9 @@ predictions and evaluation are those of every other type; the saved folder is th
 **Teacher.** Used as it is: stage 1 evaluates it and trains nothing (there are no labels to learn from).
 
 **KD.** One row per text, the teacher's vector; ``distill.loss`` mse or cosine, alpha 0. Hidden-state terms take
-the mean of a layer's token states, as classification does.
+the mean of a layer's token states, as classification does, or with ``distill.hidden_units: tokens`` every real
+token's state (``tokens.<layer>``: a text of n tokens gives n targets instead of one, what the mean vector is made
+of; the student must tokenize as the teacher does, as truncated e5 students do).
 
 **Validation.** Loss: in-batch contrastive (InfoNCE at e5's temperature 0.05) of each query against the distinct
 passages of its batch. Metrics: nDCG@10, MRR@10, recall@1 and @10 over all distinct passages of the split (exact
@@ -156,7 +158,7 @@ def in_batch_loss(vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class EmbeddingTask(Task):
     type = "embedding"
-    kd_signals = ("logits", "hidden")  # hidden: the mean of an example's token states, as classification's
+    kd_signals = ("logits", "hidden", "tokens")  # hidden: the mean of an example's token states; tokens: each
     kd_losses = ("mse", "cosine")  # on unit vectors; a softmax over their dimensions (kl, ce) means nothing
     primary_metric = "ndcg@10"
     selection_metric = "ndcg@10"
@@ -299,17 +301,41 @@ class EmbeddingTask(Task):
 
     # ------------------------------------------------------------------ KD rows
     def _rows(self, outputs, attention_mask, signal: str):
+        """``[batch, width]`` (the vector, or a layer's mean), or for ``tokens.<layer>`` ``[real tokens, width]``:
+        each text's real tokens in order, texts one after the other."""
         values = signal_tensor(outputs, signal)
-        return values if signal == "logits" else mean_over_tokens(values, attention_mask)
+        if signal == "logits":
+            return values
+        if signal.startswith("tokens."):
+            return values[attention_mask.bool()]
+        return mean_over_tokens(values, attention_mask)
+
+    def rows_per_example(self, dataset, signal: str = "logits", encoded=None) -> list[int]:
+        if signal.startswith("tokens."):  # one per real token of the teacher's encoding
+            return [int(sum(mask)) for mask in encoded["attention_mask"]]
+        return super().rows_per_example(dataset, signal)
 
     def teacher_rows(self, outputs, batch, signal="logits"):
-        rows = self._rows(outputs, batch["attention_mask"].to(outputs.logits.device), signal)
+        mask = batch["attention_mask"].to(outputs.logits.device)
+        if signal.startswith("tokens."):
+            values = signal_tensor(outputs, signal).detach().float().cpu().numpy()
+            for example, states, real in zip(batch["example_index"].tolist(), values, mask.bool().cpu().numpy()):
+                yield example, np.arange(int(real.sum()), dtype=np.int64), states[real]
+            return
+        rows = self._rows(outputs, mask, signal)
         for example, row in zip(batch["example_index"].tolist(), rows.detach().float().cpu().numpy()):
             yield example, np.zeros(1, dtype=np.int64), row[None, :]
 
     def kd_rows(self, outputs, inputs, extras, cache, signal="logits", student_signal=None):
         student = self._rows(outputs, inputs["attention_mask"], student_signal or signal)
-        teacher, _ = cache.rows(extras["example_index"].tolist(), signal)
+        teacher, counts = cache.rows(extras["example_index"].tolist(), signal)
+        if signal.startswith("tokens."):
+            lengths = inputs["attention_mask"].sum(-1).tolist()
+            for example, mine, theirs in zip(extras["example_index"].tolist(), lengths, counts):
+                if mine != theirs:
+                    raise SpeedyError(f"distill.hidden_units: tokens: text {example} is {mine} tokens for the "
+                                      f"student and {theirs} for the teacher: token-level KD needs a student that "
+                                      f"tokenizes as its teacher (a truncated one); use hidden_units: task")
         if signal == "logits" and student.shape[-1] != teacher.shape[-1]:
             raise SpeedyError(f"distill: the student's vectors have {student.shape[-1]} dimensions and the "
                               f"teacher's {teacher.shape[-1]}: an embedding student must be as wide as its teacher "

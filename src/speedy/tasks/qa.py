@@ -130,7 +130,7 @@ class QATask(Task):
         return super().describe(max_length) | {"normalization": self.normalization, "stride": self.stride,
                                                "max_windows": self.max_windows}
 
-    def rows_per_example(self, dataset, signal: str = "logits") -> list[int]:
+    def rows_per_example(self, dataset, signal: str = "logits", encoded=None) -> list[int]:
         return [len(context_units(c)) for c in dataset["context"]]  # one row per unit, whatever the signal
 
     # ------------------------------------------------------------------ encoding

@@ -105,7 +105,7 @@ class TaggingTask(Task):
     def gold_labels(split):
         return ((tag, line) for tags, lines in zip(split["tags"], split["lines"]) for tag, line in zip(tags, lines))
 
-    def rows_per_example(self, dataset, signal: str = "logits") -> list[int]:
+    def rows_per_example(self, dataset, signal: str = "logits", encoded=None) -> list[int]:
         return [len(tokens) for tokens in dataset["tokens"]]  # one row per word, whatever the signal
 
     def prepare(self, train_split) -> None:
