@@ -69,8 +69,8 @@ def study_config(args, files: dict, transfer: list[str]) -> dict:
                       "layers": spread_layers(12, d), "prune_vocab": True} for d in args.depths],
         "grid": {"batch_size": [args.batch_size], "epochs": [1], "learning_rate": [args.learning_rate]},
         "distill": {"loss": args.loss, "relation_weight": args.relation_weight, "epochs": args.epochs,
-                    "hidden_weight": args.token_weight, "hidden_loss": args.token_loss,
-                    "hidden_layers": args.token_layers, "hidden_units": "tokens",
+                    **({"hidden_weight": args.token_weight, "hidden_loss": args.token_loss,  # keys unchanged when off
+                        "hidden_layers": args.token_layers, "hidden_units": "tokens"} if args.token_weight else {}),
                     "patience": args.patience,
                     "batch_size": args.batch_size, "learning_rate": args.learning_rate, "warmup_ratio": 0.05,
                     "weight_decay": 0.0},
