@@ -97,8 +97,8 @@ def table(study, args) -> str:
     lines += ["", f"Validation: {args.validation_articles} held-out SQuAD-es articles (each question's paragraph among "
               f"all their paragraphs). Training text: {args.train_texts:,} unpaired questions and paragraphs of the "
               f"other articles" + (f", + up to {args.sentences:,} sentences of their paragraphs as queries" if
-                                   args.sentences else "") + (f", + {args.extra_texts:,} other Spanish sentences as transfer text" if
-                                   args.extra_texts else "") +
+                                   args.sentences else "") +
+              (f", + {args.extra_texts:,} other Spanish sentences as transfer text" if args.extra_texts else "") +
               f". Students: KD ({args.loss}" + (f" + in-batch relations, weight {args.relation_weight:g}"
                                                 if args.relation_weight else "") +
               (f" + every token's states ({args.token_loss}, {args.token_layers} layers), weight "

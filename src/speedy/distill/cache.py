@@ -2,9 +2,10 @@
 
 Layout on disk (format 2), one folder per key: per *signal* (a named per-example tensor the teacher pass
 produces: ``logits``, ``hidden.<layer>``, ``tokens.<layer>``; ``attention.<layer>`` is a name for later),
-``<signal>.values.npy`` (float32; ``hidden.*`` and ``tokens.*`` float16; ``[rows, dim]``) and ``<signal>.offsets.npy`` (int64, ``[examples + 1]``; example ``i`` owns rows
-``offsets[i]:offsets[i+1]``, so an example may have one row per word, or none); and ``meta.json``: ``format: 2``,
-``signals: {name: {dim, rows}}``, ``teacher: {fingerprint, name}``, the example count and the build time. Rows are
+``<signal>.values.npy`` (float32; ``hidden.*`` and ``tokens.*`` float16; ``[rows, dim]``) and
+``<signal>.offsets.npy`` (int64, ``[examples + 1]``; example ``i`` owns rows ``offsets[i]:offsets[i+1]``, so an
+example may have one row per word, or none); and ``meta.json``: ``format: 2``, ``signals: {name: {dim, rows}}``,
+``teacher: {fingerprint, name}``, the example count and the build time. Rows are
 per example, looked up by the example's index, so the training data can be shuffled freely every epoch (the
 paper's code had to turn shuffling off for its per-batch cache).
 
@@ -182,7 +183,8 @@ class TeacherCache:
         return {name: sum((self.folder / file).stat().st_size for file in pair) for name, pair in self._files.items()}
 
     def size_line(self) -> str:
-        """One line: examples, megabytes on disk and per 1,000 examples, per kind of signal (``hidden.*``, ``tokens.*`` summed)."""
+        """One line: examples, megabytes on disk and per 1,000 examples, per kind of signal (``hidden.*`` summed,
+        ``tokens.*`` too)."""
         kinds: dict[str, int] = {}
         for name, size in self.disk_bytes().items():
             kind = name.split(".")[0] + (".*" if "." in name else "")
