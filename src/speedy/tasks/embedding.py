@@ -317,14 +317,10 @@ class EmbeddingTask(Task):
 
     def teacher_rows(self, outputs, batch, signal="logits"):
         mask = batch["attention_mask"].to(outputs.logits.device)
-        if signal.startswith("tokens."):
-            values = signal_tensor(outputs, signal).detach().float().cpu().numpy()
-            for example, states, real in zip(batch["example_index"].tolist(), values, mask.bool().cpu().numpy()):
-                yield example, np.arange(int(real.sum()), dtype=np.int64), states[real]
-            return
-        rows = self._rows(outputs, mask, signal)
-        for example, row in zip(batch["example_index"].tolist(), rows.detach().float().cpu().numpy()):
-            yield example, np.zeros(1, dtype=np.int64), row[None, :]
+        rows = self._rows(outputs, mask, signal).detach().float().cpu().numpy()
+        counts = mask.sum(-1).tolist() if signal.startswith("tokens.") else [1] * len(rows)
+        for example, part in zip(batch["example_index"].tolist(), np.split(rows, np.cumsum(counts)[:-1])):
+            yield example, np.arange(len(part), dtype=np.int64), part
 
     def kd_rows(self, outputs, inputs, extras, cache, signal="logits", student_signal=None):
         student = self._rows(outputs, inputs["attention_mask"], student_signal or signal)
