@@ -3,8 +3,10 @@ r"""Benchmark: sentence embeddings through the study pipeline (the ``embedding``
 The same split as ``benchmarks/embeddings.py`` (SQuAD-es by article, read from ``../shared/data``, never copied):
 ``--train-texts`` questions and paragraphs of the training articles as unpaired text (a question is never paired
 with its paragraph in training), optionally ``--sentences`` sentences cut from those paragraphs (as queries: short
-in-domain text like the questions) and ``--extra-texts`` other Spanish sentences (CoNLL-2002 ``esp.train``
-and the package's Bible verses) as transfer text, and the ``--validation-articles`` held-out articles as the
+in-domain text like the questions) and ``--windows`` runs of 2 or 3 consecutive sentences of them (as passages:
+more passage-side text than the paragraphs whole), ``--crops`` random runs of 4-12 of their words (as queries:
+Contriever's cropping), ``--extra-texts`` other Spanish sentences (CoNLL-2002 ``esp.train`` and the package's
+Bible verses) as transfer text, and the ``--validation-articles`` held-out articles as the
 retrieval task (each question's paragraph among all their paragraphs). The study's test split is the same
 validation file: every figure here is a validation figure.
 
@@ -13,8 +15,8 @@ spread, vocabulary pruned to the study's text) learn its cached vectors by ``--l
 ``--relation-weight`` also how each text of a batch relates to the others (the teacher's in-batch similarities of
 its last layer's mean-pooled states, i.e. of its vectors: ``distill.relation_weight``), with ``--token-weight``
 every real token's state (what the vector is the mean of: ``distill.hidden_units: tokens``), with early stopping on
-validation nDCG@10 and the best checkpoint kept. The study lives in ``--output`` and resumes when killed. It prints, and writes to ``<output>/embedding-study.md``, one row per model: nDCG@10, MRR@10, R@1,
-R@10, the share of the teacher's nDCG@10, epochs run and wall time. Speed is not timed here (``speedy measure``
+validation nDCG@10 and the best checkpoint kept. The study lives in ``--output`` and resumes when killed. It
+prints, and writes to ``<output>/embedding-study.md``, one row per model: nDCG@10, MRR@10, R@1, R@10, the share of the teacher's nDCG@10, epochs run and wall time. Speed is not timed here (``speedy measure``
 on the study, with nothing else on the CPU, does). Example::
 
     python benchmarks/embedding_study.py --train-texts 3000 --depths 4 --epochs 10 --output runs/bench-embed-study
@@ -31,7 +33,8 @@ from pathlib import Path
 import yaml
 
 from common import REPO
-from embeddings import SQUAD, other_spanish_texts, paragraph_sentences, split_articles, training_texts
+from embeddings import (SQUAD, other_spanish_texts, paragraph_crops, paragraph_sentences, paragraph_windows,
+                        split_articles, training_texts)
 
 PREFIXES = {"query: ": "query", "passage: ": "passage"}
 
@@ -98,6 +101,8 @@ def table(study, args) -> str:
               f"all their paragraphs). Training text: {args.train_texts:,} unpaired questions and paragraphs of the "
               f"other articles" + (f", + up to {args.sentences:,} sentences of their paragraphs as queries" if
                                    args.sentences else "") +
+              (f", + up to {args.windows:,} runs of 2-3 of their sentences as passages" if args.windows else "") +
+              (f", + {args.crops:,} random 4-12-word crops of their paragraphs as queries" if args.crops else "") +
               (f", + {args.extra_texts:,} other Spanish sentences as transfer text" if args.extra_texts else "") +
               f". Students: KD ({args.loss}" + (f" + in-batch relations, weight {args.relation_weight:g}"
                                                 if args.relation_weight else "") +
@@ -119,6 +124,12 @@ def main() -> int:
     parser.add_argument("--extra-texts", type=int, default=0)
     parser.add_argument("--sentences", type=int, default=0,
                         help="add up to N sentences cut from the training paragraphs, as queries (0: none)")
+    parser.add_argument("--windows", type=int, default=0,
+                        help="add up to N runs of 2 or 3 consecutive sentences of the training paragraphs, as "
+                             "passages (0: none)")
+    parser.add_argument("--crops", type=int, default=0,
+                        help="add N random runs of 4-12 words of the training paragraphs, as queries (Contriever's "
+                             "cropping; 0: none)")
     parser.add_argument("--depths", type=int, nargs="+", default=[4])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
@@ -154,6 +165,10 @@ def main() -> int:
     texts = training_texts(train_file, args.train_texts, args.seed)
     if args.sentences:
         texts += paragraph_sentences(train_file, args.sentences, args.seed)
+    if args.windows:
+        texts += paragraph_windows(train_file, args.windows, args.seed)
+    if args.crops:
+        texts += paragraph_crops(train_file, args.crops, args.seed)
     files = {"train": write_unpaired(out / "data" / "train.jsonl", texts),
              "validation": str(validation_file), "test": str(validation_file)}
     transfer = [write_plain(out / "data" / f"extra-{args.extra_texts}.txt",

@@ -89,6 +89,51 @@ def paragraph_sentences(path: Path, limit: int, seed: int, min_words: int = 4) -
     return with_prefix(sentences[:limit], "query")
 
 
+def paragraph_windows(path: Path, limit: int, seed: int, sizes: tuple[int, ...] = (2, 3)) -> list[str]:
+    """``limit`` runs of ``sizes`` consecutive sentences of the training articles' paragraphs, shuffled, prefixed as
+    passages: more passage-side text than the few paragraphs whole (the students' passage vectors see only those
+    otherwise), cut from text the students already see, and never from validation articles. A window as long as
+    its whole paragraph is left out (the paragraph itself is already there)."""
+    from speedy.embed.encoder import with_prefix
+
+    data = json.loads(path.read_text("utf-8"))
+    windows = set()
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            sentences = [s.strip() for s in SENTENCE_END.split(paragraph["context"]) if s.strip()]
+            for size in sizes:
+                if size < len(sentences):
+                    windows.update(" ".join(sentences[i:i + size]) for i in range(len(sentences) - size + 1))
+    windows = sorted(windows)
+    random.Random(seed).shuffle(windows)
+    return with_prefix(windows[:limit], "passage")
+
+
+def paragraph_crops(path: Path, limit: int, seed: int, words: tuple[int, int] = (4, 12)) -> list[str]:
+    """``limit`` random runs of ``words`` (inclusive range) consecutive words of the training articles' paragraphs,
+    prefixed as queries: Contriever's independent cropping (Izacard et al., 2022), short pseudo-queries about
+    what the paragraphs say, never from validation articles. Paragraphs are drawn in turn, so each gives as many."""
+    from speedy.embed.encoder import with_prefix
+
+    data = json.loads(path.read_text("utf-8"))
+    paragraphs = [p["context"].split() for a in data["data"] for p in a["paragraphs"]
+                  if len(p["context"].split()) >= words[1]]
+    rng = random.Random(seed)
+    crops: list[str] = []
+    seen: set[str] = set()
+    for attempt in range(20 * limit):
+        if len(crops) >= limit or not paragraphs:
+            break
+        text = paragraphs[attempt % len(paragraphs)]
+        length = rng.randint(*words)
+        start = rng.randrange(len(text) - length + 1)
+        crop = " ".join(text[start:start + length])
+        if crop not in seen:
+            seen.add(crop)
+            crops.append(crop)
+    return with_prefix(crops, "query")
+
+
 def other_spanish_texts(data_dir: Path, limit: int, seed: int) -> list[str]:
     """``limit`` Spanish sentences that are not SQuAD-es (none of its questions or paragraphs): CoNLL-2002
     ``esp.train`` sentences (words joined by spaces) and the package's Bible verses, half each where they have as
