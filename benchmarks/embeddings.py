@@ -10,7 +10,8 @@ use it (mean pooling, unit vectors, prefixes). One run compares side by side:
   own), and a 4-layer one with its vocabulary pruned to the training text (embeddings trained), each distilled on
   the teacher's cached vectors (MSE on unit vectors, early stopping on held-out training text);
 * a static student (token vectors of the teacher, PCA to ``--static-dims``, weighted mean), the same tuned on the
-  training texts' cached teacher vectors (tokenlearn-style), and ``model2vec``'s own
+  training texts' cached teacher vectors (tokenlearn-style; with ``--extra-texts`` or ``--sentences`` one more row
+  each, tuned on more text), and ``model2vec``'s own
   distillation of the same teacher (run by ``--model2vec-python``: model2vec's distill extra needs transformers
   < 5.4, so it lives in its own venv: ``python -m venv m2v && m2v/bin/pip install torch==2.13.0
   'model2vec[distill]'``; evaluating its model needs only ``pip install model2vec`` here);
@@ -200,6 +201,9 @@ def main() -> int:
     parser.add_argument("--no-pruned", action="store_true", help="leave out the pruned-vocabulary student")
     parser.add_argument("--extra-texts", type=int, default=0, help="one more static row, tuned on the training "
                         "texts and this many other Spanish sentences (CoNLL-2002 esp.train, the Bible's verses)")
+    parser.add_argument("--sentences", type=int, default=0, help="one more static row, tuned on the training "
+                        "texts, up to this many sentences of the training paragraphs and as many 4-12-word crops of "
+                        "them (in-domain text, never from validation articles)")
     parser.add_argument("--no-students", action="store_true", help="leave out every transformer student (static "
                         "rows and anchors only)")
     parser.add_argument("--model2vec-python", default="/work/m2v/bin/python",
@@ -247,6 +251,9 @@ def main() -> int:
     if args.extra_texts:
         models[f"static ({args.static_dims} dims), tuned on the training texts + {args.extra_texts:,} other "
                f"sentences"] = ("static", out / "models" / f"static-tuned-extra-{args.extra_texts}")
+    if args.sentences:
+        models[f"static ({args.static_dims} dims), tuned on the training texts + {args.sentences:,} of their "
+               f"sentences and crops"] = ("static", out / "models" / f"static-tuned-sentences-{args.sentences}")
     models["model2vec (its own distillation)"] = ("model2vec", out / "models" / "model2vec")
 
     if args.phase in ("train", "all"):
@@ -268,8 +275,13 @@ def main() -> int:
                 start = time.time()
                 vectors, tokenizer_path = static_token_vectors(token_vectors, teacher_dir, args, out / "cache")
                 tune_texts, tune_targets = train, targets
-                if "other sentences" in name:  # the extra text joins the training texts (never the held-out)
+                extra = []  # more text joins the training texts (never the held-out)
+                if "other sentences" in name:
                     extra = other_spanish_texts(Path(args.data_dir), args.extra_texts, args.seed)
+                elif "their sentences" in name:
+                    extra = (paragraph_sentences(train_file, args.sentences, args.seed)
+                             + paragraph_crops(train_file, args.sentences, args.seed))
+                if extra:
                     tune_texts = train + extra
                     tune_targets = np.concatenate([targets, teacher_vectors(teacher, teacher_dir, extra,
                                                                             out / "cache")])
