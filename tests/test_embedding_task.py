@@ -211,6 +211,33 @@ def test_token_level_kd_of_an_embedding_student_compares_every_real_token_with_t
         objective(EmbeddingTask(), outputs, inputs, extras, [other])
 
 
+def test_token_level_kd_refuses_a_student_that_splits_a_text_otherwise_into_as_many_tokens(bert_dir,
+                                                                                          bert_unigram_dir):
+    # Token KD pairs the i-th token of student and teacher: equal counts are not enough, the pieces must agree.
+    # A pruned vocabulary (other ids, the same pieces) passes; another tokenizer is refused even where a text
+    # gives as many tokens on both sides ("de": one piece each, 'de' against '▁de').
+    from datasets import Dataset
+
+    from speedy.distill.teacher import check_same_tokens
+    from speedy.models.students import prune_vocabulary
+
+    task = EmbeddingTask(prefixes={"query": "", "passage": ""})
+    texts = ["la ley del congreso", "de", "el partido"]
+    dataset = Dataset.from_dict({"text": texts, "kind": ["passage"] * 3, "group": [-1] * 3, "line": [1, 2, 3]})
+    teacher = load_tokenizer(str(bert_dir))
+    _, pruned = prune_vocabulary(AutoModel.from_pretrained(str(bert_dir)), load_tokenizer(str(bert_dir)), texts)
+    assert len(pruned) < len(teacher)  # other ids: the check compares pieces, not ids
+    check_same_tokens(task, dataset, pruned, teacher, 32)
+    other = load_tokenizer(str(bert_unigram_dir))
+    alone = Dataset.from_dict({"text": ["de"], "kind": ["passage"], "group": [-1], "line": [1]})
+    assert len(other("de")["input_ids"]) == len(teacher("de")["input_ids"])  # the count check would pass it
+    with pytest.raises(SpeedyError, match=r"^distill.hidden_units: tokens: training text 0 splits into other tokens "
+                                          r"for the student than for the teacher \(token \d+: \[.+\] against \[.+\]\): token-level KD"):
+        check_same_tokens(task, alone, other, teacher, 32)
+    with pytest.raises(SpeedyError, match="training text 0 splits into other tokens"):
+        check_same_tokens(task, dataset, other, teacher, 32)
+
+
 def test_a_student_narrower_than_its_teacher_is_refused_in_one_line():
     task = EmbeddingTask()
     outputs = type("Out", (), {"logits": torch.zeros(2, 16)})()
@@ -353,6 +380,18 @@ def test_a_study_distils_every_token_of_a_student_that_tokenizes_as_its_teacher(
             states = teacher(input_ids=torch.tensor([train["input_ids"][i]]), output_hidden_states=True)
         expected = states.hidden_states[layers][0]
         assert torch.from_numpy(cache.example(i, f"tokens.{layers}")) == pytest.approx(expected, abs=2e-2)
+
+
+def test_a_study_refuses_token_kd_for_a_student_of_another_tokenizer(tmp_path, embedding_files, bert_dir,
+                                                                     bert_unigram_dir):
+    # The distill stage checks every training text's pieces before training (not only their counts, per batch).
+    distill = {"hidden_weight": 1.0, "hidden_loss": "cosine", "hidden_layers": "last", "hidden_units": "tokens",
+               "epochs": 1, "patience": 1}
+    students = [{"name": "other", "base": str(bert_unigram_dir), "kind": "truncate", "layers": 2}]
+    study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, distill, students)))
+    study.run(["finetune", "select"])
+    with pytest.raises(SpeedyError, match=r"^distill.hidden_units: tokens: training text 0 splits into other "):
+        study.run(["distill"])
 
 
 def test_built_in_data_is_refused_for_a_type_without_any(tmp_path, bert_dir):

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from speedy.distill.cache import (TeacherCache, cache_key, check_signal_name, fingerprint_inputs, fingerprint_model,
                                   stored_dtype)
+from speedy.errors import SpeedyError
 from speedy.tasks.base import EXTRA_KEYS, Task, needs_hidden_states
 
 
@@ -53,3 +54,23 @@ def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_lengt
     return TeacherCache.load_or_build(root, key, compute, meta={"task": task.type, "examples": len(dataset),
                                                                 "inputs": inputs_fingerprint},
                                       signals=signals, teacher=identity)
+
+
+def check_same_tokens(task: Task, dataset, student_tokenizer, teacher_tokenizer, max_length: int,
+                      setting: str = "distill.hidden_units: tokens") -> None:
+    """Refuse, in one line naming the first text that differs, a student that splits any text of ``dataset`` into
+    other tokens than its teacher: token-level KD pairs the i-th token of both, so equal token counts are not
+    enough. Tokens are compared as strings, so a student with the teacher's vocabulary pruned (other ids, the
+    same pieces) passes."""
+    mine = task.encode(dataset, student_tokenizer, max_length)["input_ids"]
+    theirs = task.encode(dataset, teacher_tokenizer, max_length)["input_ids"]
+    for example, (ids, their_ids) in enumerate(zip(mine, theirs)):
+        pieces, their_pieces = (student_tokenizer.convert_ids_to_tokens(ids),
+                                teacher_tokenizer.convert_ids_to_tokens(their_ids))
+        if pieces != their_pieces:
+            at = next((i for i, (a, b) in enumerate(zip(pieces, their_pieces)) if a != b),
+                      min(len(pieces), len(their_pieces)))
+            raise SpeedyError(f"{setting}: training text {example} splits into other tokens for the student than "
+                              f"for the teacher (token {at}: {pieces[at:at + 1]} against {their_pieces[at:at + 1]}): "
+                              f"token-level KD needs a student that tokenizes as its teacher (a truncated one); "
+                              f"use hidden_units: task")

@@ -25,7 +25,7 @@ from speedy.config import DistillSettings, ModelSpec, TaskSpec
 from speedy.data.transfer import with_transfer
 from speedy.distill.cache import TeacherCache
 from speedy.distill.recipe import objective_for
-from speedy.distill.teacher import teacher_cache_for
+from speedy.distill.teacher import check_same_tokens, teacher_cache_for
 from speedy.errors import SpeedyError
 from speedy.models.build import check_layers, load_tokenizer
 from speedy.selection import ranked_teachers, shared_metric
@@ -221,6 +221,10 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
                   if settings.teacher_weighting == "score" and len(caches) > 1 else None)
         objective = objective_for(settings, model.config.num_hidden_layers, teacher_layers, teacher_scores=scores)
         teacher_caches = [cache.get(objective.signals) for cache in caches]
+        if any(signal.startswith("tokens.") for signal in objective.signals):
+            for cache in caches:
+                check_same_tokens(task, kd_train_split(study, spec.task), tokenizer,
+                                  load_tokenizer(cache.teacher.checkpoint), spec.task.max_length)
         for signal in objective.signals:  # one projection per term serves every teacher: their widths must agree
             widths = {cache.dim(signal) for cache in teacher_caches}
             if len(widths) > 1:

@@ -24,7 +24,8 @@ predictions and evaluation are those of every other type; the saved folder is th
 **KD.** One row per text, the teacher's vector; ``distill.loss`` mse or cosine, alpha 0. Hidden-state terms take
 the mean of a layer's token states, as classification does, or with ``distill.hidden_units: tokens`` every real
 token's state (``tokens.<layer>``: a text of n tokens gives n targets instead of one, what the mean vector is made
-of; the student must tokenize as the teacher does, as truncated e5 students do).
+of; the student must tokenize as the teacher does, as truncated e5 students do: the distill stage compares every
+training text's pieces before training, :func:`speedy.distill.teacher.check_same_tokens`).
 
 **Validation.** Loss: in-batch contrastive (InfoNCE at e5's temperature 0.05) of each query against the distinct
 passages of its batch. Metrics: nDCG@10, MRR@10, recall@1 and @10 over all distinct passages of the split (exact
