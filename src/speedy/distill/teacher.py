@@ -58,10 +58,10 @@ def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_lengt
 
 def check_same_tokens(task: Task, dataset, student_tokenizer, teacher_tokenizer, max_length: int,
                       setting: str = "distill.hidden_units: tokens") -> None:
-    """Refuse, in one line naming the first text that differs, a student that splits any text of ``dataset`` into
-    other tokens than its teacher: token-level KD pairs the i-th token of both, so equal token counts are not
-    enough. Tokens are compared as strings, so a student with the teacher's vocabulary pruned (other ids, the
-    same pieces) passes."""
+    """Refuse, in one line naming the first text that differs (its index, and its start where it has a text), a
+    student that splits any text of ``dataset`` into other tokens than its teacher: token-level KD pairs the i-th
+    token of both, so equal token counts are not enough. Tokens are compared as strings, so a student with the
+    teacher's vocabulary pruned (other ids, the same pieces) passes."""
     mine = task.encode(dataset, student_tokenizer, max_length)["input_ids"]
     theirs = task.encode(dataset, teacher_tokenizer, max_length)["input_ids"]
     for example, (ids, their_ids) in enumerate(zip(mine, theirs)):
@@ -70,7 +70,10 @@ def check_same_tokens(task: Task, dataset, student_tokenizer, teacher_tokenizer,
         if pieces != their_pieces:
             at = next((i for i, (a, b) in enumerate(zip(pieces, their_pieces)) if a != b),
                       min(len(pieces), len(their_pieces)))
-            raise SpeedyError(f"{setting}: training text {example} splits into other tokens for the student than "
-                              f"for the teacher (token {at}: {pieces[at:at + 1]} against {their_pieces[at:at + 1]}): "
+            text = dataset[example].get("text")
+            shown = f" ({text[:40]!r}{'...' * (len(text) > 40)})" if isinstance(text, str) else ""
+            raise SpeedyError(f"{setting}: training text {example}{shown} splits into other tokens for the student "
+                              f"than for the teacher (token {at}: {pieces[at:at + 1]} against "
+                              f"{their_pieces[at:at + 1]}): "
                               f"token-level KD needs a student that tokenizes as its teacher (a truncated one); "
                               f"use hidden_units: task")
