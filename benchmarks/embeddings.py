@@ -77,49 +77,54 @@ def training_texts(path: Path, limit: int, seed: int) -> list[str]:
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[¿¡\"«(]?[A-ZÁÉÍÓÚÑ0-9])")
 
 
-def paragraph_sentences(path: Path, limit: int, seed: int, min_words: int = 4) -> list[str]:
-    """``limit`` sentences of the training articles' paragraphs (split after ``.``, ``!`` or ``?`` before a capital
-    or a digit; fragments under ``min_words`` words dropped), shuffled, prefixed as queries: short in-domain
-    texts like the questions, cut from text the students already see whole, and never from validation articles."""
+def _paragraphs(path: Path, exclude=frozenset()) -> list[str]:
+    """The paragraphs of a SQuAD file, but those in ``exclude`` (held-out text kept for early stopping)."""
+    data = json.loads(path.read_text("utf-8"))
+    return [p["context"] for a in data["data"] for p in a["paragraphs"] if p["context"] not in exclude]
+
+
+def paragraph_sentences(path: Path, limit: int, seed: int, min_words: int = 4, exclude=frozenset()) -> list[str]:
+    """``limit`` sentences of the training articles' paragraphs but ``exclude`` (split after ``.``, ``!`` or ``?``
+    before a capital or a digit; fragments under ``min_words`` words dropped), shuffled, prefixed as queries: short
+    in-domain texts like the questions, never from validation articles (nor from held-out paragraphs)."""
     from speedy.embed.encoder import with_prefix
 
-    data = json.loads(path.read_text("utf-8"))
-    sentences = sorted({s.strip() for a in data["data"] for p in a["paragraphs"]
-                        for s in SENTENCE_END.split(p["context"]) if len(s.split()) >= min_words})
+    sentences = sorted({s.strip() for p in _paragraphs(path, exclude) for s in SENTENCE_END.split(p)
+                        if len(s.split()) >= min_words})
     random.Random(seed).shuffle(sentences)
     return with_prefix(sentences[:limit], "query")
 
 
-def paragraph_windows(path: Path, limit: int, seed: int, sizes: tuple[int, ...] = (2, 3)) -> list[str]:
-    """``limit`` runs of ``sizes`` consecutive sentences of the training articles' paragraphs, shuffled, prefixed as
-    passages: more passage-side text than the few paragraphs whole (the students' passage vectors see only those
-    otherwise), cut from text the students already see, and never from validation articles. A window as long as
-    its whole paragraph is left out (the paragraph itself is already there)."""
+def paragraph_windows(path: Path, limit: int, seed: int, sizes: tuple[int, ...] = (2, 3),
+                      exclude=frozenset()) -> list[str]:
+    """``limit`` runs of ``sizes`` consecutive sentences of the training articles' paragraphs but ``exclude``,
+    shuffled, prefixed as passages: more passage-side text than the few paragraphs whole (the students' passage
+    vectors see only those otherwise), never from validation articles. A window as long as its whole paragraph is
+    left out (the paragraph itself may be in the training text)."""
     from speedy.embed.encoder import with_prefix
 
-    data = json.loads(path.read_text("utf-8"))
     windows = set()
-    for article in data["data"]:
-        for paragraph in article["paragraphs"]:
-            sentences = [s.strip() for s in SENTENCE_END.split(paragraph["context"]) if s.strip()]
-            for size in sizes:
-                if size < len(sentences):
-                    windows.update(" ".join(sentences[i:i + size]) for i in range(len(sentences) - size + 1))
+    for paragraph in _paragraphs(path, exclude):
+        sentences = [s.strip() for s in SENTENCE_END.split(paragraph) if s.strip()]
+        for size in sizes:
+            if size < len(sentences):
+                windows.update(" ".join(sentences[i:i + size]) for i in range(len(sentences) - size + 1))
     windows = sorted(windows)
     random.Random(seed).shuffle(windows)
     return with_prefix(windows[:limit], "passage")
 
 
-def paragraph_crops(path: Path, limit: int, seed: int, words: tuple[int, int] = (4, 12)) -> list[str]:
-    """``limit`` random runs of ``words`` (inclusive range) consecutive words of the training articles' paragraphs,
-    prefixed as queries: Contriever's independent cropping (Izacard et al., 2022), short pseudo-queries about
-    what the paragraphs say, never from validation articles. Paragraphs are drawn in turn, so each gives as many."""
+def paragraph_crops(path: Path, limit: int, seed: int, words: tuple[int, int] = (4, 12),
+                    exclude=frozenset()) -> list[str]:
+    """Up to ``limit`` distinct random runs of ``words`` (inclusive range) consecutive words of the training
+    articles' paragraphs but ``exclude``, prefixed as queries: Contriever's independent cropping (Izacard et al.,
+    2022), short pseudo-queries about what the paragraphs say, never from validation articles. The paragraphs are
+    shuffled, then drawn in turn, so each gives about as many."""
     from speedy.embed.encoder import with_prefix
 
-    data = json.loads(path.read_text("utf-8"))
-    paragraphs = [p["context"].split() for a in data["data"] for p in a["paragraphs"]
-                  if len(p["context"].split()) >= words[1]]
+    paragraphs = [p.split() for p in _paragraphs(path, exclude) if len(p.split()) >= words[1]]
     rng = random.Random(seed)
+    rng.shuffle(paragraphs)
     crops: list[str] = []
     seen: set[str] = set()
     for attempt in range(20 * limit):
@@ -203,7 +208,7 @@ def main() -> int:
                         "texts and this many other Spanish sentences (CoNLL-2002 esp.train, the Bible's verses)")
     parser.add_argument("--sentences", type=int, default=0, help="one more static row, tuned on the training "
                         "texts, up to this many sentences of the training paragraphs and as many 4-12-word crops of "
-                        "them (in-domain text, never from validation articles)")
+                        "them (in-domain text, never from validation articles nor held-out paragraphs)")
     parser.add_argument("--no-students", action="store_true", help="leave out every transformer student (static "
                         "rows and anchors only)")
     parser.add_argument("--model2vec-python", default="/work/m2v/bin/python",
@@ -252,8 +257,8 @@ def main() -> int:
         models[f"static ({args.static_dims} dims), tuned on the training texts + {args.extra_texts:,} other "
                f"sentences"] = ("static", out / "models" / f"static-tuned-extra-{args.extra_texts}")
     if args.sentences:
-        models[f"static ({args.static_dims} dims), tuned on the training texts + {args.sentences:,} of their "
-               f"sentences and crops"] = ("static", out / "models" / f"static-tuned-sentences-{args.sentences}")
+        models[f"static ({args.static_dims} dims), tuned on the training texts + up to {args.sentences:,} of their "
+               f"sentences and {args.sentences:,} crops"] = ("static", out / "models" / f"static-tuned-sentences-{args.sentences}")
     models["model2vec (its own distillation)"] = ("model2vec", out / "models" / "model2vec")
 
     if args.phase in ("train", "all"):
@@ -278,9 +283,10 @@ def main() -> int:
                 extra = []  # more text joins the training texts (never the held-out)
                 if "other sentences" in name:
                     extra = other_spanish_texts(Path(args.data_dir), args.extra_texts, args.seed)
-                elif "their sentences" in name:
-                    extra = (paragraph_sentences(train_file, args.sentences, args.seed)
-                             + paragraph_crops(train_file, args.sentences, args.seed))
+                elif "their sentences" in name:  # none cut from the held-out paragraphs (early stopping's)
+                    held = {text.removeprefix("passage: ") for text in held_out}
+                    extra = (paragraph_sentences(train_file, args.sentences, args.seed, exclude=held)
+                             + paragraph_crops(train_file, args.sentences, args.seed, exclude=held))
                 if extra:
                     tune_texts = train + extra
                     tune_targets = np.concatenate([targets, teacher_vectors(teacher, teacher_dir, extra,
