@@ -258,7 +258,8 @@ def main() -> int:
                f"sentences"] = ("static", out / "models" / f"static-tuned-extra-{args.extra_texts}")
     if args.sentences:
         models[f"static ({args.static_dims} dims), tuned on the training texts + up to {args.sentences:,} of their "
-               f"sentences and {args.sentences:,} crops"] = ("static", out / "models" / f"static-tuned-sentences-{args.sentences}")
+               f"sentences and {args.sentences:,} crops"] = ("static",
+                                                             out / "models" / f"static-tuned-sentences-{args.sentences}")
     models["model2vec (its own distillation)"] = ("model2vec", out / "models" / "model2vec")
 
     if args.phase in ("train", "all"):

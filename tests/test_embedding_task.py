@@ -228,6 +228,15 @@ def test_token_level_kd_refuses_a_student_that_splits_a_text_otherwise_into_as_m
     _, pruned = prune_vocabulary(AutoModel.from_pretrained(str(bert_dir)), load_tokenizer(str(bert_dir)), texts)
     assert len(pruned) < len(teacher)  # other ids: the check compares pieces, not ids
     check_same_tokens(task, dataset, pruned, teacher, 32)
+    unigram = load_tokenizer(str(bert_unigram_dir))  # the pieces e5's (XLM-R's) kind of tokenizer keeps
+    _, pruned_unigram = prune_vocabulary(AutoModel.from_pretrained(str(bert_unigram_dir)), unigram, texts)
+    check_same_tokens(task, dataset, pruned_unigram, load_tokenizer(str(bert_unigram_dir)), 32)
+    # a pruned student meets a word its vocabulary lost: other pieces, and more of them
+    with pytest.raises(SpeedyError, match=r"training text 0 \('congreso'\) splits into other tokens"):
+        check_same_tokens(task, Dataset.from_dict({"text": ["congreso"], "kind": ["passage"], "group": [-1],
+                                                   "line": [1]}),
+                          prune_vocabulary(AutoModel.from_pretrained(str(bert_dir)), load_tokenizer(str(bert_dir)),
+                                           ["la ley"])[1], teacher, 32)
     other = load_tokenizer(str(bert_unigram_dir))
     alone = Dataset.from_dict({"text": ["de"], "kind": ["passage"], "group": [-1], "line": [1]})
     assert len(other("de")["input_ids"]) == len(teacher("de")["input_ids"])  # the count check would pass it
@@ -393,6 +402,7 @@ def test_a_study_refuses_token_kd_for_a_student_of_another_tokenizer(tmp_path, e
     study.run(["finetune", "select"])
     with pytest.raises(SpeedyError, match=r"^distill.hidden_units: tokens: training text 0 \(.+\) splits into "):
         study.run(["distill"])
+    assert not list((study.output_dir / "teacher-cache").rglob("tokens.*"))  # refused before the teacher pass
 
 
 def test_built_in_data_is_refused_for_a_type_without_any(tmp_path, bert_dir):

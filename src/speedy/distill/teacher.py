@@ -75,5 +75,6 @@ def check_same_tokens(task: Task, dataset, student_tokenizer, teacher_tokenizer,
             raise SpeedyError(f"{setting}: training text {example}{shown} splits into other tokens for the student "
                               f"than for the teacher (token {at}: {pieces[at:at + 1]} against "
                               f"{their_pieces[at:at + 1]}): "
-                              f"token-level KD needs a student that tokenizes as its teacher (a truncated one); "
+                              f"token-level KD needs a student that tokenizes as its teacher (a truncated one, pruned or "
+                              f"not); "
                               f"use hidden_units: task")
