@@ -74,7 +74,5 @@ def check_same_tokens(task: Task, dataset, student_tokenizer, teacher_tokenizer,
             shown = f" ({text[:40]!r}{'...' * (len(text) > 40)})" if isinstance(text, str) else ""
             raise SpeedyError(f"{setting}: training text {example}{shown} splits into other tokens for the student "
                               f"than for the teacher (token {at}: {pieces[at:at + 1]} against "
-                              f"{their_pieces[at:at + 1]}): "
-                              f"token-level KD needs a student that tokenizes as its teacher (a truncated one, pruned or "
-                              f"not); "
-                              f"use hidden_units: task")
+                              f"{their_pieces[at:at + 1]}): token-level KD needs a student that tokenizes as its "
+                              f"teacher (a truncated one, pruned or not); use hidden_units: task")
