@@ -64,13 +64,14 @@ def write_plain(path: Path, texts: list[str]) -> str:
 def study_config(args, files: dict, transfer: list[str]) -> dict:
     from speedy.models.students import spread_layers
 
+    kept = f"-layers-{'-'.join(map(str, args.layers))}" if args.layers else ""
     return {
         "name": "embedding-study", "output_dir": str(Path(args.output) / "study"), "seed": args.seed,
         "tasks": [{"name": "squad-es-retrieval", "type": "embedding", "max_length": args.max_length, "data": files,
                    "transfer_files": transfer}],
         "teachers": [{"name": "multilingual-e5-small", "prune_vocab": True}],
-        "students": [{"name": f"e5-{d}L", "base": "multilingual-e5-small", "kind": "truncate",
-                      "layers": spread_layers(12, d), "prune_vocab": True} for d in args.depths],
+        "students": [{"name": f"e5-{d}L{kept}", "base": "multilingual-e5-small", "kind": "truncate",
+                      "layers": args.layers or spread_layers(12, d), "prune_vocab": True} for d in args.depths],
         "grid": {"batch_size": [args.batch_size], "epochs": [1], "learning_rate": [args.learning_rate]},
         "distill": {"loss": args.loss, "relation_weight": args.relation_weight, "epochs": args.epochs,
                     **({"hidden_weight": args.token_weight, "hidden_loss": args.token_loss,  # keys unchanged when off
@@ -132,6 +133,9 @@ def main() -> int:
                         help="add N random runs of 4-12 words of the training paragraphs, as queries (Contriever's "
                              "cropping; 0: none)")
     parser.add_argument("--depths", type=int, nargs="+", default=[4])
+    parser.add_argument("--layers", type=int, nargs="+", default=None,
+                        help="the teacher's layers (0-11) a student keeps, one student (default: --depths of them, "
+                             "spread, ending with the last)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
@@ -151,6 +155,8 @@ def main() -> int:
                         help="the study's stages to run (measure: only with nothing else on the CPU)")
     parser.add_argument("--table", action="store_true", help="only print the table from the study's store")
     args = parser.parse_args()
+    if args.layers:
+        args.depths = [len(args.layers)]
     source = Path(args.data_dir) / SQUAD
     if not source.is_file():
         print(f"error: {source}: no such file (the shared Spanish data)", file=sys.stderr)
