@@ -11,8 +11,8 @@ retrieval task (each question's paragraph among all their paragraphs). The study
 validation file: every figure here is a validation figure.
 
 The teacher (multilingual-e5-small) is used as it is; students of ``--depths`` layers (the teacher's layers
-spread, or the ``--layers`` named; vocabulary pruned to the study's text) learn its cached vectors by ``--loss`` (mse or cosine), and with
-``--relation-weight`` also how each text of a batch relates to the others (the teacher's in-batch similarities of
+spread, or the ``--layers`` named; vocabulary pruned to the study's text) learn its cached vectors by ``--loss``
+(mse or cosine), and with ``--relation-weight`` also how each text of a batch relates to the others (the teacher's in-batch similarities of
 its last layer's mean-pooled states, i.e. of its vectors: ``distill.relation_weight``), with ``--token-weight``
 every real token's state (what the vector is the mean of: ``distill.hidden_units: tokens``), with early stopping on
 validation nDCG@10 and the best checkpoint kept. The study lives in ``--output`` and resumes when killed. It
@@ -104,7 +104,8 @@ def table(study, args) -> str:
               f"other articles" + (f", + up to {args.sentences:,} sentences of their paragraphs as queries" if
                                    args.sentences else "") +
               (f", + up to {args.windows:,} runs of 2-3 of their sentences as passages" if args.windows else "") +
-              (f", + up to {args.crops:,} random 4-12-word crops of their paragraphs as queries" if args.crops else "") +
+              (f", + up to {args.crops:,} random 4-12-word crops of their paragraphs as queries" if args.crops
+               else "") +
               (f", + {args.extra_texts:,} other Spanish sentences as transfer text" if args.extra_texts else "") +
               f". Students: KD ({args.loss}" + (f" + in-batch relations, weight {args.relation_weight:g}"
                                                 if args.relation_weight else "") +
