@@ -10,15 +10,15 @@ Bible verses) as transfer text, and the ``--validation-articles`` held-out artic
 retrieval task (each question's paragraph among all their paragraphs). The study's test split is the same
 validation file: every figure here is a validation figure.
 
-The teacher (multilingual-e5-small) is used as it is; students of ``--depths`` layers (the teacher's layers
-spread, or the ``--layers`` named; vocabulary pruned to the study's text) learn its cached vectors by ``--loss``
-(mse or cosine), and with ``--relation-weight`` also how each text of a batch relates to the others (the
-teacher's in-batch similarities of its last layer's mean-pooled states, i.e. of its vectors:
-``distill.relation_weight``), with ``--token-weight`` every real token's state (what the vector is the mean of: ``distill.hidden_units: tokens``), with early stopping on
-validation nDCG@10 and the best checkpoint kept. The study lives in ``--output`` and resumes when killed. It
-prints, and writes to ``<output>/embedding-study.md``, one row per model: nDCG@10, MRR@10, R@1, R@10,
-the share of the teacher's nDCG@10, epochs run and wall time. Speed is not timed here (``speedy measure`` on the
-study, with nothing else on the CPU, does). Example::
+The teacher (multilingual-e5-small) is used as it is; students of ``--depths`` layers (the teacher's layers spread,
+or the ``--layers`` named; vocabulary pruned to the study's text) learn its cached vectors by ``--loss`` (mse or
+cosine), and with ``--relation-weight`` also how each text of a batch relates to the others (the teacher's in-batch
+similarities of its last layer's mean-pooled states, i.e. of its vectors: ``distill.relation_weight``), with
+``--token-weight`` every real token's state (what the vector is the mean of: ``distill.hidden_units: tokens``), with
+early stopping on validation nDCG@10 and the best checkpoint kept. The study lives in ``--output`` and resumes when
+killed. It prints, and writes to ``<output>/embedding-study.md``, one row per model: nDCG@10, MRR@10, R@1, R@10, the
+share of the teacher's nDCG@10, epochs run and wall time. Speed is not timed here (``speedy measure`` on the study,
+with nothing else on the CPU, does). Example::
 
     python benchmarks/embedding_study.py --train-texts 3000 --depths 4 --epochs 10 --output runs/bench-embed-study
 """
