@@ -215,6 +215,7 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
         model, tokenizer = build_model(spec.model, task, study.corpus(spec.task), study.cache_dir, seed=seed)
     kd = spec.mode == KD
     objective = teacher_caches = None
+    train_split = kd_train_split(study, spec.task) if kd else None
     if kd:
         teacher_layers = _layers_of(caches[0].teacher.checkpoint)
         scores = (teacher_scores(study, spec.task, [c.teacher for c in caches], settings.metric)
@@ -222,7 +223,7 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
         objective = objective_for(settings, model.config.num_hidden_layers, teacher_layers, teacher_scores=scores)
         if any(signal.startswith("tokens.") for signal in objective.signals):  # before any teacher pass
             for cache in caches:
-                check_same_tokens(task, kd_train_split(study, spec.task), tokenizer,
+                check_same_tokens(task, train_split, tokenizer,
                                   load_tokenizer(cache.teacher.checkpoint), spec.task.max_length)
         teacher_caches = [cache.get(objective.signals) for cache in caches]
         for signal in objective.signals:  # one projection per term serves every teacher: their widths must agree
@@ -237,7 +238,7 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
                  metric=settings.metric or task.selection_metric, patience=settings.patience,
                  warmup_ratio=settings.warmup_ratio, weight_decay=settings.weight_decay,
                  mixed_precision=settings.mixed_precision, teacher_caches=teacher_caches, objective=objective,
-                 train_split=kd_train_split(study, spec.task) if kd else None, stop_collapsed=stop_collapsed)
+                 train_split=train_split, stop_collapsed=stop_collapsed)
     result["info"] = run_info(result)
     if kd:  # Tables 5-8 need the teacher pass's time, which a run that found the cache on disk did not pay
         first = caches[0].cache
