@@ -83,14 +83,17 @@ def _paragraphs(path: Path, exclude=frozenset()) -> list[str]:
     return [p["context"] for a in data["data"] for p in a["paragraphs"] if p["context"] not in exclude]
 
 
+def _sentences(paragraph: str) -> list[str]:
+    return [s.strip() for s in SENTENCE_END.split(paragraph) if s.strip()]
+
+
 def paragraph_sentences(path: Path, limit: int, seed: int, min_words: int = 4, exclude=frozenset()) -> list[str]:
     """``limit`` sentences of the training articles' paragraphs but ``exclude`` (split after ``.``, ``!`` or ``?``
     before a capital or a digit; fragments under ``min_words`` words dropped), shuffled, prefixed as queries: short
     in-domain texts like the questions, never from validation articles (nor from held-out paragraphs)."""
     from speedy.embed.encoder import with_prefix
 
-    sentences = sorted({s.strip() for p in _paragraphs(path, exclude) for s in SENTENCE_END.split(p)
-                        if len(s.split()) >= min_words})
+    sentences = sorted({s for p in _paragraphs(path, exclude) for s in _sentences(p) if len(s.split()) >= min_words})
     random.Random(seed).shuffle(sentences)
     return with_prefix(sentences[:limit], "query")
 
@@ -105,7 +108,7 @@ def paragraph_windows(path: Path, limit: int, seed: int, sizes: tuple[int, ...] 
 
     windows = set()
     for paragraph in _paragraphs(path, exclude):
-        sentences = [s.strip() for s in SENTENCE_END.split(paragraph) if s.strip()]
+        sentences = _sentences(paragraph)
         for size in sizes:
             if size < len(sentences):
                 windows.update(" ".join(sentences[i:i + size]) for i in range(len(sentences) - size + 1))
@@ -257,9 +260,9 @@ def main() -> int:
         models[f"static ({args.static_dims} dims), tuned on the training texts + {args.extra_texts:,} other "
                f"sentences"] = ("static", out / "models" / f"static-tuned-extra-{args.extra_texts}")
     if args.sentences:
+        sentences_folder = out / "models" / f"static-tuned-sentences-{args.sentences}"
         models[f"static ({args.static_dims} dims), tuned on the training texts + up to {args.sentences:,} of their "
-               f"sentences and {args.sentences:,} crops"] = ("static",
-                                                             out / "models" / f"static-tuned-sentences-{args.sentences}")
+               f"sentences and {args.sentences:,} crops"] = ("static", sentences_folder)
     models["model2vec (its own distillation)"] = ("model2vec", out / "models" / "model2vec")
 
     if args.phase in ("train", "all"):

@@ -227,25 +227,25 @@ def test_token_level_kd_refuses_a_student_that_splits_a_text_otherwise_into_as_m
     teacher = load_tokenizer(str(bert_dir))
     _, pruned = prune_vocabulary(AutoModel.from_pretrained(str(bert_dir)), load_tokenizer(str(bert_dir)), texts)
     assert len(pruned) < len(teacher)  # other ids: the check compares pieces, not ids
-    check_same_tokens(task, dataset, pruned, teacher, 32)
+    check_same_tokens(task, dataset, pruned, [teacher], 32)
     unigram = load_tokenizer(str(bert_unigram_dir))  # the pieces e5's (XLM-R's) kind of tokenizer keeps
     _, pruned_unigram = prune_vocabulary(AutoModel.from_pretrained(str(bert_unigram_dir)), unigram, texts)
-    check_same_tokens(task, dataset, pruned_unigram, load_tokenizer(str(bert_unigram_dir)), 32)
+    check_same_tokens(task, dataset, pruned_unigram, [load_tokenizer(str(bert_unigram_dir))], 32)
     # a pruned student meets a word its vocabulary lost: other pieces, and more of them
     with pytest.raises(SpeedyError, match=r"training text 0 \('congreso'\) splits into other tokens"):
         check_same_tokens(task, Dataset.from_dict({"text": ["congreso"], "kind": ["passage"], "group": [-1],
                                                    "line": [1]}),
                           prune_vocabulary(AutoModel.from_pretrained(str(bert_dir)), load_tokenizer(str(bert_dir)),
-                                           ["la ley"])[1], teacher, 32)
+                                           ["la ley"])[1], [teacher], 32)
     other = load_tokenizer(str(bert_unigram_dir))
     alone = Dataset.from_dict({"text": ["de"], "kind": ["passage"], "group": [-1], "line": [1]})
     assert len(other("de")["input_ids"]) == len(teacher("de")["input_ids"])  # the count check would pass it
     with pytest.raises(SpeedyError, match=r"^distill.hidden_units: tokens: training text 0 \('de'\) splits into "
                                           r"other tokens for the student than for the teacher \(token \d+: "
                                           r"\[.+\] against \[.+\]\): token-level KD"):
-        check_same_tokens(task, alone, other, teacher, 32)
+        check_same_tokens(task, alone, other, [teacher], 32)
     with pytest.raises(SpeedyError, match=r"training text 0 \('la ley del congreso'\) splits into other tokens"):
-        check_same_tokens(task, dataset, other, teacher, 32)
+        check_same_tokens(task, dataset, other, [teacher], 32)
 
 
 def test_a_student_narrower_than_its_teacher_is_refused_in_one_line():

@@ -56,18 +56,20 @@ def teacher_cache_for(teacher, teacher_tokenizer, task: Task, dataset, max_lengt
                                       signals=signals, teacher=identity)
 
 
-def check_same_tokens(task: Task, dataset, student_tokenizer, teacher_tokenizer, max_length: int,
+def check_same_tokens(task: Task, dataset, student_tokenizer, teacher_tokenizers: list, max_length: int,
                       setting: str = "distill.hidden_units: tokens") -> None:
     """Refuse, in one line naming the first text that differs (its index, and its start where it has a text), a
-    student that splits any text of ``dataset`` into other tokens than its teacher: token-level KD pairs the i-th
-    token of both, so equal token counts are not enough. Tokens are compared as strings, so a student with the
-    teacher's vocabulary pruned (other ids, the same pieces) passes."""
-    mine = task.encode(dataset, student_tokenizer, max_length)["input_ids"]
-    theirs = task.encode(dataset, teacher_tokenizer, max_length)["input_ids"]
-    for example, (ids, their_ids) in enumerate(zip(mine, theirs)):
-        pieces, their_pieces = (student_tokenizer.convert_ids_to_tokens(ids),
-                                teacher_tokenizer.convert_ids_to_tokens(their_ids))
-        if pieces != their_pieces:
+    student that splits any text of ``dataset`` into other tokens than one of its teachers: token-level KD pairs the
+    i-th token of both, so equal token counts are not enough. Tokens are compared as strings, so a student with the
+    teacher's vocabulary pruned (other ids, the same pieces) passes. The student's side is encoded once."""
+    mine = [student_tokenizer.convert_ids_to_tokens(ids)
+            for ids in task.encode(dataset, student_tokenizer, max_length)["input_ids"]]
+    for teacher_tokenizer in teacher_tokenizers:
+        theirs = task.encode(dataset, teacher_tokenizer, max_length)["input_ids"]
+        for example, (pieces, their_ids) in enumerate(zip(mine, theirs)):
+            their_pieces = teacher_tokenizer.convert_ids_to_tokens(their_ids)
+            if pieces == their_pieces:
+                continue
             at = next((i for i, (a, b) in enumerate(zip(pieces, their_pieces)) if a != b),
                       min(len(pieces), len(their_pieces)))
             text = dataset[example].get("text")

@@ -222,9 +222,8 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
                   if settings.teacher_weighting == "score" and len(caches) > 1 else None)
         objective = objective_for(settings, model.config.num_hidden_layers, teacher_layers, teacher_scores=scores)
         if any(signal.startswith("tokens.") for signal in objective.signals):  # before any teacher pass
-            for cache in caches:
-                check_same_tokens(task, train_split, tokenizer,
-                                  load_tokenizer(cache.teacher.checkpoint), spec.task.max_length)
+            check_same_tokens(task, train_split, tokenizer, [load_tokenizer(cache.teacher.checkpoint)
+                                                            for cache in caches], spec.task.max_length)
         teacher_caches = [cache.get(objective.signals) for cache in caches]
         for signal in objective.signals:  # one projection per term serves every teacher: their widths must agree
             widths = {cache.dim(signal) for cache in teacher_caches}
