@@ -70,7 +70,8 @@ def study_config(args, files: dict, transfer: list[str]) -> dict:
         "tasks": [{"name": "squad-es-retrieval", "type": "embedding", "max_length": args.max_length, "data": files,
                    "transfer_files": transfer}],
         "teachers": [{"name": "multilingual-e5-small", "prune_vocab": True}],
-        "students": [{"name": f"e5-{d}L{kept}", "base": "multilingual-e5-small", "kind": "truncate",
+        "students": [continued_student(args.student_base)] if args.student_base else
+                    [{"name": f"e5-{d}L{kept}", "base": "multilingual-e5-small", "kind": "truncate",
                       "layers": args.layers or spread_layers(12, d), "prune_vocab": True} for d in args.depths],
         "grid": {"batch_size": [args.batch_size], "epochs": [1], "learning_rate": [args.learning_rate]},
         "distill": {"loss": args.loss, "relation_weight": args.relation_weight, "epochs": args.epochs,
@@ -81,6 +82,16 @@ def study_config(args, files: dict, transfer: list[str]) -> dict:
                     "weight_decay": 0.0},
         "speed": {"batch_size": 1, "length": 128, "warmup": 10, "runs": 100},
     }
+
+
+def continued_student(folder: str) -> dict:
+    """A student that starts where a saved one stopped (its folder: a trial's ``model``), trained on by a new
+    schedule: the "more epochs" lever without a run as long as all of them."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        raise SystemExit(f"error: --student-base {folder}: no config.json there (a saved student's folder)")
+    depth = json.loads(config.read_text("utf-8"))["num_hidden_layers"]
+    return {"name": f"e5-{depth}L-continued", "base": str(folder), "kind": "pretrained", "prune_vocab": True}
 
 
 def table(study, args) -> str:
@@ -137,6 +148,9 @@ def main() -> int:
     parser.add_argument("--layers", type=int, nargs="+", default=None,
                         help="the teacher's layers (0-11) a student keeps, one student (default: --depths of them, "
                              "spread, ending with the last)")
+    parser.add_argument("--student-base", default=None,
+                        help="train on from this saved student's folder (a trial's model/) instead of "
+                             "truncating the teacher (--depths and --layers are then unused)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
