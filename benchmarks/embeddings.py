@@ -11,7 +11,8 @@ use it (mean pooling, unit vectors, prefixes). One run compares side by side:
   the teacher's cached vectors (MSE on unit vectors, early stopping on held-out training text);
 * a static student (token vectors of the teacher, PCA to ``--static-dims``, weighted mean), the same tuned on the
   training texts' cached teacher vectors (tokenlearn-style; with ``--extra-texts`` or ``--sentences`` one more row
-  each, tuned on more text), and ``model2vec``'s own
+  each, tuned on more text; with ``--context`` each tuned row once more, starting from the teacher's average token
+  states in the tuning texts instead of its tokens run alone), and ``model2vec``'s own
   distillation of the same teacher (run by ``--model2vec-python``: model2vec's distill extra needs transformers
   < 5.4, so it lives in its own venv: ``python -m venv m2v && m2v/bin/pip install torch==2.13.0
   'model2vec[distill]'``; evaluating its model needs only ``pip install model2vec`` here);
@@ -212,6 +213,8 @@ def main() -> int:
     parser.add_argument("--sentences", type=int, default=0, help="one more static row, tuned on the training "
                         "texts, up to this many sentences of the training paragraphs and as many 4-12-word crops of "
                         "them (in-domain text, never from validation articles nor held-out paragraphs)")
+    parser.add_argument("--context", action="store_true", help="each tuned static row once more, its token vectors "
+                        "first the teacher's average states of them in the tuning texts (speedy.embed.context)")
     parser.add_argument("--no-students", action="store_true", help="leave out every transformer student (static "
                         "rows and anchors only)")
     parser.add_argument("--model2vec-python", default="/work/m2v/bin/python",
@@ -263,6 +266,11 @@ def main() -> int:
         sentences_folder = out / "models" / f"static-tuned-sentences-{args.sentences}"
         models[f"static ({args.static_dims} dims), tuned on the training texts + up to {args.sentences:,} of their "
                f"sentences and {args.sentences:,} crops"] = ("static", sentences_folder)
+    if args.context:  # each tuned row again, its token vectors first averaged from the teacher's states in context
+        for name, (kind, folder) in list(models.items()):
+            if kind == "static" and "tuned" in name:
+                models[name + ", from the teacher's token states in them"] = (
+                    "static", folder.with_name(folder.name + "-context"))
     models["model2vec (its own distillation)"] = ("model2vec", out / "models" / "model2vec")
 
     if args.phase in ("train", "all"):
@@ -298,7 +306,8 @@ def main() -> int:
                 tune = SentenceTargets(tune_texts, tune_targets, held_out, held_targets, learning_rate=args.static_lr,
                                        seed=args.seed) if "tuned" in name else None
                 distill_static(str(teacher_dir), dims=args.static_dims, pooling=args.static_pooling, vectors=vectors,
-                               tokenizer_path=tokenizer_path, tune=tune).save(folder)
+                               tokenizer_path=tokenizer_path, tune=tune, context_max_length=args.max_length,
+                               context_texts=tune_texts if "token states" in name else None).save(folder)
                 results.setdefault(name, {})["train_minutes"] = (time.time() - start) / 60
             elif kind == "model2vec" and not folder.is_dir() and not Path(args.model2vec_python).is_file():
                 print(f"--model2vec-python {args.model2vec_python}: no such file; model2vec's row is left out",

@@ -120,9 +120,12 @@ def sif_weights(vocab: int, coefficient: float = 1e-4) -> np.ndarray:
 def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif", max_tokens: int | None = None,
                    prefix: str = "", batch_size: int = 256, pooling: str = "mean",
                    vectors: np.ndarray | None = None, tokenizer_path: str | None = None,
-                   tune: SentenceTargets | None = None) -> StaticEmbedder:
+                   tune: SentenceTargets | None = None, context_texts: list[str] | None = None,
+                   context_max_length: int = 256) -> StaticEmbedder:
     """A static embedder distilled from the encoder in ``model_dir``: :func:`token_vectors` (or ``vectors`` and
-    ``tokenizer_path`` computed before), tuned on the teacher's sentence vectors when ``tune`` gives them
+    ``tokenizer_path`` computed before); with ``context_texts`` (prefixed as the encoder reads them), each token
+    those texts use takes its average state in them instead, and the others a map of theirs
+    (:mod:`speedy.embed.context`); tuned on the teacher's sentence vectors when ``tune`` gives them
     (:func:`tune_vectors`), then PCA (scikit-learn) to ``dims`` when that is fewer than the encoder's width (fit on
     the non-special tokens; special tokens stay zero), then the token weights (``weighting``: ``sif``, ``zipf`` or
     ``none``)."""
@@ -136,6 +139,12 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif
     weights = {"sif": sif_weights, "zipf": zipf_weights}.get(weighting, lambda n: np.ones(n, dtype=np.float32))(
         len(vectors))
     info = {"source_model": str(model_dir), "pooling": pooling, "weighting": weighting, "prefix": prefix}
+    if context_texts is not None:
+        from speedy.embed.context import context_sums, contextualise
+
+        sums, counts = context_sums(model_dir, context_texts, len(vectors), max_length=context_max_length)
+        vectors = contextualise(vectors, sums, counts)
+        info["context"] = {"texts": len(context_texts), "tokens_seen": int(np.count_nonzero(counts))}
     if tune is not None:
         vectors, info["tuned"] = tune_vectors(vectors, weights, Tokenizer.from_file(tokenizer_path), tune)
     used = np.any(vectors != 0, axis=1)
