@@ -8,7 +8,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
 from conftest import corpus, make_examples
-from speedy.embed.context import context_sums, contextualise
+from speedy.embed.context import context_sums, contextualise, text_sif_weights
 from speedy.embed.static import StaticEmbedder, distill_static, token_vectors
 from speedy.errors import SpeedyError
 
@@ -86,3 +86,23 @@ def test_context_vectors_stand_closer_to_the_encoders_sentence_vectors_than_toke
     gol = tokenizer.convert_tokens_to_ids("gol")
     np.testing.assert_allclose(in_context.vectors[gol], sums[gol] / counts[gol], rtol=1e-4, atol=1e-5)
     assert isinstance(in_context.tokenizer, Tokenizer) and isinstance(in_context, StaticEmbedder)
+
+
+def test_text_sif_weights_take_each_tokens_frequency_from_the_counts():
+    # p = (count + 0.5) / (total + 0.5 * vocab): 2.5/4.5, 0.5/4.5, 1.5/4.5 for counts 2, 0, 1
+    np.testing.assert_allclose(text_sif_weights(np.array([2, 0, 1]), coefficient=0.1),
+                               [0.1 / (0.1 + 2.5 / 4.5), 0.1 / (0.1 + 0.5 / 4.5), 0.1 / (0.1 + 1.5 / 4.5)], rtol=1e-6)
+    with pytest.raises(SpeedyError, match="not all zero"):
+        text_sif_weights(np.zeros(4))
+
+
+def test_sif_with_context_texts_weighs_tokens_by_their_frequency_there(bert_dir):
+    vectors, tokenizer_json = token_vectors(bert_dir)
+    embedder = distill_static(bert_dir, dims=32, vectors=vectors, tokenizer_path=tokenizer_json,
+                              context_texts=corpus())  # weighting "sif", the default
+    _, counts = context_sums(bert_dir, corpus(), vocab=len(vectors))
+    np.testing.assert_allclose(embedder.weights, text_sif_weights(counts), rtol=1e-6)
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    common, rare = tokenizer.convert_tokens_to_ids(["el", "niño"])
+    assert counts[common] > 50 * counts[rare] > 0 and embedder.weights[common] < embedder.weights[rare]
+    assert embedder.info["context"]["sif"] == "token frequencies of the texts"

@@ -128,7 +128,8 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif
     (:mod:`speedy.embed.context`); tuned on the teacher's sentence vectors when ``tune`` gives them
     (:func:`tune_vectors`), then PCA (scikit-learn) to ``dims`` when that is fewer than the encoder's width (fit on
     the non-special tokens; special tokens stay zero), then the token weights (``weighting``: ``sif``, ``zipf`` or
-    ``none``)."""
+    ``none``; ``sif`` with ``context_texts`` takes each token's frequency from them,
+    :func:`speedy.embed.context.text_sif_weights`)."""
     if weighting not in WEIGHTINGS:
         raise SpeedyError(f"distill_static: unknown weighting '{weighting}' (allowed: {', '.join(WEIGHTINGS)})")
     if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
@@ -140,11 +141,14 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif
         len(vectors))
     info = {"source_model": str(model_dir), "pooling": pooling, "weighting": weighting, "prefix": prefix}
     if context_texts is not None:
-        from speedy.embed.context import context_sums, contextualise
+        from speedy.embed.context import context_sums, contextualise, text_sif_weights
 
         sums, counts = context_sums(model_dir, context_texts, len(vectors), max_length=context_max_length)
         vectors = contextualise(vectors, sums, counts)
         info["context"] = {"texts": len(context_texts), "tokens_seen": int(np.count_nonzero(counts))}
+        if weighting == "sif":  # SIF's own p(token): its frequency in the texts, not the id taken as a rank
+            weights = text_sif_weights(counts)
+            info["context"]["sif"] = "token frequencies of the texts"
     if tune is not None:
         vectors, info["tuned"] = tune_vectors(vectors, weights, Tokenizer.from_file(tokenizer_path), tune)
     used = np.any(vectors != 0, axis=1)
