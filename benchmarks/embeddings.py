@@ -215,6 +215,8 @@ def main() -> int:
                         "them (in-domain text, never from validation articles nor held-out paragraphs)")
     parser.add_argument("--context", action="store_true", help="each tuned static row once more, its token vectors "
                         "first the teacher's average states of them in the tuning texts (speedy.embed.context)")
+    parser.add_argument("--remove-common", type=int, default=0, help="--context rows: remove the first K common "
+                        "directions of the tuning texts' sentence vectors (SIF's second step; 0: none)")
     parser.add_argument("--no-students", action="store_true", help="leave out every transformer student (static "
                         "rows and anchors only)")
     parser.add_argument("--model2vec-python", default="/work/m2v/bin/python",
@@ -269,8 +271,10 @@ def main() -> int:
     if args.context:  # each tuned row again, its token vectors first averaged from the teacher's states in context
         for name, (kind, folder) in list(models.items()):
             if kind == "static" and "tuned" in name:
-                models[name + ", from the teacher's token states in them"] = (
-                    "static", folder.with_name(folder.name + "-context"))
+                removal = f", {args.remove_common} common directions removed" if args.remove_common else ""
+                models[name + ", from the teacher's token states in them" + removal] = (
+                    "static", folder.with_name(folder.name + "-context" + (f"-common{args.remove_common}"
+                                                                           if args.remove_common else "")))
     models["model2vec (its own distillation)"] = ("model2vec", out / "models" / "model2vec")
 
     if args.phase in ("train", "all"):
@@ -307,7 +311,8 @@ def main() -> int:
                                        seed=args.seed) if "tuned" in name else None
                 distill_static(str(teacher_dir), dims=args.static_dims, pooling=args.static_pooling, vectors=vectors,
                                tokenizer_path=tokenizer_path, tune=tune, context_max_length=args.max_length,
-                               context_texts=tune_texts if "token states" in name else None).save(folder)
+                               context_texts=tune_texts if "token states" in name else None,
+                               remove_common=args.remove_common if "token states" in name else 0).save(folder)
                 results.setdefault(name, {})["train_minutes"] = (time.time() - start) / 60
             elif kind == "model2vec" and not folder.is_dir() and not Path(args.model2vec_python).is_file():
                 print(f"--model2vec-python {args.model2vec_python}: no such file; model2vec's row is left out",

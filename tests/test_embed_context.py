@@ -8,7 +8,8 @@ from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
 from conftest import corpus, make_examples
-from speedy.embed.context import context_sums, contextualise, text_sif_weights
+from speedy.embed.context import context_sums, contextualise
+from speedy.embed.sif import text_sif_weights
 from speedy.embed.static import StaticEmbedder, distill_static, token_vectors
 from speedy.errors import SpeedyError
 

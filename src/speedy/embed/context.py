@@ -13,8 +13,7 @@ Tokens the texts never use keep a vector too: :func:`contextualise` maps their t
 regression fitted on the tokens seen (token-alone vector -> average state), so that they live in the same space
 as the averaged ones.
 
-The same texts tell each token's frequency, which SIF's weights want (:func:`text_sif_weights`); without text,
-the tokenizer's ids stand in as a frequency rank, multilingual for e5's vocabulary.
+The same texts tell each token's frequency, which SIF's weights want (:mod:`speedy.embed.sif`).
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ from speedy.errors import SpeedyError
 
 RIDGE = 1e-2  # the map's L2 penalty: the 385 x 384 system is well posed with thousands of tokens; this only guards
 COUNT_CAP = 20  # a token seen 20 times or more weighs as much as one seen 20 times in the map's fit
-# SIF's a for frequencies counted in text: of 1e-4, 1e-3 and 3e-3, 1e-3 scored best (SQuAD-es validation, untuned)
-TEXT_SIF_COEFFICIENT = 1e-3
 
 
 def context_sums(model_dir: str | Path, texts: list[str], vocab: int, batch_size: int = 32,
@@ -94,14 +91,3 @@ def contextualise(vectors: np.ndarray, sums: np.ndarray, counts: np.ndarray, rid
     out[special] = 0.0
     return out.astype(np.float32)
 
-
-def text_sif_weights(counts: np.ndarray, coefficient: float = TEXT_SIF_COEFFICIENT) -> np.ndarray:
-    """SIF weights ``a / (a + p(token))`` (Arora et al., 2017) with ``p`` each token's frequency in the texts that
-    gave ``counts`` (add-half smoothed, so an unseen token weighs about 1), where
-    :func:`speedy.embed.static.sif_weights` must guess ``p`` from the id as a rank in the tokenizer's (here
-    multilingual) training text."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 1 or (counts < 0).any() or counts.sum() == 0:
-        raise SpeedyError("text_sif_weights: counts must be one non-negative count per token, not all zero")
-    frequency = (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
-    return (coefficient / (coefficient + frequency)).astype(np.float32)

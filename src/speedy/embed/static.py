@@ -121,15 +121,17 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif
                    prefix: str = "", batch_size: int = 256, pooling: str = "mean",
                    vectors: np.ndarray | None = None, tokenizer_path: str | None = None,
                    tune: SentenceTargets | None = None, context_texts: list[str] | None = None,
-                   context_max_length: int = 256) -> StaticEmbedder:
+                   context_max_length: int = 256, remove_common: int = 0) -> StaticEmbedder:
     """A static embedder distilled from the encoder in ``model_dir``: :func:`token_vectors` (or ``vectors`` and
     ``tokenizer_path`` computed before); with ``context_texts`` (prefixed as the encoder reads them), each token
     those texts use takes its average state in them instead, and the others a map of theirs
     (:mod:`speedy.embed.context`); tuned on the teacher's sentence vectors when ``tune`` gives them
-    (:func:`tune_vectors`), then PCA (scikit-learn) to ``dims`` when that is fewer than the encoder's width (fit on
+    (:func:`tune_vectors`), then with ``remove_common`` k > 0 the first k common directions of the sentence vectors
+    of those texts (the context texts, else the tuning texts) removed from every token vector (SIF's second step,
+    :mod:`speedy.embed.sif`), then PCA (scikit-learn) to ``dims`` when that is fewer than the encoder's width (fit on
     the non-special tokens; special tokens stay zero), then the token weights (``weighting``: ``sif``, ``zipf`` or
     ``none``; ``sif`` with ``context_texts`` takes each token's frequency from them,
-    :func:`speedy.embed.context.text_sif_weights`)."""
+    :func:`speedy.embed.sif.text_sif_weights`)."""
     if weighting not in WEIGHTINGS:
         raise SpeedyError(f"distill_static: unknown weighting '{weighting}' (allowed: {', '.join(WEIGHTINGS)})")
     if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
@@ -141,7 +143,8 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif
         len(vectors))
     info = {"source_model": str(model_dir), "pooling": pooling, "weighting": weighting, "prefix": prefix}
     if context_texts is not None:
-        from speedy.embed.context import context_sums, contextualise, text_sif_weights
+        from speedy.embed.context import context_sums, contextualise
+        from speedy.embed.sif import text_sif_weights
 
         sums, counts = context_sums(model_dir, context_texts, len(vectors), max_length=context_max_length)
         vectors = contextualise(vectors, sums, counts)
@@ -151,6 +154,16 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif
             info["context"]["sif"] = "token frequencies of the texts"
     if tune is not None:
         vectors, info["tuned"] = tune_vectors(vectors, weights, Tokenizer.from_file(tokenizer_path), tune)
+    if remove_common:
+        from speedy.embed.sif import common_directions, remove_directions
+
+        texts = context_texts if context_texts is not None else tune.texts if tune is not None else None
+        if not texts:
+            raise SpeedyError("distill_static: remove_common needs texts to find the common directions in (give "
+                              "context_texts or tune)")
+        sentences = StaticEmbedder(vectors, weights, Tokenizer.from_file(tokenizer_path)).encode(list(texts))
+        vectors = remove_directions(vectors, common_directions(sentences, remove_common))
+        info["common_directions_removed"] = remove_common
     used = np.any(vectors != 0, axis=1)
     pca = dims < vectors.shape[1]
     if pca:
