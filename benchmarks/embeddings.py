@@ -413,7 +413,8 @@ def table(results: dict, args, queries: int, passages: int, train: int) -> str:
              f"against all {passages} validation paragraphs); {train} training texts (questions and paragraphs of "
              f"the other articles, unpaired) + held-out text for early stopping; up to {args.epochs} epochs, "
              f"patience {args.patience}, lr {args.learning_rate:g}, batch {args.batch_size}, max length "
-             f"{args.max_length}. Speed: {args.speed_texts} texts (half questions, half paragraphs), "
+             f"{args.max_length}; static tuning lr {args.static_lr:g}. Speed: {args.speed_texts} texts (half "
+             f"questions, half paragraphs), "
              f"{args.threads} threads, CPU: {cpu_description()}.")
     if hnsw is not None:
         notes += f" HNSW (faiss, M 32, efSearch 64) keeps {hnsw:.1%} of the 4-layer student's exact top 10."
