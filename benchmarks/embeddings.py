@@ -12,7 +12,8 @@ use it (mean pooling, unit vectors, prefixes). One run compares side by side:
 * a static student (token vectors of the teacher, PCA to ``--static-dims``, weighted mean), the same tuned on the
   training texts' cached teacher vectors (tokenlearn-style; with ``--extra-texts`` or ``--sentences`` one more row
   each, tuned on more text; with ``--context`` each tuned row once more, starting from the teacher's average token
-  states in the tuning texts instead of its tokens run alone), and ``model2vec``'s own
+  states in the tuning texts instead of its tokens run alone, SIF-weighted by the tokens' frequencies there, and
+  with ``--remove-common K...`` one such row per K, its first K common directions removed), and ``model2vec``'s own
   distillation of the same teacher (run by ``--model2vec-python``: model2vec's distill extra needs transformers
   < 5.4, so it lives in its own venv: ``python -m venv m2v && m2v/bin/pip install torch==2.13.0
   'model2vec[distill]'``; evaluating its model needs only ``pip install model2vec`` here);
@@ -215,13 +216,16 @@ def main() -> int:
                         "them (in-domain text, never from validation articles nor held-out paragraphs)")
     parser.add_argument("--context", action="store_true", help="each tuned static row once more, its token vectors "
                         "first the teacher's average states of them in the tuning texts (speedy.embed.context)")
-    parser.add_argument("--remove-common", type=int, default=0, help="--context rows: remove the first K common "
-                        "directions of the tuning texts' sentence vectors (SIF's second step; 0: none)")
+    parser.add_argument("--remove-common", type=int, nargs="+", default=[0], help="--context rows, one per K: the "
+                        "first K common directions of the tuning texts' sentence vectors removed (SIF's second "
+                        "step; 0: none)")
     parser.add_argument("--no-students", action="store_true", help="leave out every transformer student (static "
                         "rows and anchors only)")
     parser.add_argument("--model2vec-python", default="/work/m2v/bin/python",
                         help="a Python with 'model2vec[distill]' (it needs transformers < 5.4: its own venv)")
     args = parser.parse_args()
+    if args.remove_common != [0] and not args.context or min(args.remove_common) < 0:
+        parser.error("--remove-common: numbers >= 0, and only with --context (it shapes the --context rows)")
     source = Path(args.data_dir) / SQUAD
     if not source.is_file():
         print(f"error: {source}: no such file (the shared Spanish data)", file=sys.stderr)
@@ -268,13 +272,14 @@ def main() -> int:
         sentences_folder = out / "models" / f"static-tuned-sentences-{args.sentences}"
         models[f"static ({args.static_dims} dims), tuned on the training texts + up to {args.sentences:,} of their "
                f"sentences and {args.sentences:,} crops"] = ("static", sentences_folder)
+    common_removed = {}  # row -> how many common directions it removes
     if args.context:  # each tuned row again, its token vectors first averaged from the teacher's states in context
         for name, (kind, folder) in list(models.items()):
-            if kind == "static" and "tuned" in name:
-                removal = f", {args.remove_common} common directions removed" if args.remove_common else ""
-                models[name + ", from the teacher's token states in them" + removal] = (
-                    "static", folder.with_name(folder.name + "-context" + (f"-common{args.remove_common}"
-                                                                           if args.remove_common else "")))
+            for k in args.remove_common if kind == "static" and "tuned" in name else []:
+                row = name + ", from the teacher's token states in them" + (f", {k} common directions removed"
+                                                                            if k else "")
+                models[row] = ("static", folder.with_name(folder.name + "-context" + (f"-common{k}" if k else "")))
+                common_removed[row] = k
     models["model2vec (its own distillation)"] = ("model2vec", out / "models" / "model2vec")
 
     if args.phase in ("train", "all"):
@@ -312,7 +317,7 @@ def main() -> int:
                 distill_static(str(teacher_dir), dims=args.static_dims, pooling=args.static_pooling, vectors=vectors,
                                tokenizer_path=tokenizer_path, tune=tune, context_max_length=args.max_length,
                                context_texts=tune_texts if "token states" in name else None,
-                               remove_common=args.remove_common if "token states" in name else 0).save(folder)
+                               remove_common=common_removed.get(name, 0)).save(folder)
                 results.setdefault(name, {})["train_minutes"] = (time.time() - start) / 60
             elif kind == "model2vec" and not folder.is_dir() and not Path(args.model2vec_python).is_file():
                 print(f"--model2vec-python {args.model2vec_python}: no such file; model2vec's row is left out",

@@ -53,12 +53,15 @@ def test_seen_tokens_get_their_mean_state_and_unseen_ones_the_fitted_map():
 
 def test_bad_context_is_one_line_naming_it(bert_dir):
     vectors = np.ones((50, 8))
-    with pytest.raises(SpeedyError, match="use 5 distinct tokens.*needs more than 8"):
+    with pytest.raises(SpeedyError, match="context_texts: they use 5 distinct tokens.*needs more than 8") as few:
         contextualise(vectors, np.ones((50, 8)), np.r_[np.ones(5, dtype=int), np.zeros(45, dtype=int)])
-    with pytest.raises(SpeedyError, match="do not match"):
+    with pytest.raises(SpeedyError, match="do not match") as mismatched:
         contextualise(vectors, np.ones((49, 8)), np.ones(49, dtype=int))
-    with pytest.raises(SpeedyError, match="no texts"):
+    with pytest.raises(SpeedyError, match="context_texts: no texts") as empty:
         context_sums(bert_dir, [], vocab=300)
+    with pytest.raises(SpeedyError, match="batch_size must be positive"):
+        context_sums(bert_dir, ["hola"], vocab=300, batch_size=0)
+    assert all("\n" not in str(error.value) for error in (few, mismatched, empty))
 
 
 def test_context_vectors_stand_closer_to_the_encoders_sentence_vectors_than_tokens_alone(bert_dir):

@@ -47,3 +47,14 @@ def test_distill_static_removes_the_common_directions_of_the_texts_it_is_given(b
     assert removed.info["common_directions_removed"] == 2 and "common_directions_removed" not in kept.info
     with pytest.raises(SpeedyError, match="remove_common needs texts"):
         distill_static(bert_dir, dims=32, vectors=vectors, tokenizer_path=tokenizer_json, remove_common=1)
+
+
+def test_removal_runs_before_pca_and_bad_counts_name_the_setting(bert_dir):
+    vectors, tokenizer_json = token_vectors(bert_dir)
+    reduced = distill_static(bert_dir, dims=8, vectors=vectors, tokenizer_path=tokenizer_json, context_texts=corpus(),
+                             remove_common=2)
+    assert reduced.dims == 8 and reduced.info["pca"] and reduced.info["common_directions_removed"] == 2
+    assert np.isfinite(reduced.encode(corpus())).all()
+    for bad in (-1, 1.5, True):
+        with pytest.raises(SpeedyError, match=f"remove_common must be a whole number >= 0, not {bad!r}"):
+            distill_static(bert_dir, dims=8, vectors=vectors, tokenizer_path=tokenizer_json, remove_common=bad)

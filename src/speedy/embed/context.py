@@ -24,7 +24,7 @@ import numpy as np
 
 from speedy.errors import SpeedyError
 
-RIDGE = 1e-2  # the map's L2 penalty: the 385 x 384 system is well posed with thousands of tokens; this only guards
+RIDGE = 1e-2  # the map's L2 penalty: the 385 x 385 normal equations are well posed with thousands of tokens; this only guards
 COUNT_CAP = 20  # a token seen 20 times or more weighs as much as one seen 20 times in the map's fit
 
 
@@ -32,8 +32,8 @@ def context_sums(model_dir: str | Path, texts: list[str], vocab: int, batch_size
                  max_length: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """One pass of the encoder in ``model_dir`` over ``texts`` (prefixed as the encoder reads them): per vocabulary
     id, the sum of its last-layer output states over every occurrence (``[vocab, hidden]`` float64) and how many
-    occurrences there were (``[vocab]``). Special tokens are counted too (the encoder's mean pooling counts them);
-    ids at or past ``vocab`` are skipped."""
+    occurrences there were (``[vocab]``). Special tokens and the texts' prefixes are counted too (the encoder's
+    mean pooling counts them; their frequency makes SIF weigh them little); ids at or past ``vocab`` are skipped."""
     import torch  # lazy: a static model loads and encodes without torch
     from rich.progress import track
     from transformers import AutoModel
@@ -42,13 +42,17 @@ def context_sums(model_dir: str | Path, texts: list[str], vocab: int, batch_size
     from speedy.models.registry import resolve
 
     if not texts:
-        raise SpeedyError("context_sums: no texts to average the token states over")
+        raise SpeedyError("context_texts: no texts to average the token states over")
+    if batch_size < 1:
+        raise SpeedyError(f"context_sums: batch_size must be positive, not {batch_size}")
     folder = Path(resolve(str(model_dir)))
     if not folder.is_dir():
         raise SpeedyError(f"{model_dir}: not a model folder")
     tokenizer = load_tokenizer_folder(folder)
     with loading(folder):
         model = AutoModel.from_pretrained(folder).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
     sums = np.zeros((vocab, model.config.hidden_size), dtype=np.float64)
     counts = np.zeros(vocab, dtype=np.int64)
     order = np.argsort([len(text) for text in texts], kind="stable")  # similar lengths together: less padding
@@ -57,8 +61,9 @@ def context_sums(model_dir: str | Path, texts: list[str], vocab: int, batch_size
         for start in track(batches, description=f"token states of {folder.name} in context", total=len(batches)):
             chunk = [texts[i] for i in order[start : start + batch_size]]
             inputs = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            states = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-            real = inputs["attention_mask"].bool()
+            states = model(input_ids=inputs["input_ids"].to(device),
+                           attention_mask=inputs["attention_mask"].to(device)).last_hidden_state.cpu()
+            real = inputs["attention_mask"].bool()  # padding adds nothing
             ids = inputs["input_ids"][real].numpy()
             keep = ids < vocab
             np.add.at(sums, ids[keep], states[real].double().numpy()[keep])
@@ -69,8 +74,8 @@ def context_sums(model_dir: str | Path, texts: list[str], vocab: int, batch_size
 def contextualise(vectors: np.ndarray, sums: np.ndarray, counts: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
     """Token vectors (``[vocab, hidden]`` float32): a seen token's average state (``sums / counts``); an unseen
     token's token-alone vector (``vectors``) through the affine ridge map fitted from token-alone vectors to
-    average states on the seen tokens (each weighing ``sqrt(min(count, 20))``). Zero rows of ``vectors``
-    (special tokens) stay zero."""
+    average states on the seen tokens (each weighing ``min(count, 20)`` in the squared error: a rare token's average
+    is noisier). Zero rows of ``vectors`` (special tokens) stay zero."""
     vectors = np.asarray(vectors, dtype=np.float64)
     if sums.shape != vectors.shape or counts.shape != (len(vectors),):
         raise SpeedyError(f"contextualise: sums {sums.shape} and counts {counts.shape} do not match the token "
@@ -79,7 +84,7 @@ def contextualise(vectors: np.ndarray, sums: np.ndarray, counts: np.ndarray, rid
     seen = counts > 0
     fit = seen & ~special
     if fit.sum() <= vectors.shape[1]:
-        raise SpeedyError(f"contextualise: the texts use {int(fit.sum())} distinct tokens; the map from token-alone "
+        raise SpeedyError(f"context_texts: they use {int(fit.sum())} distinct tokens; the map from token-alone "
                           f"vectors needs more than {vectors.shape[1]} (give more text)")
     mean = sums[seen] / counts[seen][:, None]
     inputs = np.hstack([vectors, np.ones((len(vectors), 1))])  # affine: a bias column

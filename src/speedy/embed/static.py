@@ -3,7 +3,9 @@
 :func:`token_vectors` runs every token alone through the encoder (``[CLS] token [SEP]``, the tokenizer's own
 template) and keeps the output at the token's position; :func:`distill_static` reduces those vectors with PCA and
 weighs tokens by their rank. A sentence is then the weighted mean of its tokens' vectors, L2-normalised: no
-attention, no network, thousands of sentences a second on one core.
+attention, no network, thousands of sentences a second on one core. Given real text, the token vectors can start
+from the encoder's average states in it (:mod:`speedy.embed.context`) and take SIF's frequency weights and common
+direction removal (:mod:`speedy.embed.sif`).
 
 :class:`StaticEmbedder` loads and encodes with numpy and ``tokenizers`` alone (no torch, no transformers); its
 folder holds ``vectors.npy``, ``weights.npy``, ``tokenizer.json`` and ``static.json`` (the settings).
@@ -136,6 +138,8 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif
         raise SpeedyError(f"distill_static: unknown weighting '{weighting}' (allowed: {', '.join(WEIGHTINGS)})")
     if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
         raise SpeedyError(f"distill_static: dims must be a positive whole number, not {dims!r}")
+    if isinstance(remove_common, bool) or not isinstance(remove_common, int) or remove_common < 0:
+        raise SpeedyError(f"distill_static: remove_common must be a whole number >= 0, not {remove_common!r}")
     if vectors is None or tokenizer_path is None:
         vectors, tokenizer_path = token_vectors(model_dir, batch_size=batch_size, max_tokens=max_tokens,
                                                 prefix=prefix, pooling=pooling)
