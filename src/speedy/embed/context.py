@@ -24,7 +24,8 @@ import numpy as np
 
 from speedy.errors import SpeedyError
 
-RIDGE = 1e-2  # the map's L2 penalty: the 385 x 385 normal equations are well posed with thousands of tokens; this only guards
+# the map's L2 penalty: the 385 x 385 normal equations are well posed with thousands of tokens; this only guards
+RIDGE = 1e-2
 COUNT_CAP = 20  # a token seen 20 times or more weighs as much as one seen 20 times in the map's fit
 
 

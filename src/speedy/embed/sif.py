@@ -6,9 +6,9 @@ for a static model whose token frequencies and typical sentences are known from 
    a rank in multilingual text.
 2. :func:`common_directions` and :func:`remove_directions`: the sentence vectors of a static model share a few
    directions that say little about any one sentence (the frequent words' and the style's); SIF removes the first
-   principal direction of the sentence vectors. A static sentence vector is a linear sum of token vectors, so
-   removing a direction from every token vector removes it from every sentence vector: the model's tables change,
-   its encoding does not.
+   principal direction of the sentence vectors, and :func:`speedy.embed.static.distill_static` the first k. A
+   static sentence vector is a linear sum of token vectors, so removing a direction from every token vector removes
+   it from every sentence vector: the model's tables change, its way of encoding does not.
 """
 
 from __future__ import annotations

@@ -140,6 +140,9 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif
         raise SpeedyError(f"distill_static: dims must be a positive whole number, not {dims!r}")
     if isinstance(remove_common, bool) or not isinstance(remove_common, int) or remove_common < 0:
         raise SpeedyError(f"distill_static: remove_common must be a whole number >= 0, not {remove_common!r}")
+    if remove_common and context_texts is None and tune is None:  # before any encoder pass, not after
+        raise SpeedyError("distill_static: remove_common needs texts to find the common directions in (give "
+                          "context_texts or tune)")
     if vectors is None or tokenizer_path is None:
         vectors, tokenizer_path = token_vectors(model_dir, batch_size=batch_size, max_tokens=max_tokens,
                                                 prefix=prefix, pooling=pooling)
@@ -161,10 +164,7 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif
     if remove_common:
         from speedy.embed.sif import common_directions, remove_directions
 
-        texts = context_texts if context_texts is not None else tune.texts if tune is not None else None
-        if not texts:
-            raise SpeedyError("distill_static: remove_common needs texts to find the common directions in (give "
-                              "context_texts or tune)")
+        texts = context_texts if context_texts is not None else tune.texts
         sentences = StaticEmbedder(vectors, weights, Tokenizer.from_file(tokenizer_path)).encode(list(texts))
         vectors = remove_directions(vectors, common_directions(sentences, remove_common))
         info["common_directions_removed"] = remove_common
