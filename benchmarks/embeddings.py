@@ -272,7 +272,7 @@ def main() -> int:
         sentences_folder = out / "models" / f"static-tuned-sentences-{args.sentences}"
         models[f"static ({args.static_dims} dims), tuned on the training texts + up to {args.sentences:,} of their "
                f"sentences and {args.sentences:,} crops"] = ("static", sentences_folder)
-    common_removed = {}  # row -> how many common directions it removes
+    common_removed = {}  # --context row -> how many common directions it removes
     if args.context:  # each tuned row again, its token vectors first averaged from the teacher's states in context
         for name, (kind, folder) in list(models.items()):
             for k in args.remove_common if kind == "static" and "tuned" in name else []:
@@ -316,7 +316,7 @@ def main() -> int:
                                        seed=args.seed) if "tuned" in name else None
                 distill_static(str(teacher_dir), dims=args.static_dims, pooling=args.static_pooling, vectors=vectors,
                                tokenizer_path=tokenizer_path, tune=tune, context_max_length=args.max_length,
-                               context_texts=tune_texts if "token states" in name else None,
+                               context_texts=tune_texts if name in common_removed else None,
                                remove_common=common_removed.get(name, 0)).save(folder)
                 results.setdefault(name, {})["train_minutes"] = (time.time() - start) / 60
             elif kind == "model2vec" and not folder.is_dir() and not Path(args.model2vec_python).is_file():
