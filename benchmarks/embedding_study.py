@@ -70,7 +70,7 @@ def study_config(args, files: dict, transfer: list[str]) -> dict:
         "tasks": [{"name": "squad-es-retrieval", "type": "embedding", "max_length": args.max_length, "data": files,
                    "transfer_files": transfer}],
         "teachers": [{"name": "multilingual-e5-small", "prune_vocab": True}],
-        "students": [continued_student(args.student_base)] if args.student_base else
+        "students": [args.continued] if args.continued else
                     [{"name": f"e5-{d}L{kept}", "base": "multilingual-e5-small", "kind": "truncate",
                       "layers": args.layers or spread_layers(12, d), "prune_vocab": True} for d in args.depths],
         "grid": {"batch_size": [args.batch_size], "epochs": [1], "learning_rate": [args.learning_rate]},
@@ -172,6 +172,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.layers:
         args.depths = [len(args.layers)]
+    args.continued = continued_student(args.student_base) if args.student_base else None  # a bad folder: now
     source = Path(args.data_dir) / SQUAD
     if not source.is_file():
         print(f"error: {source}: no such file (the shared Spanish data)", file=sys.stderr)
