@@ -1,9 +1,9 @@
 r"""Benchmark: sentence embeddings through the study pipeline (the ``embedding`` task type; issue 16).
 
 The same split as ``benchmarks/embeddings.py`` (SQuAD-es by article, read from ``../shared/data``, never copied):
-``--train-texts`` questions and paragraphs of the training articles as unpaired text (a question is never paired
-with its paragraph in training), optionally ``--sentences`` sentences cut from those paragraphs (as queries: short
-in-domain text like the questions) and ``--windows`` runs of 2 or 3 consecutive sentences of them (as passages:
+``--train-texts`` questions and paragraphs of the training articles as unpaired text (with ``--pairs``, each
+question paired with its paragraph when both are among them, for the gold term ``--alpha``), optionally
+``--sentences`` sentences cut from those paragraphs (as queries: short in-domain text like the questions) and ``--windows`` runs of 2 or 3 consecutive sentences of them (as passages:
 more passage-side text than the paragraphs whole), ``--crops`` random runs of 4-12 of their words (as queries:
 Contriever's cropping), ``--extra-texts`` other Spanish sentences (CoNLL-2002 ``esp.train`` and the package's
 Bible verses) as transfer text, and the ``--validation-articles`` held-out articles as the
@@ -53,6 +53,32 @@ def write_unpaired(path: Path, texts: list[str]) -> str:
     return str(path)
 
 
+def write_paired(path: Path, texts: list[str], train_file: Path) -> str:
+    """``texts`` (e5-prefixed) as JSON lines, each question paired with its paragraph when both are among them
+    (``{"query": ..., "passage": ...}``: the gold term's pairs), every other text unpaired; written atomically."""
+    data = json.loads(train_file.read_text("utf-8"))
+    paragraph_of = {}
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                paragraph_of.setdefault(qa["question"], paragraph["context"])
+    chosen = {text.removeprefix("passage: ") for text in texts if text.startswith("passage: ")}
+    lines, paired = [], set()
+    for text in texts:
+        kind, body = PREFIXES[next(p for p in PREFIXES if text.startswith(p))], text.split(": ", 1)[1]
+        if kind == "query" and paragraph_of.get(body) in chosen:
+            lines.append({"query": body, "passage": paragraph_of[body]})
+            paired.add(paragraph_of[body])
+    for text in texts:
+        kind, body = PREFIXES[next(p for p in PREFIXES if text.startswith(p))], text.split(": ", 1)[1]
+        if not (kind == "query" and paragraph_of.get(body) in chosen) and not (kind == "passage" and body in paired):
+            lines.append({kind: body})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), "utf-8")
+    os.replace(tmp, path)
+    return str(path)
+
+
 def write_plain(path: Path, texts: list[str]) -> str:
     """Passages (prefix removed: the task adds it) one a line, written atomically."""
     tmp = path.with_name(path.name + ".tmp")
@@ -74,7 +100,8 @@ def study_config(args, files: dict, transfer: list[str]) -> dict:
                     [{"name": f"e5-{d}L{kept}", "base": "multilingual-e5-small", "kind": "truncate",
                       "layers": args.layers or spread_layers(12, d), "prune_vocab": True} for d in args.depths],
         "grid": {"batch_size": [args.batch_size], "epochs": [1], "learning_rate": [args.learning_rate]},
-        "distill": {"loss": args.loss, "relation_weight": args.relation_weight, "epochs": args.epochs,
+        "distill": {"loss": args.loss, "alpha": args.alpha, "relation_weight": args.relation_weight,
+                    "epochs": args.epochs,
                     **({"hidden_weight": args.token_weight, "hidden_loss": args.token_loss,  # keys unchanged when off
                         "hidden_layers": args.token_layers, "hidden_units": "tokens"} if args.token_weight else {}),
                     "patience": args.patience,
@@ -118,7 +145,9 @@ def table(study, args) -> str:
               (f", + up to {args.crops:,} random 4-12-word crops of their paragraphs as queries" if args.crops
                else "") +
               (f", + {args.extra_texts:,} other Spanish sentences as transfer text" if args.extra_texts else "") +
-              f". Students: KD ({args.loss}" + (f" + in-batch relations, weight {args.relation_weight:g}"
+              (", questions paired with their paragraphs" if args.pairs else "") +
+              f". Students: KD ({args.loss}" + (f" + gold in-batch contrastive, alpha {args.alpha:g}" if args.alpha
+                                                else "") + (f" + in-batch relations, weight {args.relation_weight:g}"
                                                 if args.relation_weight else "") +
               (f" + every token's states ({args.token_loss}, {args.token_layers} layers), weight "
                f"{args.token_weight:g}" if args.token_weight else "") +
@@ -157,6 +186,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--loss", choices=["mse", "cosine"], default="mse")
+    parser.add_argument("--pairs", action="store_true",
+                        help="pair each training question with its paragraph when both are in the training text "
+                             "(the gold term's pairs); without it every text is unpaired")
+    parser.add_argument("--alpha", type=float, default=0.0,
+                        help="weight of the gold term, each training question against the paragraphs of its batch "
+                             "(in-batch contrastive, distill.alpha; needs --pairs; 0: KD alone)")
     parser.add_argument("--relation-weight", type=float, default=0.0,
                         help="weight of in-batch similarity-relation KD beside the vectors' loss (0: off)")
     parser.add_argument("--token-weight", type=float, default=0.0,
@@ -172,6 +207,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.layers:
         args.depths = [len(args.layers)]
+    if args.alpha and not args.pairs:
+        parser.error("--alpha needs --pairs (the gold term learns from the training questions' paragraphs)")
     args.continued = continued_student(args.student_base) if args.student_base else None  # a bad folder: now
     source = Path(args.data_dir) / SQUAD
     if not source.is_file():
@@ -192,7 +229,9 @@ def main() -> int:
         texts += paragraph_windows(train_file, args.windows, args.seed)
     if args.crops:
         texts += paragraph_crops(train_file, args.crops, args.seed)
-    files = {"train": write_unpaired(out / "data" / "train.jsonl", texts),
+    train = (write_paired(out / "data" / "train-pairs.jsonl", texts, train_file) if args.pairs else
+             write_unpaired(out / "data" / "train.jsonl", texts))
+    files = {"train": train,
              "validation": str(validation_file), "test": str(validation_file)}
     transfer = [write_plain(out / "data" / f"extra-{args.extra_texts}.txt",
                             other_spanish_texts(Path(args.data_dir), args.extra_texts, args.seed))] \

@@ -4,6 +4,7 @@ its config rules, and a whole study (teacher used as it is, a KD student, evalua
 import json
 import math
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from speedy.predictor import Predictor
 from speedy.runtime.predictor import RuntimePredictor
 from speedy.tasks import make_task
 from speedy.tasks.base import predict
-from speedy.tasks.embedding import EmbeddingTask, in_batch_loss, pair_label
+from speedy.tasks.embedding import EmbeddingTask, in_batch_loss, pair_batch_order, pair_label
 
 
 def pairs(n: int, seed: int) -> list[dict]:
@@ -287,9 +288,7 @@ def config_file(tmp_path, files, bert_dir, distill=None, students=None) -> str:
 
 @pytest.mark.parametrize("distill, students, message", [
     ({"loss": "kl"}, None, r"distill.loss: task 'search' \(embedding\) takes the KD losses mse, cosine, not 'kl'"),
-    ({"alpha": 0.5}, None, r"distill.alpha: task 'search' \(embedding\) has no gold labels"),
     ({}, [{"name": "s", "kind": "truncate", "layers": 1, "kd": False, "finetune": True}], r"students\[0\].kd: task"),
-    ({"search_trials": 2, "search_losses": ["mse"]}, None, r"distill.search_alpha: task 'search' \(embedding\)"),
     ({"hidden_weight": 1.0, "hidden_units": "words"}, None, r"distill.hidden_units: .*'words'"),
 ])
 def test_config_refuses_what_an_embedding_task_cannot_do(tmp_path, embedding_files, bert_dir, distill, students,
@@ -310,7 +309,7 @@ def student_vs_teacher_cosine(study, student_dir, teacher_dir, split) -> float:
 def test_a_study_uses_the_teacher_as_it_is_and_distils_its_vectors(tmp_path, embedding_files, bert_dir,
                                                                   bert_unigram_dir):
     # The student is another model with another tokenizer: it learns the teacher's vectors from texts alone.
-    # finetune: true is skipped for an embedding task (no gold labels), not refused
+    # finetune: true is skipped for an embedding task (its students all learn from the teacher), not refused
     students = [{"name": "student", "base": str(bert_unigram_dir), "kind": "truncate", "layers": 2, "finetune": True}]
     study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, students=students)))
     study.run()  # every stage, the speed measurement and the report included
@@ -403,6 +402,115 @@ def test_a_study_refuses_token_kd_for_a_student_of_another_tokenizer(tmp_path, e
     with pytest.raises(SpeedyError, match=r"^distill.hidden_units: tokens: training text 0 \(.+\) splits into "):
         study.run(["distill"])
     assert not list((study.output_dir / "teacher-cache").rglob("tokens.*"))  # refused before the teacher pass
+
+
+def test_pair_batch_order_against_a_hand_computed_order():
+    # Rows: q g0, p g0, q g0, unpaired, p g1, q g1, unpaired, unpaired; batches of 4, no shuffling. Group 0
+    # (passage first: 1, 0, 2) fills a batch, topped up with an unpaired row (the last: 7); group 1 (4, 5) does
+    # not fit, so it joins the unpaired rows left (3, 6), sorted by length (longest first).
+    labels = [0, 1, 0, -100, 3, 2, -100, -100]
+    lengths = [5, 20, 5, 3, 20, 5, 4, 9]
+    order = pair_batch_order(labels, lengths, 4, lambda n: list(range(n)))
+    assert order == [1, 0, 2, 7, 4, 5, 6, 3]
+
+
+def test_pair_batch_order_keeps_every_passage_in_the_batch_of_its_queries():
+    rng = random.Random(0)
+    labels, group = [], 0
+    for _ in range(12):  # 12 passages with 1-5 queries each, and 40 unpaired texts
+        labels += [pair_label("passage", group)] + [pair_label("query", group)] * rng.randint(1, 5)
+        group += 1
+    labels += [-100] * 40
+    labels += [pair_label("query", 99)]  # a query whose passage is not in the split: unpaired
+    rng.shuffle(labels)
+    generator = torch.Generator().manual_seed(0)
+    order = pair_batch_order(labels, [rng.randint(3, 30) for _ in labels], 8,
+                             lambda n: torch.randperm(n, generator=generator).tolist())
+    assert sorted(order) == list(range(len(labels)))  # every row once
+    batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+    for g in range(12):
+        rows = [row for row, label in enumerate(labels) if label >= 0 and label // 2 == g]
+        assert sum(any(row in batch for row in rows) for batch in batches) == 1, f"group {g} was split"
+
+
+def test_short_and_long_texts_run_apart_and_give_the_vectors_of_the_batch_run_whole(bert_dir):
+    # A pair batch mixes a passage with its short queries: run apart, the queries are not padded to its length.
+    from speedy.tasks.embedding import MeanPooledEncoder, length_parts
+
+    assert length_parts(torch.tensor([5, 6, 5, 40])) is not None
+    assert length_parts(torch.tensor([30, 32, 35, 40])) is None  # little to save: one run
+    assert [(rows.tolist(), n) for rows, n in length_parts(torch.tensor([40, 5, 6, 39]))] == [([1, 2], 6),
+                                                                                            ([3, 0], 40)]
+    model = MeanPooledEncoder(AutoModel.from_pretrained(str(bert_dir))).eval()
+    tokenizer = load_tokenizer(str(bert_dir))
+    texts = ["¿Quién ganó?", " ".join(row["passage"] for row in pairs(8, seed=1)), "¿Quién votó?", "Un gol."]
+    inputs = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    assert length_parts(inputs["attention_mask"].sum(-1)) is not None
+    with torch.no_grad():
+        apart = model(**inputs).logits
+        whole = model(**inputs, output_hidden_states=True).logits  # hidden states: the batch runs whole
+    assert torch.allclose(apart, whole, atol=1e-5)
+
+
+def test_the_gold_term_of_an_embedding_student_is_the_in_batch_loss_on_its_pairs(bert_dir):
+    # distill.alpha > 0: alpha * (each query against the passages of its batch) + (1 - alpha) * KD.
+    from speedy.distill.losses import DistillationObjective, KDTerm, logit_mse
+    from speedy.tasks.embedding import MeanPooledEncoder
+
+    student = MeanPooledEncoder(AutoModel.from_pretrained(str(bert_dir))).eval()
+    tokenizer = load_tokenizer(str(bert_dir))
+    rows = pairs(3, seed=3)
+    texts = [text for row in rows for text in (row["query"], row["passage"])]
+    labels = torch.tensor([pair_label(kind, g) for g in range(3) for kind in ("query", "passage")])
+    inputs = dict(tokenizer(texts, padding=True, return_tensors="pt")) | {"labels": labels}
+    teacher = SignalCache({"logits": torch.nn.functional.normalize(torch.randn(6, student.config.hidden_size,
+                                                                               generator=torch.Generator().manual_seed(0)), dim=-1)})
+    objective = DistillationObjective([KDTerm("logits", "mse")], alpha=0.25)
+    with torch.no_grad():
+        outputs = student(**inputs)
+        value = objective(EmbeddingTask(), outputs, inputs, {"example_index": torch.arange(6)}, [teacher])
+    gold = in_batch_loss(outputs.logits, labels)
+    assert float(gold) > 0.1  # the term is not trivially 0 here
+    expected = 0.25 * gold + 0.75 * logit_mse(outputs.logits, teacher.signals["logits"])
+    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    inputs.pop("labels")
+    with pytest.raises(SpeedyError, match="distill.alpha > 0 needs the pair labels"):
+        objective(EmbeddingTask(), outputs, inputs, {"example_index": torch.arange(6)}, [teacher])
+
+
+def test_a_study_with_a_gold_term_batches_pairs_and_refuses_text_without_pairs(tmp_path, embedding_files, bert_dir,
+                                                                                 monkeypatch):
+    from speedy.distill.trainer import DistillationTrainer
+
+    distill = {"alpha": 0.5, "epochs": 2, "patience": 2}
+    students = [{"name": "s", "base": str(bert_dir), "kind": "truncate", "layers": 2}]
+    study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, distill, students)))
+    study.run(["finetune", "select"])
+    with pytest.raises(SpeedyError, match=r"^distill.alpha \(0.5\) of task 'search': the training split has no "
+                                          r"query/passage pairs"):
+        study.run(["distill"])  # train.txt: passages alone
+    assert not (study.output_dir / "teacher-cache").exists()  # refused before the teacher pass
+
+    unpaired = [{"passage": row["passage"] + " Y nada más."} for row in pairs(48, seed=8)]
+    files = dict(embedding_files, train=write_jsonl(tmp_path / "train.jsonl", pairs(64, seed=5) + unpaired))
+    (tmp_path / "pairs").mkdir()
+    study = Study(load_config(config_file(tmp_path / "pairs", files, bert_dir, distill, students)))
+    batches = []
+    original = DistillationTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        if model.training:
+            batches.append(inputs["labels"].tolist())
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "compute_loss", recording)
+    study.run(["finetune", "select", "distill"])
+    (student,) = study.store.trials("distill", "search")
+    assert student.status == "done" and "ndcg@10" in student.val_metrics
+    sizes = Counter(label // 2 for batch in batches[:len(batches) // 2] for label in batch)  # the first epoch's
+    queries = [(label // 2, batch) for batch in batches for label in batch if label % 2 == 0 and sizes[label // 2] <= 16]
+    assert len(queries) > 40  # with unpaired texts to fill the batches, each query finds its passage in its batch
+    assert all(group in {other // 2 for other in batch if other % 2 == 1} for group, batch in queries)
 
 
 def test_built_in_data_is_refused_for_a_type_without_any(tmp_path, bert_dir):

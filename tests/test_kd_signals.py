@@ -16,7 +16,7 @@ from speedy.distill.teacher import teacher_cache_for
 from speedy.distill.trainer import DistillationTrainer
 from speedy.errors import SpeedyError
 from speedy.tasks import ClassificationTask, TaggingTask
-from speedy.tasks.base import PAD_LOGIT
+from speedy.tasks.base import PAD_LOGIT, gold_cross_entropy
 
 
 def old_layout(folder, per_example, meta=None):
@@ -194,6 +194,8 @@ class RowsTask:
 
     def kd_rows(self, outputs, inputs, extras, cache, signal="logits", student_signal=None):
         return cache[signal]
+
+    gold_loss = staticmethod(gold_cross_entropy)  # as every task type but embeddings
 
 
 def random_rows(seed, rows=6, width=5, pad=True):

@@ -127,8 +127,8 @@ def _check_kd_levers(config: StudyConfig) -> None:
 
 
 def _check_task_kd(config: StudyConfig) -> None:
-    """What each task type's KD can take: its losses, and for a type without gold labels to train on
-    (embeddings: its teacher is used as it is) no gold term and no fine-tuned students."""
+    """What each task type's KD can take: its losses, and for a type whose teacher is used as it is
+    (embeddings) no student trained without it."""
     distill = config.distill
     for task in config.tasks:
         task_class = TASK_CLASSES[task.type]
@@ -140,16 +140,11 @@ def _check_task_kd(config: StudyConfig) -> None:
                                   f"{', '.join(task_class.kd_losses)}, not '{loss}'")
         if not task_class.teacher_as_is:
             continue
-        if distill.alpha > 0:
-            raise SpeedyError(f"distill.alpha: task '{task.name}' ({task.type}) has no gold labels to mix in: "
-                              f"alpha must be 0")
-        if distill.search_trials > 0 and distill.search_alpha[1] > 0:
-            raise SpeedyError(f"distill.search_alpha: task '{task.name}' ({task.type}) has no gold labels to mix "
-                              f"in: search alpha in [0, 0]")
         for i, student in enumerate(config.students):
             if not student.kd:  # finetune: true is skipped for such a task (see trials.student_modes)
-                raise SpeedyError(f"students[{i}].kd: task '{task.name}' ({task.type}) has no gold labels to "
-                                  f"fine-tune on: its students learn from the teacher only")
+                raise SpeedyError(f"students[{i}].kd: task '{task.name}' ({task.type}) trains no student "
+                                  f"without its teacher: its students learn from the teacher (and, with "
+                                  f"distill.alpha > 0, from the training pairs too)")
 
 
 def _unique_names(config: StudyConfig) -> None:

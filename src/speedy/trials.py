@@ -134,8 +134,8 @@ def distill_space(config: StudyConfig) -> dict[str, list]:
 
 
 def student_modes(student: ModelSpec, task: TaskSpec) -> list[str]:
-    """How ``student`` trains on ``task``: KD, and fine-tuned on the gold labels when asked and the task has
-    them (an embedding task has none: its students learn from the teacher only)."""
+    """How ``student`` trains on ``task``: KD, and fine-tuned on the gold labels when asked, unless the task's
+    students all learn from its teacher (an embedding task: its teacher used as it is)."""
     gold = student.finetune and not task_class(task.type).teacher_as_is
     return [mode for mode, wanted in ((KD, student.kd), (GOLD, gold)) if wanted]
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speedy.errors import SpeedyError
-from speedy.tasks.base import PAD_LOGIT, is_state_signal
+from speedy.tasks.base import PAD_LOGIT, gold_cross_entropy, is_state_signal
 
 KD_KINDS = ("kl", "ce", "mse")
 LOGIT_KINDS = (*KD_KINDS, "cosine")  # cosine: for logits that are vectors (the embedding type's), not scores
@@ -112,18 +112,14 @@ def _check_alpha(alpha: float) -> None:
         raise SpeedyError(f"distill.alpha: {alpha} is outside [0, 1]")
 
 
-def mix_gold(kd: torch.Tensor, student_logits: torch.Tensor, labels, alpha: float) -> torch.Tensor:
-    """``alpha * CE(student_logits, labels) + (1 - alpha) * kd``; just ``kd`` when ``alpha`` is 0. Rows labelled
-    -100 are left out of the CE term; a batch with no gold row adds nothing (CE would be 0/0 = NaN)."""
+def mix_gold(kd: torch.Tensor, student_logits: torch.Tensor, labels, alpha: float,
+             gold_loss=gold_cross_entropy) -> torch.Tensor:
+    """``alpha * gold_loss(student_logits, labels) + (1 - alpha) * kd``; just ``kd`` when ``alpha`` is 0. The gold
+    loss is cross-entropy (rows labelled -100 left out; a batch with no gold row adds nothing) unless the task
+    has its own (:meth:`speedy.tasks.base.Task.gold_loss`: embeddings' in-batch contrastive loss)."""
     if alpha == 0.0:
         return kd
-    if labels is None:
-        raise SpeedyError("distill.alpha > 0 needs gold labels, and the batch has none")
-    if bool((labels != -100).any()):
-        ce = F.cross_entropy(student_logits, labels, ignore_index=-100)
-    else:  # no gold row in this batch (QA windows without the answer): CE would be 0/0 = NaN
-        ce = student_logits.sum() * 0.0  # keeps the graph, adds nothing
-    return alpha * ce + (1.0 - alpha) * kd
+    return alpha * gold_loss(student_logits, labels) + (1.0 - alpha) * kd
 
 
 @dataclass(frozen=True)
@@ -268,4 +264,4 @@ class DistillationObjective(nn.Module):
         if self.alpha == 0.0:
             return kd
         student, _, labels = paired("logits", 0)
-        return mix_gold(kd, student, labels, self.alpha)
+        return mix_gold(kd, student, labels, self.alpha, task.gold_loss)

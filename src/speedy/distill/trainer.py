@@ -35,6 +35,22 @@ class TaskTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.task = task
 
+    @property
+    def learns_gold(self) -> bool:
+        """Whether training learns from gold labels (it does without KD): then the task may order the batches."""
+        return True
+
+    def _get_train_sampler(self, train_dataset=None):
+        """The task's order when its gold loss needs one (embeddings: each passage in the batch of its queries),
+        else the Trainer's (shuffled, grouped by length)."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.learns_gold and dataset is not None:
+            batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            sampler = self.task.train_sampler(dataset, batch_size)
+            if sampler is not None:
+                return sampler
+        return super()._get_train_sampler(train_dataset)
+
     def _get_eval_sampler(self, eval_dataset):
         if self.task.ordered_validation and eval_dataset is not None:
             return SequentialSampler(eval_dataset)
@@ -55,6 +71,10 @@ class DistillationTrainer(TaskTrainer):
                               f"every teacher must run over the same training split")
         self.teacher_caches, self.objective = list(teacher_caches), objective
         self.objective.to(self.args.device)
+
+    @property
+    def learns_gold(self) -> bool:
+        return self.objective.alpha > 0
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, plus the objective's projections (if any) in a group of their own: they learn

@@ -217,6 +217,8 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
     objective = teacher_caches = None
     train_split = kd_train_split(study, spec.task) if kd else None
     if kd:
+        if settings.alpha > 0:  # before any teacher pass
+            task.check_gold(train_split, f"distill.alpha ({settings.alpha:g}) of task '{spec.task.name}'")
         teacher_layers = _layers_of(caches[0].teacher.checkpoint)
         scores = (teacher_scores(study, spec.task, [c.teacher for c in caches], settings.metric)
                   if settings.teacher_weighting == "score" and len(caches) > 1 else None)

@@ -102,6 +102,16 @@ def sequence_dataset(encoded, labels: list[int], with_index: bool = False) -> Da
     return Dataset.from_dict(columns)
 
 
+def gold_cross_entropy(rows: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of ``rows`` (``[rows, classes]``) against ``labels``, rows labelled -100 left out; a batch
+    with no labelled row gives 0 with the graph kept (CE would be 0/0 = NaN: QA windows without the answer)."""
+    if labels is None:
+        raise SpeedyError("distill.alpha > 0 needs gold labels, and the batch has none")
+    if bool((labels != -100).any()):
+        return torch.nn.functional.cross_entropy(rows, labels, ignore_index=-100)
+    return rows.sum() * 0.0
+
+
 def needs_hidden_states(signals) -> bool:
     return any(is_state_signal(signal) for signal in signals)
 
@@ -116,7 +126,7 @@ class Task(ABC):
     kd_signals: ClassVar[tuple[str, ...]] = ("logits",)
     kd_losses: ClassVar[tuple[str, ...]] = ("kl", "ce", "mse")  # what distill.loss may name for this type
     # True: the teacher is used as it is, evaluated but never trained (stage 1 runs one point of 0 epochs), and
-    # students learn from it only (there are no gold labels to fine-tune on): embeddings
+    # every student learns from it (none is fine-tuned alone; alpha > 0 adds the gold term): embeddings
     teacher_as_is: ClassVar[bool] = False
     primary_metric: ClassVar[str]  # the test metric reports compare (accuracy, F1)
     selection_metric: ClassVar[str]  # the validation metric that early stopping and the best checkpoint follow
@@ -293,6 +303,20 @@ class Task(ABC):
     def teacher_rows(self, outputs, batch, signal: str = "logits") -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
         """For each sequence of a teacher batch: ``(example index, row indices within the example, rows)`` of
         ``signal``."""
+
+    def gold_loss(self, rows: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The gold term that ``distill.alpha`` mixes into KD, on the student's ``logits`` rows and their labels
+        (``kd_rows``'): cross-entropy for most types (:func:`gold_cross_entropy`)."""
+        return gold_cross_entropy(rows, labels)
+
+    def check_gold(self, split: Dataset, setting: str) -> None:
+        """That a training split holds what :meth:`gold_loss` learns from, when ``setting`` (``distill.alpha``)
+        asks for it: a one-line error otherwise (a no-op for types whose every example is labelled)."""
+
+    def train_sampler(self, dataset: Dataset, batch_size: int):
+        """The order of training examples when the gold term needs examples batched together (a query with its
+        passage), or ``None``: the Trainer's own (shuffled, grouped by length)."""
+        return None
 
     @abstractmethod
     def kd_rows(self, outputs, inputs, extras, cache, signal: str = "logits",

@@ -19,9 +19,12 @@ authors use it). That vector is the model's ``logits``, so the KD rows, the teac
 predictions and evaluation are those of every other type; the saved folder is the plain encoder
 (``AutoModel``), which sentence-transformers and the ONNX runtime's ``/embed`` read as they are.
 
-**Teacher.** Used as it is: stage 1 evaluates it and trains nothing (there are no labels to learn from).
+**Teacher.** Used as it is: stage 1 evaluates it and trains nothing.
 
-**KD.** One row per text, the teacher's vector; ``distill.loss`` mse or cosine, alpha 0. Hidden-state terms take
+**KD.** One row per text, the teacher's vector; ``distill.loss`` mse or cosine. With ``distill.alpha`` > 0 the
+gold term is the in-batch contrastive loss (below) on the training split's query/passage pairs: each passage is
+then batched with its queries (:class:`PairBatchSampler`), and a training split without pairs is an error.
+Hidden-state terms take
 the mean of a layer's token states, as classification does, or with ``distill.hidden_units: tokens`` every real
 token's state (``tokens.<layer>``: a text of n tokens gives n targets instead of one, what the mean vector is made
 of; the student must tokenize as the teacher does, as truncated e5 students do: the distill stage compares every
@@ -42,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
+from torch.utils.data import Sampler
 from transformers import AutoModel, DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -107,12 +111,23 @@ class MeanPooledEncoder(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        out = self.encoder(**inputs, output_hidden_states=output_hidden_states)
         if attention_mask is None:
-            attention_mask = torch.ones(input_ids.shape, device=input_ids.device)
-        vectors = F.normalize(mean_over_tokens(out.last_hidden_state, attention_mask), dim=-1)
+            inputs["attention_mask"] = attention_mask = torch.ones(input_ids.shape, device=input_ids.device)
+        right_padded = bool(attention_mask[:, 0].all())  # each text's tokens first: a part can be cut short
+        parts = None if output_hidden_states or not right_padded else length_parts(attention_mask.sum(-1))
+        if parts is None:
+            out = self.encoder(**inputs, output_hidden_states=output_hidden_states)
+            states, hidden_states = mean_over_tokens(out.last_hidden_state, attention_mask), out.hidden_states
+        else:  # short and long texts run apart, each padded to its own longest (what a pair batch mixes)
+            states, hidden_states = torch.empty(len(input_ids), self.config.hidden_size), None
+            for rows, length in parts:
+                part = {name: value[rows, :length] for name, value in inputs.items()}
+                out = self.encoder(**part)
+                mean = mean_over_tokens(out.last_hidden_state, part["attention_mask"])
+                states = states.to(mean.device, mean.dtype).index_copy(0, rows, mean)
+        vectors = F.normalize(states, dim=-1)
         loss = in_batch_loss(vectors, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=vectors, hidden_states=out.hidden_states)
+        return SequenceClassifierOutput(loss=loss, logits=vectors, hidden_states=hidden_states)
 
     def save_pretrained(self, path, **kwargs):
         self.encoder.save_pretrained(path, **kwargs)
@@ -125,6 +140,22 @@ class MeanPooledEncoder(nn.Module):
             encoder, info = AutoModel.from_pretrained(name_or_path, **kwargs)
             return cls(encoder), info
         return cls(AutoModel.from_pretrained(name_or_path, **kwargs))
+
+
+def length_parts(lengths: torch.Tensor, least_saving: float = 0.25):
+    """Two parts of a batch, ``[(rows, padded length), ...]`` (the shorter texts, then the longer), when running
+    them apart pads at least ``least_saving`` fewer tokens than the batch padded whole; else ``None``. The cut is
+    the one that pads least (a batch of passages with their short queries: the queries apart)."""
+    n = len(lengths)
+    if n < 2:
+        return None
+    ordered, rows = torch.sort(lengths)
+    longest = int(ordered[-1])
+    costs = [k * int(ordered[k - 1]) + (n - k) * longest for k in range(1, n)]
+    k = min(range(len(costs)), key=costs.__getitem__) + 1
+    if costs[k - 1] > (1 - least_saving) * n * longest:
+        return None
+    return [(rows[:k], int(ordered[k - 1])), (rows[k:], longest)]
 
 
 class TokenStatesModel(nn.Module):
@@ -155,6 +186,62 @@ def in_batch_loss(vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     rows, targets = zip(*queries)
     scores = vectors[list(rows)] @ vectors[list(passages.values())].T / CONTRASTIVE_TEMPERATURE
     return F.cross_entropy(scores, torch.tensor(targets, device=vectors.device))
+
+
+def pair_batch_order(labels, lengths, batch_size: int, permutation) -> list[int]:
+    """An order of training rows in which each passage and its queries (:func:`pair_label` ids) share a batch of
+    ``batch_size`` rows, for the in-batch gold loss; ``permutation(n)``: a random order of ``range(n)``.
+
+    Passage groups (a passage and its queries) are shuffled and packed whole into batches, first fit: each batch
+    takes every group, in the shuffled order, that still has room, and is topped up with unpaired rows (texts of
+    no pair, or a pair missing one side); a group is split only when those have run out. The unpaired rows left make batches of their own, sorted
+    by length within runs of 50 batches (as the Trainer's length-grouped sampler does, so they pad little).
+    Whole batches are then shuffled; the last partial batch of groups, then that of unpaired rows, end the
+    order."""
+    groups: dict[int, list[int]] = {}
+    for row, label in enumerate(labels):
+        if label >= 0:
+            groups.setdefault(label // 2, []).append(row)
+    paired = [sorted(rows, key=lambda r: -(labels[r] % 2)) for rows in groups.values()  # passage first
+              if {labels[r] % 2 for r in rows} == {0, 1}]
+    in_pairs = {row for rows in paired for row in rows}
+    single = [row for row in range(len(labels)) if row not in in_pairs]
+    single = [single[i] for i in permutation(len(single))]
+    pending, batches = [paired[i] for i in permutation(len(paired))], []
+    while pending:
+        batch, rest = [], []
+        for rows in pending:  # first fit: every group that still has room, in the shuffled order
+            (batch.extend if len(batch) + len(rows) <= batch_size else rest.append)(rows)
+        while single and len(batch) < batch_size:
+            batch.append(single.pop())
+        if rest and len(batch) < batch_size:  # no unpaired row left to fill the room: split the next group
+            room = batch_size - len(batch)
+            batch, rest[0] = batch + rest[0][:room], rest[0][room:]
+        batches.append(batch)
+        pending = [rows for rows in rest if rows]
+    megabatch = 50 * batch_size
+    single = [row for start in range(0, len(single), megabatch)
+              for row in sorted(single[start:start + megabatch], key=lambda r: -lengths[r])]
+    batches += [single[start:start + batch_size] for start in range(0, len(single), batch_size)]
+    full = [batch for batch in batches if len(batch) == batch_size]
+    partial = [row for batch in batches if len(batch) < batch_size for row in batch]
+    return [row for i in permutation(len(full)) for row in full[i]] + partial
+
+
+class PairBatchSampler(Sampler):
+    """:func:`pair_batch_order` drawn anew every epoch from torch's global generator (which the Trainer seeds and
+    restores on resume, as for its own length-grouped sampler)."""
+
+    def __init__(self, labels, lengths, batch_size: int):
+        self.labels, self.lengths, self.batch_size = list(labels), list(lengths), batch_size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self):
+        def permutation(n):
+            return torch.randperm(n).tolist()
+        return iter(pair_batch_order(self.labels, self.lengths, self.batch_size, permutation))
 
 
 class EmbeddingTask(Task):
@@ -274,6 +361,23 @@ class EmbeddingTask(Task):
         qrels = {qid: {f"p{group}": 1} for qid, (_, group) in zip(query_ids, queries)}
         return retrieval_metrics(run, qrels)
 
+    def gold_loss(self, rows, labels):
+        """The in-batch contrastive loss of each query against the passages of its batch (its own the positive)."""
+        if labels is None:
+            raise SpeedyError("distill.alpha > 0 needs the pair labels of the batch, and it has none")
+        return in_batch_loss(rows, labels)
+
+    def check_gold(self, split, setting):
+        labels = [pair_label(kind, group) for kind, group in zip(split["kind"], split["group"])]
+        queries, passages = _queries_and_passages(labels, required=False)
+        if not any(group in passages for _, group in queries):
+            raise SpeedyError(f"{setting}: the training split has no query/passage pairs, so the gold term (each "
+                              f"query against the passages of its batch) has nothing to learn from: give pairs "
+                              f"(.jsonl or SQuAD .json) as data.train, or set it to 0")
+
+    def train_sampler(self, dataset, batch_size):
+        return PairBatchSampler(dataset["labels"], [len(ids) for ids in dataset["input_ids"]], batch_size)
+
     # ------------------------------------------------------------------ prediction
     def predict_items(self, model, tokenizer, items, max_length):
         """Items: ``(text, kind)``; a result: the unit vector of the prefixed text."""
@@ -337,7 +441,8 @@ class EmbeddingTask(Task):
             raise SpeedyError(f"distill: the student's vectors have {student.shape[-1]} dimensions and the "
                               f"teacher's {teacher.shape[-1]}: an embedding student must be as wide as its teacher "
                               f"(truncate the teacher, or pick a student of its width)")
-        return student, teacher.to(student.device), None
+        labels = inputs.get("labels") if signal == "logits" else None  # pair labels, for the gold term
+        return student, teacher.to(student.device), labels
 
 
 def _queries_and_passages(label_ids, required: bool = True) -> tuple[list[tuple[int, int]], dict[int, int]]:
