@@ -433,6 +433,21 @@ def test_pair_batch_order_keeps_every_passage_in_the_batch_of_its_queries():
         assert sum(any(row in batch for row in rows) for batch in batches) == 1, f"group {g} was split"
 
 
+def test_with_the_teachers_vectors_each_batch_holds_passages_it_finds_alike():
+    # Four passages (rows 0, 2, 4, 6), each with one query: 0 and 4 point one way, 2 and 6 another. Batches of
+    # 4 rows hold two groups: the alike ones, whatever the random order (hard negatives for each other).
+    labels = [1, 0, 3, 2, 5, 4, 7, 6]
+    vectors = torch.tensor([[1.0, 0.1], [0, 1], [0.1, 1.0], [1, 0], [1.0, 0.2], [0, 1], [0.2, 1.0], [1, 0]])
+    for seed in range(5):
+        generator = torch.Generator().manual_seed(seed)
+        order = pair_batch_order(labels, [5] * 8, 4, lambda n: torch.randperm(n, generator=generator).tolist(),
+                                 vectors)
+        assert sorted(order) == list(range(8))
+        assert {frozenset(order[:4]), frozenset(order[4:])} == {frozenset({0, 1, 4, 5}), frozenset({2, 3, 6, 7})}
+        shuffled = pair_batch_order(labels, [5] * 8, 4, lambda n: torch.randperm(n, generator=generator).tolist())
+        assert sorted(shuffled) == list(range(8))
+
+
 def test_short_and_long_texts_run_apart_and_give_the_vectors_of_the_batch_run_whole(bert_dir):
     # A pair batch mixes a passage with its short queries: run apart, the queries are not padded to its length.
     from speedy.tasks.embedding import MeanPooledEncoder, length_parts

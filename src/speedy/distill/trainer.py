@@ -40,13 +40,18 @@ class TaskTrainer(Trainer):
         """Whether training learns from gold labels (it does without KD): then the task may order the batches."""
         return True
 
+    @property
+    def sampling_teacher(self):
+        """The teacher cache the task's training order may read (none without KD)."""
+        return None
+
     def _get_train_sampler(self, train_dataset=None):
         """The task's order when its gold loss needs one (embeddings: each passage in the batch of its queries),
         else the Trainer's (shuffled, grouped by length)."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.learns_gold and dataset is not None:
             batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            sampler = self.task.train_sampler(dataset, batch_size)
+            sampler = self.task.train_sampler(dataset, batch_size, self.sampling_teacher)
             if sampler is not None:
                 return sampler
         return super()._get_train_sampler(train_dataset)
@@ -75,6 +80,10 @@ class DistillationTrainer(TaskTrainer):
     @property
     def learns_gold(self) -> bool:
         return self.objective.alpha > 0
+
+    @property
+    def sampling_teacher(self):
+        return self.teacher_caches[0]
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, plus the objective's projections (if any) in a group of their own: they learn

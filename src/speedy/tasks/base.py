@@ -313,9 +313,10 @@ class Task(ABC):
         """That a training split holds what :meth:`gold_loss` learns from, when ``setting`` (``distill.alpha``)
         asks for it: a one-line error otherwise (a no-op for types whose every example is labelled)."""
 
-    def train_sampler(self, dataset: Dataset, batch_size: int):
+    def train_sampler(self, dataset: Dataset, batch_size: int, teacher=None):
         """The order of training examples when the gold term needs examples batched together (a query with its
-        passage), or ``None``: the Trainer's own (shuffled, grouped by length)."""
+        passage), or ``None``: the Trainer's own (shuffled, grouped by length). ``teacher``: the teacher cache of
+        a KD run (its rows can tell which examples to batch together), else ``None``."""
         return None
 
     @abstractmethod

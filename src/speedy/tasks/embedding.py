@@ -188,16 +188,18 @@ def in_batch_loss(vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(scores, torch.tensor(targets, device=vectors.device))
 
 
-def pair_batch_order(labels, lengths, batch_size: int, permutation) -> list[int]:
+def pair_batch_order(labels, lengths, batch_size: int, permutation, vectors=None) -> list[int]:
     """An order of training rows in which each passage and its queries (:func:`pair_label` ids) share a batch of
-    ``batch_size`` rows, for the in-batch gold loss; ``permutation(n)``: a random order of ``range(n)``.
+    ``batch_size`` rows, for the in-batch gold loss; ``permutation(n)``: a random order of ``range(n)``;
+    ``vectors``: the teacher's vector of every row, or ``None``.
 
-    Passage groups (a passage and its queries) are shuffled and packed whole into batches, first fit: each batch
-    takes every group, in the shuffled order, that still has room, and is topped up with unpaired rows (texts of
-    no pair, or a pair missing one side); a group is split only when those have run out. The unpaired rows left make batches of their own, sorted
-    by length within runs of 50 batches (as the Trainer's length-grouped sampler does, so they pad little).
-    Whole batches are then shuffled; the last partial batch of groups, then that of unpaired rows, end the
-    order."""
+    Passage groups (a passage and its queries) are shuffled, or with ``vectors`` put in batches of passages the
+    teacher finds alike (:func:`alike_first`: hard negatives for each other), and packed whole into batches,
+    first fit: each batch takes every group, in that order, that still has room, and is topped up with unpaired
+    rows (texts of no pair, or a pair missing one side); a group is split only when those have run out. The
+    unpaired rows left make batches of their own, sorted by length within runs of 50 batches (as the Trainer's
+    length-grouped sampler does, so they pad little). Whole batches are then shuffled; the last partial batch
+    of groups, then that of unpaired rows, end the order."""
     groups: dict[int, list[int]] = {}
     for row, label in enumerate(labels):
         if label >= 0:
@@ -207,7 +209,10 @@ def pair_batch_order(labels, lengths, batch_size: int, permutation) -> list[int]
     in_pairs = {row for rows in paired for row in rows}
     single = [row for row in range(len(labels)) if row not in in_pairs]
     single = [single[i] for i in permutation(len(single))]
-    pending, batches = [paired[i] for i in permutation(len(paired))], []
+    pending = [paired[i] for i in permutation(len(paired))]
+    if vectors is not None:
+        pending = alike_first(pending, vectors, batch_size, permutation)
+    batches = []
     while pending:
         batch, rest = [], []
         for rows in pending:  # first fit: every group that still has room, in the shuffled order
@@ -228,12 +233,36 @@ def pair_batch_order(labels, lengths, batch_size: int, permutation) -> list[int]
     return [row for i in permutation(len(full)) for row in full[i]] + partial
 
 
+def alike_first(groups: list[list[int]], vectors: torch.Tensor, batch_size: int, permutation) -> list[list[int]]:
+    """``groups`` (each a passage row, then its query rows) reordered so that each run of about ``batch_size``
+    rows holds passages the teacher finds alike: a group drawn at random, then the groups left whose passages
+    are nearest to its passage (``vectors[row]``: the teacher's), as long as they fit. In-batch negatives drawn
+    at random are too easy for retrieval among a corpus' similar passages; these are the hard ones the teacher
+    mines (as ANCE and RocketQA mine theirs)."""
+    keys = F.normalize(torch.as_tensor(vectors)[[rows[0] for rows in groups]].float(), dim=-1)
+    left = torch.ones(len(groups), dtype=torch.bool)
+    ordered = []
+    for seed in permutation(len(groups)):
+        if not left[seed]:
+            continue
+        scores = (keys @ keys[seed]).masked_fill(~left, float("-inf"))
+        room = batch_size
+        for j in torch.topk(scores, min(int(left.sum()), 4 * batch_size)).indices.tolist():
+            if len(groups[j]) <= room:
+                ordered.append(groups[j])
+                left[j] = False
+                room -= len(groups[j])
+            if room < 2:  # a group is at least a passage and a query
+                break
+    return ordered
+
+
 class PairBatchSampler(Sampler):
     """:func:`pair_batch_order` drawn anew every epoch from torch's global generator (which the Trainer seeds and
     restores on resume, as for its own length-grouped sampler)."""
 
-    def __init__(self, labels, lengths, batch_size: int):
-        self.labels, self.lengths, self.batch_size = list(labels), list(lengths), batch_size
+    def __init__(self, labels, lengths, batch_size: int, vectors=None):
+        self.labels, self.lengths, self.batch_size, self.vectors = list(labels), list(lengths), batch_size, vectors
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -241,7 +270,7 @@ class PairBatchSampler(Sampler):
     def __iter__(self):
         def permutation(n):
             return torch.randperm(n).tolist()
-        return iter(pair_batch_order(self.labels, self.lengths, self.batch_size, permutation))
+        return iter(pair_batch_order(self.labels, self.lengths, self.batch_size, permutation, self.vectors))
 
 
 class EmbeddingTask(Task):
@@ -375,8 +404,10 @@ class EmbeddingTask(Task):
                               f"query against the passages of its batch) has nothing to learn from: give pairs "
                               f"(.jsonl or SQuAD .json) as data.train, or set it to 0")
 
-    def train_sampler(self, dataset, batch_size):
-        return PairBatchSampler(dataset["labels"], [len(ids) for ids in dataset["input_ids"]], batch_size)
+    def train_sampler(self, dataset, batch_size, teacher=None):
+        """Pairs batched together; with a teacher cache, each batch's passages are ones it finds alike."""
+        vectors = teacher.rows(dataset["example_index"], "logits")[0] if teacher is not None else None
+        return PairBatchSampler(dataset["labels"], [len(ids) for ids in dataset["input_ids"]], batch_size, vectors)
 
     # ------------------------------------------------------------------ prediction
     def predict_items(self, model, tokenizer, items, max_length):
