@@ -493,23 +493,12 @@ def test_the_gold_term_of_an_embedding_student_is_the_in_batch_loss_on_its_pairs
         objective(EmbeddingTask(), outputs, inputs, {"example_index": torch.arange(6)}, [teacher])
 
 
-def test_a_study_with_a_gold_term_batches_pairs_and_refuses_text_without_pairs(tmp_path, embedding_files, bert_dir,
-                                                                                 monkeypatch):
+def training_batches(tmp_path, files, bert_dir, distill, monkeypatch) -> list[list[int]]:
+    """The label ids of every training batch of a study's KD student (trained 2 epochs)."""
     from speedy.distill.trainer import DistillationTrainer
 
-    distill = {"alpha": 0.5, "epochs": 2, "patience": 2}
     students = [{"name": "s", "base": str(bert_dir), "kind": "truncate", "layers": 2}]
-    study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, distill, students)))
-    study.run(["finetune", "select"])
-    with pytest.raises(SpeedyError, match=r"^distill.alpha \(0.5\) of task 'search': the training split has no "
-                                          r"query/passage pairs"):
-        study.run(["distill"])  # train.txt: passages alone
-    assert not (study.output_dir / "teacher-cache").exists()  # refused before the teacher pass
-
-    unpaired = [{"passage": row["passage"] + " Y nada más."} for row in pairs(48, seed=8)]
-    files = dict(embedding_files, train=write_jsonl(tmp_path / "train.jsonl", pairs(64, seed=5) + unpaired))
-    (tmp_path / "pairs").mkdir()
-    study = Study(load_config(config_file(tmp_path / "pairs", files, bert_dir, distill, students)))
+    study = Study(load_config(config_file(tmp_path, files, bert_dir, distill, students)))
     batches = []
     original = DistillationTrainer.compute_loss
 
@@ -522,10 +511,42 @@ def test_a_study_with_a_gold_term_batches_pairs_and_refuses_text_without_pairs(t
     study.run(["finetune", "select", "distill"])
     (student,) = study.store.trials("distill", "search")
     assert student.status == "done" and "ndcg@10" in student.val_metrics
+    return batches
+
+
+def paired_in_their_batches(batches) -> bool:
+    """Whether each query finds its passage in its batch (groups of up to 16 rows: the batch size)."""
     sizes = Counter(label // 2 for batch in batches[:len(batches) // 2] for label in batch)  # the first epoch's
     queries = [(label // 2, batch) for batch in batches for label in batch if label % 2 == 0 and sizes[label // 2] <= 16]
-    assert len(queries) > 40  # with unpaired texts to fill the batches, each query finds its passage in its batch
-    assert all(group in {other // 2 for other in batch if other % 2 == 1} for group, batch in queries)
+    assert len(queries) > 40
+    return all(group in {other // 2 for other in batch if other % 2 == 1} for group, batch in queries)
+
+
+@pytest.mark.parametrize("distill", [{"alpha": 0.5}, {"relation_weight": 0.5}])
+def test_a_study_whose_loss_compares_a_batchs_texts_batches_each_passage_with_its_queries(tmp_path, embedding_files,
+                                                                                       bert_dir, monkeypatch,
+                                                                                       distill):
+    # With unpaired texts to fill the batches, each query finds its passage in its batch.
+    unpaired = [{"passage": row["passage"] + " Y nada más."} for row in pairs(48, seed=8)]
+    files = dict(embedding_files, train=write_jsonl(tmp_path / "train.jsonl", pairs(64, seed=5) + unpaired))
+    batches = training_batches(tmp_path, files, bert_dir, distill | {"epochs": 2, "patience": 2}, monkeypatch)
+    assert paired_in_their_batches(batches)
+
+
+def test_a_study_with_neither_term_keeps_the_trainers_order(tmp_path, embedding_files, bert_dir, monkeypatch):
+    files = dict(embedding_files, train=write_jsonl(tmp_path / "train.jsonl", pairs(64, seed=5)))
+    batches = training_batches(tmp_path, files, bert_dir, {"epochs": 2, "patience": 2}, monkeypatch)
+    assert not paired_in_their_batches(batches)  # length-grouped: queries apart from their longer passages
+
+
+def test_a_gold_term_without_training_pairs_is_refused_before_the_teacher_pass(tmp_path, embedding_files, bert_dir):
+    students = [{"name": "s", "base": str(bert_dir), "kind": "truncate", "layers": 2}]
+    study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, {"alpha": 0.5}, students)))
+    study.run(["finetune", "select"])
+    with pytest.raises(SpeedyError, match=r"^distill.alpha \(0.5\) of task 'search': the training split has no "
+                                          r"query/passage pairs"):
+        study.run(["distill"])  # train.txt: passages alone
+    assert not (study.output_dir / "teacher-cache").exists()  # refused before the teacher pass
 
 
 def test_built_in_data_is_refused_for_a_type_without_any(tmp_path, bert_dir):

@@ -36,8 +36,10 @@ class TaskTrainer(Trainer):
         self.task = task
 
     @property
-    def learns_gold(self) -> bool:
-        """Whether training learns from gold labels (it does without KD): then the task may order the batches."""
+    def compares_within_batches(self) -> bool:
+        """Whether the loss compares the examples of a batch with each other, so that the task may choose what
+        shares a batch: the task's own loss (without KD: embeddings' in-batch contrastive one), and in KD the gold
+        term or the relation term."""
         return True
 
     @property
@@ -49,7 +51,7 @@ class TaskTrainer(Trainer):
         """The task's order when its gold loss needs one (embeddings: each passage in the batch of its queries),
         else the Trainer's (shuffled, grouped by length)."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.learns_gold and dataset is not None:
+        if self.compares_within_batches and dataset is not None:
             batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
             sampler = self.task.train_sampler(dataset, batch_size, self.sampling_teacher)
             if sampler is not None:
@@ -78,8 +80,8 @@ class DistillationTrainer(TaskTrainer):
         self.objective.to(self.args.device)
 
     @property
-    def learns_gold(self) -> bool:
-        return self.objective.alpha > 0
+    def compares_within_batches(self) -> bool:
+        return self.objective.alpha > 0 or any(term.kind == "relation" for term in self.objective.terms)
 
     @property
     def sampling_teacher(self):

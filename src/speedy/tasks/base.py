@@ -314,8 +314,9 @@ class Task(ABC):
         asks for it: a one-line error otherwise (a no-op for types whose every example is labelled)."""
 
     def train_sampler(self, dataset: Dataset, batch_size: int, teacher=None):
-        """The order of training examples when the gold term needs examples batched together (a query with its
-        passage), or ``None``: the Trainer's own (shuffled, grouped by length). ``teacher``: the teacher cache of
+        """The order of training examples when the loss compares a batch's examples with each other (the gold
+        term, relation KD) and the task wants to choose what shares a batch (embeddings: a query with its passage,
+        alike passages together), or ``None``: the Trainer's own (shuffled, grouped by length). ``teacher``: the teacher cache of
         a KD run (its rows can tell which examples to batch together), else ``None``."""
         return None
 

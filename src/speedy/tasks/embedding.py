@@ -405,7 +405,10 @@ class EmbeddingTask(Task):
                               f"(.jsonl or SQuAD .json) as data.train, or set it to 0")
 
     def train_sampler(self, dataset, batch_size, teacher=None):
-        """Pairs batched together; with a teacher cache, each batch's passages are ones it finds alike."""
+        """Pairs batched together; with a teacher cache, each batch's passages are ones it finds alike. Without
+        pairs (relation KD on unpaired text): the Trainer's own order."""
+        if not any(label >= 0 and label % 2 == 1 for label in dataset["labels"]):
+            return None
         vectors = teacher.rows(dataset["example_index"], "logits")[0] if teacher is not None else None
         return PairBatchSampler(dataset["labels"], [len(ids) for ids in dataset["input_ids"]], batch_size, vectors)
 
