@@ -22,8 +22,10 @@ predictions and evaluation are those of every other type; the saved folder is th
 **Teacher.** Used as it is: stage 1 evaluates it and trains nothing.
 
 **KD.** One row per text, the teacher's vector; ``distill.loss`` mse or cosine. With ``distill.alpha`` > 0 the
-gold term is the in-batch contrastive loss (below) on the training split's query/passage pairs: each passage is
-then batched with its queries (:class:`PairBatchSampler`), and a training split without pairs is an error.
+gold term is the in-batch contrastive loss (below) on the training split's query/passage pairs (a training split
+without pairs is an error). When the loss compares a batch's texts with each other (that gold term, or the
+relation term) and the training split has pairs, each passage is batched with its queries and with passages the
+teacher finds alike (:class:`PairBatchSampler`).
 Hidden-state terms take
 the mean of a layer's token states, as classification does, or with ``distill.hidden_units: tokens`` every real
 token's state (``tokens.<layer>``: a text of n tokens gives n targets instead of one, what the mean vector is made
