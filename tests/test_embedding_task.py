@@ -406,8 +406,8 @@ def test_a_study_refuses_token_kd_for_a_student_of_another_tokenizer(tmp_path, e
 
 def test_pair_batch_order_against_a_hand_computed_order():
     # Rows: q g0, p g0, q g0, unpaired, p g1, q g1, unpaired, unpaired; batches of 4, no shuffling. Group 0
-    # (passage first: 1, 0, 2) fills a batch, topped up with an unpaired row (the last: 7); group 1 (4, 5) does
-    # not fit, so it joins the unpaired rows left (3, 6), sorted by length (longest first).
+    # (passage first: 1, 0, 2) takes a batch, topped up with an unpaired row (the last: 7); group 1 (4, 5) does
+    # not fit beside it, so it starts the next batch, topped up with the unpaired rows left (6, then 3).
     labels = [0, 1, 0, -100, 3, 2, -100, -100]
     lengths = [5, 20, 5, 3, 20, 5, 4, 9]
     order = pair_batch_order(labels, lengths, 4, lambda n: list(range(n)))
@@ -431,6 +431,17 @@ def test_pair_batch_order_keeps_every_passage_in_the_batch_of_its_queries():
     for g in range(12):
         rows = [row for row, label in enumerate(labels) if label >= 0 and label // 2 == g]
         assert sum(any(row in batch for row in rows) for batch in batches) == 1, f"group {g} was split"
+
+
+def test_with_the_teachers_vectors_no_row_is_lost():
+    # A passage with more queries than a batch holds, and passages the teacher cannot tell apart (equal vectors).
+    labels = [1] + [0] * 10 + [pair_label(kind, g) for g in range(1, 21) for kind in ("passage", "query", "query")]
+    vectors = torch.ones(len(labels), 4)
+    for batch_size in (4, 8):
+        generator = torch.Generator().manual_seed(batch_size)
+        order = pair_batch_order(labels, [5] * len(labels), batch_size,
+                                 lambda n: torch.randperm(n, generator=generator).tolist(), vectors)
+        assert sorted(order) == list(range(len(labels)))
 
 
 def test_with_the_teachers_vectors_each_batch_holds_passages_it_finds_alike():
@@ -517,7 +528,8 @@ def training_batches(tmp_path, files, bert_dir, distill, monkeypatch) -> list[li
 def paired_in_their_batches(batches) -> bool:
     """Whether each query finds its passage in its batch (groups of up to 16 rows: the batch size)."""
     sizes = Counter(label // 2 for batch in batches[:len(batches) // 2] for label in batch)  # the first epoch's
-    queries = [(label // 2, batch) for batch in batches for label in batch if label % 2 == 0 and sizes[label // 2] <= 16]
+    queries = [(label // 2, batch) for batch in batches for label in batch
+               if label >= 0 and label % 2 == 0 and sizes[label // 2] <= 16]
     assert len(queries) > 40
     return all(group in {other // 2 for other in batch if other % 2 == 1} for group, batch in queries)
 
@@ -539,11 +551,15 @@ def test_a_study_with_neither_term_keeps_the_trainers_order(tmp_path, embedding_
     assert not paired_in_their_batches(batches)  # length-grouped: queries apart from their longer passages
 
 
-def test_a_gold_term_without_training_pairs_is_refused_before_the_teacher_pass(tmp_path, embedding_files, bert_dir):
+@pytest.mark.parametrize("distill, setting", [({"alpha": 0.5}, r"distill.alpha \(0.5\)"),
+                                              ({"search_trials": 2, "search_losses": ["mse"]},
+                                               r"distill.search_alpha \(0, 1\)")])
+def test_a_gold_term_without_training_pairs_is_refused_before_the_teacher_pass(tmp_path, embedding_files, bert_dir,
+                                                                             distill, setting):
     students = [{"name": "s", "base": str(bert_dir), "kind": "truncate", "layers": 2}]
-    study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, {"alpha": 0.5}, students)))
+    study = Study(load_config(config_file(tmp_path, embedding_files, bert_dir, distill, students)))
     study.run(["finetune", "select"])
-    with pytest.raises(SpeedyError, match=r"^distill.alpha \(0.5\) of task 'search': the training split has no "
+    with pytest.raises(SpeedyError, match=rf"^{setting} of task 'search': the training split has no "
                                           r"query/passage pairs"):
         study.run(["distill"])  # train.txt: passages alone
     assert not (study.output_dir / "teacher-cache").exists()  # refused before the teacher pass

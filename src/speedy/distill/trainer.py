@@ -52,8 +52,8 @@ class TaskTrainer(Trainer):
         else the Trainer's (shuffled, grouped by length)."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.compares_within_batches and dataset is not None:
-            batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            sampler = self.task.train_sampler(dataset, batch_size, self.sampling_teacher)
+            # the batches the loss sees (one forward pass each), not those of an accumulated step
+            sampler = self.task.train_sampler(dataset, self._train_batch_size, self.sampling_teacher)
             if sampler is not None:
                 return sampler
         return super()._get_train_sampler(train_dataset)

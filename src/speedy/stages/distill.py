@@ -121,6 +121,12 @@ def run_student(study: Study, task: TaskSpec, student: ModelSpec, mode: str, tea
     settings = study.config.distill
     name = f"{study.config.name}/{task.name}/distill/{student.name}/{mode}"
     teacher_key = teachers_key(teachers)
+    if mode == KD:  # before any teacher pass
+        searched = settings.search_trials > 0 and settings.search_alpha[1] > 0
+        if searched or settings.alpha > 0:
+            setting = (f"distill.search_alpha ({', '.join(f'{a:g}' for a in settings.search_alpha)})" if searched
+                       else f"distill.alpha ({settings.alpha:g})")
+            study.task(task).check_gold(kd_train_split(study, task), f"{setting} of task '{task.name}'")
     run_point = partial(_run_point, study, task, student, mode, teacher_key, caches)
     key = partial(_key, study, task, student, mode, teacher_key)
     if mode == KD and settings.search_trials > 0:
@@ -217,8 +223,6 @@ def _train_once(study: Study, spec: TrialSpec, caches: list[SharedTeacherCache],
     objective = teacher_caches = None
     train_split = kd_train_split(study, spec.task) if kd else None
     if kd:
-        if settings.alpha > 0:  # before any teacher pass
-            task.check_gold(train_split, f"distill.alpha ({settings.alpha:g}) of task '{spec.task.name}'")
         teacher_layers = _layers_of(caches[0].teacher.checkpoint)
         scores = (teacher_scores(study, spec.task, [c.teacher for c in caches], settings.metric)
                   if settings.teacher_weighting == "score" and len(caches) > 1 else None)

@@ -244,17 +244,21 @@ def alike_first(groups: list[list[int]], vectors: torch.Tensor, batch_size: int,
     keys = F.normalize(torch.as_tensor(vectors)[[rows[0] for rows in groups]].float(), dim=-1)
     left = torch.ones(len(groups), dtype=torch.bool)
     ordered = []
-    for seed in permutation(len(groups)):
+    for seed in permutation(len(groups)):  # every group is a seed unless an earlier one took it: none is lost
         if not left[seed]:
             continue
+        left[seed] = False  # first, whatever its size (a group larger than a batch is split when packed)
+        ordered.append(groups[seed])
+        room = batch_size - len(groups[seed])
+        if room < 2 or not left.any():  # a group is at least a passage and a query
+            continue
         scores = (keys @ keys[seed]).masked_fill(~left, float("-inf"))
-        room = batch_size
         for j in torch.topk(scores, min(int(left.sum()), 4 * batch_size)).indices.tolist():
             if len(groups[j]) <= room:
                 ordered.append(groups[j])
                 left[j] = False
                 room -= len(groups[j])
-            if room < 2:  # a group is at least a passage and a query
+            if room < 2:
                 break
     return ordered
 
