@@ -119,6 +119,13 @@ def sif_weights(vocab: int, coefficient: float = 1e-4) -> np.ndarray:
     return (coefficient / (coefficient + inverse_rank / inverse_rank.sum())).astype(np.float32)
 
 
+def model_name(model_dir) -> str:
+    """What a saved static model records of its source: a Hub name as given; of a local folder, its name (where
+    it lay on the machine that distilled it means nothing elsewhere, and would publish that machine's paths)."""
+    path = Path(str(model_dir))
+    return path.name if path.is_dir() else str(model_dir)
+
+
 def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif", max_tokens: int | None = None,
                    prefix: str = "", batch_size: int = 256, pooling: str = "mean",
                    vectors: np.ndarray | None = None, tokenizer_path: str | None = None,
@@ -148,7 +155,7 @@ def distill_static(model_dir: str | Path, dims: int = 256, weighting: str = "sif
                                                 prefix=prefix, pooling=pooling)
     weights = {"sif": sif_weights, "zipf": zipf_weights}.get(weighting, lambda n: np.ones(n, dtype=np.float32))(
         len(vectors))
-    info = {"source_model": str(model_dir), "pooling": pooling, "weighting": weighting, "prefix": prefix}
+    info = {"source_model": model_name(model_dir), "pooling": pooling, "weighting": weighting, "prefix": prefix}
     if context_texts is not None:
         from speedy.embed.context import context_sums, contextualise
         from speedy.embed.sif import text_sif_weights
