@@ -489,8 +489,9 @@ def test_the_gold_term_of_an_embedding_student_is_the_in_batch_loss_on_its_pairs
     texts = [text for row in rows for text in (row["query"], row["passage"])]
     labels = torch.tensor([pair_label(kind, g) for g in range(3) for kind in ("query", "passage")])
     inputs = dict(tokenizer(texts, padding=True, return_tensors="pt")) | {"labels": labels}
-    teacher = SignalCache({"logits": torch.nn.functional.normalize(torch.randn(6, student.config.hidden_size,
-                                                                               generator=torch.Generator().manual_seed(0)), dim=-1)})
+    generator = torch.Generator().manual_seed(0)
+    teacher_vectors = torch.randn(6, student.config.hidden_size, generator=generator)
+    teacher = SignalCache({"logits": torch.nn.functional.normalize(teacher_vectors, dim=-1)})
     objective = DistillationObjective([KDTerm("logits", "mse")], alpha=0.25)
     with torch.no_grad():
         outputs = student(**inputs)

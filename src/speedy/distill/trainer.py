@@ -48,8 +48,8 @@ class TaskTrainer(Trainer):
         return None
 
     def _get_train_sampler(self, train_dataset=None):
-        """The task's order when its gold loss needs one (embeddings: each passage in the batch of its queries),
-        else the Trainer's (shuffled, grouped by length)."""
+        """The task's order when the loss compares a batch's examples and the task has one (embeddings: each
+        passage in the batch of its queries), else the Trainer's (shuffled, grouped by length)."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.compares_within_batches and dataset is not None:
             # the batches the loss sees (one forward pass each), not those of an accumulated step

@@ -315,9 +315,10 @@ class Task(ABC):
 
     def train_sampler(self, dataset: Dataset, batch_size: int, teacher=None):
         """The order of training examples when the loss compares a batch's examples with each other (the gold
-        term, relation KD) and the task wants to choose what shares a batch (embeddings: a query with its passage,
-        alike passages together), or ``None``: the Trainer's own (shuffled, grouped by length). ``teacher``: the teacher cache of
-        a KD run (its rows can tell which examples to batch together), else ``None``."""
+        term, relation KD) and the task wants to choose what shares a batch (embeddings: a query with its
+        passage, alike passages together), or ``None``: the Trainer's own (shuffled, grouped by length).
+        ``teacher``: the teacher cache of a KD run (its rows can tell which examples to batch together), else
+        ``None``."""
         return None
 
     @abstractmethod

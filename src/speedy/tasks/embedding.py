@@ -21,16 +21,15 @@ predictions and evaluation are those of every other type; the saved folder is th
 
 **Teacher.** Used as it is: stage 1 evaluates it and trains nothing.
 
-**KD.** One row per text, the teacher's vector; ``distill.loss`` mse or cosine. With ``distill.alpha`` > 0 the
-gold term is the in-batch contrastive loss (below) on the training split's query/passage pairs (a training split
-without pairs is an error). When the loss compares a batch's texts with each other (that gold term, or the
-relation term) and the training split has pairs, each passage is batched with its queries and with passages the
-teacher finds alike (:class:`PairBatchSampler`).
-Hidden-state terms take
-the mean of a layer's token states, as classification does, or with ``distill.hidden_units: tokens`` every real
-token's state (``tokens.<layer>``: a text of n tokens gives n targets instead of one, what the mean vector is made
-of; the student must tokenize as the teacher does, as truncated e5 students do: the distill stage compares every
-training text's pieces before training, :func:`speedy.distill.teacher.check_same_tokens`).
+**KD.** One row per text, the teacher's vector; ``distill.loss`` mse or cosine. With ``distill.alpha`` > 0 the gold
+term is the in-batch contrastive loss (below) on the training split's query/passage pairs (a training split without
+pairs is an error). When the loss compares a batch's texts with each other (that gold term, or the relation term)
+and the training split has pairs, each passage is batched with its queries and with passages the teacher finds alike
+(:class:`PairBatchSampler`). Hidden-state terms take the mean of a layer's token states, as classification does, or
+with ``distill.hidden_units: tokens`` every real token's state (``tokens.<layer>``: a text of n tokens gives n
+targets instead of one, what the mean vector is made of; the student must tokenize as the teacher does, as truncated
+e5 students do: the distill stage compares every training text's pieces before training,
+:func:`speedy.distill.teacher.check_same_tokens`).
 
 **Validation.** Loss: in-batch contrastive (InfoNCE at e5's temperature 0.05) of each query against the distinct
 passages of its batch. Metrics: nDCG@10, MRR@10, recall@1 and @10 over all distinct passages of the split (exact
@@ -192,7 +191,8 @@ def in_batch_loss(vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def pair_batch_order(labels, lengths, batch_size: int, permutation, vectors=None) -> list[int]:
     """An order of training rows in which each passage and its queries (:func:`pair_label` ids) share a batch of
-    ``batch_size`` rows, for the in-batch gold loss; ``permutation(n)``: a random order of ``range(n)``;
+    ``batch_size`` rows, for losses that compare a batch's texts (the gold term, relation KD); ``permutation(n)``:
+    a random order of ``range(n)``;
     ``vectors``: the teacher's vector of every row, or ``None``.
 
     Passage groups (a passage and its queries) are shuffled, or with ``vectors`` put in batches of passages the
@@ -239,8 +239,8 @@ def alike_first(groups: list[list[int]], vectors: torch.Tensor, batch_size: int,
     """``groups`` (each a passage row, then its query rows) reordered so that each run of about ``batch_size``
     rows holds passages the teacher finds alike: a group drawn at random, then the groups left whose passages
     are nearest to its passage (``vectors[row]``: the teacher's), as long as they fit. In-batch negatives drawn
-    at random are too easy for retrieval among a corpus' similar passages; these are the hard ones the teacher
-    mines (as ANCE and RocketQA mine theirs)."""
+    at random are too easy for retrieval among a corpus' similar passages; these are hard ones, as TAS-B
+    (Hofstätter et al., 2021) composes its batches from clusters of alike texts."""
     keys = F.normalize(torch.as_tensor(vectors)[[rows[0] for rows in groups]].float(), dim=-1)
     left = torch.ones(len(groups), dtype=torch.bool)
     ordered = []
