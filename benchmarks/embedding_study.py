@@ -40,43 +40,41 @@ from embeddings import (SQUAD, other_spanish_texts, paragraph_crops, paragraph_s
 PREFIXES = {"query: ": "query", "passage: ": "passage"}
 
 
-def write_unpaired(path: Path, texts: list[str]) -> str:
-    """``texts`` (e5-prefixed) as JSON lines of one unpaired text each, ``{"query": ...}`` or ``{"passage": ...}``,
-    written atomically."""
-    lines = []
-    for text in texts:
-        prefix = next(p for p in PREFIXES if text.startswith(p))
-        lines.append(json.dumps({PREFIXES[prefix]: text[len(prefix):]}, ensure_ascii=False))
+def kind_and_body(text: str) -> tuple[str, str]:
+    """``("query" | "passage", text without its e5 prefix)``."""
+    prefix = next(p for p in PREFIXES if text.startswith(p))
+    return PREFIXES[prefix], text[len(prefix):]
+
+
+def write_json_lines(path: Path, rows: list[dict]) -> str:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", "utf-8")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), "utf-8")
     os.replace(tmp, path)
     return str(path)
 
 
+def write_unpaired(path: Path, texts: list[str]) -> str:
+    """``texts`` (e5-prefixed) as JSON lines of one unpaired text each, ``{"query": ...}`` or ``{"passage": ...}``,
+    written atomically."""
+    return write_json_lines(path, [dict([kind_and_body(text)]) for text in texts])
+
+
 def write_paired(path: Path, texts: list[str], train_file: Path) -> str:
     """``texts`` (e5-prefixed) as JSON lines, each question paired with its paragraph when both are among them
-    (``{"query": ..., "passage": ...}``: the gold term's pairs), every other text unpaired; written atomically."""
+    (``{"query": ..., "passage": ...}``: the gold term's pairs, first), every other text unpaired; written
+    atomically."""
     data = json.loads(train_file.read_text("utf-8"))
     paragraph_of = {}
     for article in data["data"]:
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
                 paragraph_of.setdefault(qa["question"], paragraph["context"])
-    chosen = {text.removeprefix("passage: ") for text in texts if text.startswith("passage: ")}
-    lines, paired = [], set()
-    for text in texts:
-        kind, body = PREFIXES[next(p for p in PREFIXES if text.startswith(p))], text.split(": ", 1)[1]
-        if kind == "query" and paragraph_of.get(body) in chosen:
-            lines.append({"query": body, "passage": paragraph_of[body]})
-            paired.add(paragraph_of[body])
-    for text in texts:
-        kind, body = PREFIXES[next(p for p in PREFIXES if text.startswith(p))], text.split(": ", 1)[1]
-        if not (kind == "query" and paragraph_of.get(body) in chosen) and not (kind == "passage" and body in paired):
-            lines.append({kind: body})
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), "utf-8")
-    os.replace(tmp, path)
-    return str(path)
+    texts = [kind_and_body(text) for text in texts]
+    chosen = {body for kind, body in texts if kind == "passage"}
+    pairs = [{"query": body, "passage": paragraph_of[body]} for kind, body in texts
+             if kind == "query" and paragraph_of.get(body) in chosen]
+    in_pairs = {(kind, pair[kind]) for pair in pairs for kind in pair}
+    return write_json_lines(path, pairs + [{kind: body} for kind, body in texts if (kind, body) not in in_pairs])
 
 
 def write_plain(path: Path, texts: list[str]) -> str:
