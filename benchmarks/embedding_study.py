@@ -5,7 +5,9 @@ The same split as ``benchmarks/embeddings.py`` (SQuAD-es by article, read from `
 question paired with its paragraph when both are among them, for the gold term ``--alpha``), optionally
 ``--sentences`` sentences cut from those paragraphs (as queries: short in-domain text like the questions) and
 ``--windows`` runs of 2 or 3 consecutive sentences of them (as passages: more passage-side text than the paragraphs
-whole), ``--crops`` random runs of 4-12 of their words (as queries: Contriever's cropping), ``--extra-texts`` other
+whole), ``--crops`` random runs of 4-12 of their words (as queries: Contriever's cropping), ``--augment`` copies of all
+that text with words replaced by similar ones (TinyBERT's augmentation, the neighbours from a static student's
+token vectors), ``--extra-texts`` other
 Spanish sentences (CoNLL-2002 ``esp.train`` and the package's Bible verses) as transfer text, and the
 ``--validation-articles`` held-out articles as the retrieval task (each question's paragraph among all their
 paragraphs). The study's test split is the same validation file: every figure here is a validation figure.
@@ -85,6 +87,24 @@ def write_plain(path: Path, texts: list[str]) -> str:
     return str(path)
 
 
+def augmented_texts(texts: list[str], args) -> list[str]:
+    """``args.augment`` copies of ``texts`` (e5-prefixed), words replaced by their neighbours in the static
+    student ``args.augment_vectors`` (TinyBERT's augmentation, :mod:`speedy.embed.augment`), prefixes kept."""
+    from speedy.embed.augment import augmented, word_neighbours
+    from speedy.embed.static import StaticEmbedder
+    from speedy.errors import SpeedyError
+
+    try:
+        table = StaticEmbedder.load(args.augment_vectors)
+    except SpeedyError as error:
+        raise SystemExit(f"error: --augment-vectors: {error}") from None
+    kinds, bodies = zip(*map(kind_and_body, texts))
+    neighbours = word_neighbours(list(bodies), table.tokenizer, table.vectors)
+    new = augmented(list(bodies), neighbours, copies=args.augment, rate=args.augment_rate, seed=args.seed)
+    prefix_of = {kind: prefix for prefix, kind in PREFIXES.items()}
+    return [prefix_of[kind] + body for kind, body in zip(kinds * args.augment, new)]
+
+
 def study_config(args, files: dict, transfer: list[str]) -> dict:
     from speedy.models.students import spread_layers
 
@@ -142,6 +162,8 @@ def table(study, args) -> str:
               (f", + up to {args.windows:,} runs of 2-3 of their sentences as passages" if args.windows else "") +
               (f", + up to {args.crops:,} random 4-12-word crops of their paragraphs as queries" if args.crops
                else "") +
+              (f", + {args.augment} cop{'y' if args.augment == 1 else 'ies'} of all that with each replaceable word "
+               f"replaced by a neighbour at rate {args.augment_rate:g}" if args.augment else "") +
               (f", + {args.extra_texts:,} other Spanish sentences as transfer text" if args.extra_texts else "") +
               (", questions paired with their paragraphs" if args.pairs else "") +
               f". Students: KD ({args.loss}" + (f" + gold in-batch contrastive, alpha {args.alpha:g}" if args.alpha
@@ -171,6 +193,14 @@ def main() -> int:
     parser.add_argument("--crops", type=int, default=0,
                         help="add up to N random runs of 4-12 words of the training paragraphs, as queries "
                              "(Contriever's cropping; 0: none)")
+    parser.add_argument("--augment", type=int, default=0,
+                        help="add N copies of the training text with words replaced by their neighbours in "
+                             "--augment-vectors (TinyBERT's augmentation; 0: none)")
+    parser.add_argument("--augment-rate", type=float, default=0.3,
+                        help="the chance that each replaceable word is replaced")
+    parser.add_argument("--augment-vectors", default=None,
+                        help="a static student's folder (benchmarks/embeddings.py --context): its token vectors "
+                             "give each word's neighbours")
     parser.add_argument("--depths", type=int, nargs="+", default=[4])
     parser.add_argument("--layers", type=int, nargs="+", default=None,
                         help="the teacher's layers (0-11) a student keeps, one student (default: --depths of them, "
@@ -207,6 +237,8 @@ def main() -> int:
         args.depths = [len(args.layers)]
     if args.alpha and not args.pairs:
         parser.error("--alpha needs --pairs (the gold term learns from the training questions' paragraphs)")
+    if args.augment and not args.augment_vectors:
+        parser.error("--augment needs --augment-vectors (a static student's folder: its words' neighbours)")
     args.continued = continued_student(args.student_base) if args.student_base else None  # a bad folder: now
     source = Path(args.data_dir) / SQUAD
     if not source.is_file():
@@ -227,6 +259,8 @@ def main() -> int:
         texts += paragraph_windows(train_file, args.windows, args.seed)
     if args.crops:
         texts += paragraph_crops(train_file, args.crops, args.seed)
+    if args.augment:
+        texts += augmented_texts(texts, args)
     train = (write_paired(out / "data" / "train-pairs.jsonl", texts, train_file) if args.pairs else
              write_unpaired(out / "data" / "train.jsonl", texts))
     files = {"train": train,
