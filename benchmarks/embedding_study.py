@@ -99,8 +99,11 @@ def augmented_texts(texts: list[str], args) -> list[str]:
     except SpeedyError as error:
         raise SystemExit(f"error: --augment-vectors: {error}") from None
     kinds, bodies = zip(*map(kind_and_body, texts))
-    neighbours = word_neighbours(list(bodies), table.tokenizer, table.vectors)
-    new = augmented(list(bodies), neighbours, copies=args.augment, rate=args.augment_rate, seed=args.seed)
+    try:  # words are counted over all the training text: a paragraph's words again in its sentences and crops
+        neighbours = word_neighbours(list(bodies), table.tokenizer, table.vectors)
+        new = augmented(list(bodies), neighbours, copies=args.augment, rate=args.augment_rate, seed=args.seed)
+    except SpeedyError as error:
+        raise SystemExit(f"error: --augment: {error}") from None
     prefix_of = {kind: prefix for prefix, kind in PREFIXES.items()}
     return [prefix_of[kind] + body for kind, body in zip(kinds * args.augment, new)]
 
@@ -237,6 +240,9 @@ def main() -> int:
         args.depths = [len(args.layers)]
     if args.alpha and not args.pairs:
         parser.error("--alpha needs --pairs (the gold term learns from the training questions' paragraphs)")
+    if args.augment < 0 or not 0 <= args.augment_rate <= 1:
+        parser.error(f"--augment ({args.augment}) must not be negative and --augment-rate ({args.augment_rate:g}) "
+                     f"must lie in [0, 1]")
     if args.augment and not args.augment_vectors:
         parser.error("--augment needs --augment-vectors (a static student's folder: its words' neighbours)")
     args.continued = continued_student(args.student_base) if args.student_base else None  # a bad folder: now

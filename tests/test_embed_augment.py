@@ -63,10 +63,40 @@ def test_copies_are_seeded_and_in_order(tokenizer):
     assert augmented(TEXTS, neighbours, copies=0) == []
 
 
-def test_bad_settings_are_one_line(tokenizer):
-    with pytest.raises(SpeedyError, match="k .0."):
-        word_neighbours(TEXTS, tokenizer, VECTORS, k=0)
-    with pytest.raises(SpeedyError, match="give more text"):
-        word_neighbours(["gato gato gato"], tokenizer, VECTORS, k=1, min_count=1)
-    with pytest.raises(SpeedyError, match="rate"):
-        augmented(TEXTS, {}, rate=1.5)
+@pytest.mark.parametrize("call, message", [
+    (lambda tok: word_neighbours(TEXTS, tok, VECTORS, k=0), "k .0."),
+    (lambda tok: word_neighbours(TEXTS, tok, VECTORS, min_count=0), "min_count .0."),
+    (lambda tok: word_neighbours(TEXTS, tok, VECTORS, skip_common=-1), "skip_common .-1."),
+    (lambda tok: word_neighbours(["gato gato gato"], tok, VECTORS, k=1, min_count=1), "give more text"),
+    (lambda tok: augmented(TEXTS, {}, rate=1.5), "rate .1.5."),
+    (lambda tok: augmented(TEXTS, {}, copies=-1), "copies .-1."),
+])
+def test_bad_settings_are_one_line(tokenizer, call, message):
+    with pytest.raises(SpeedyError, match=message) as error:
+        call(tokenizer)
+    assert "\n" not in str(error.value)
+
+
+def test_zero_rows_and_one_token_twice_are_no_words(tokenizer):
+    from tokenizers import normalizers
+
+    vectors = VECTORS.copy()
+    vectors[WORDS.index("come")] = 0.0  # how a static model marks a special token
+    before = vectors.copy()
+    assert "come" not in word_neighbours(TEXTS, tokenizer, vectors, k=1, min_count=2, skip_common=1)
+    assert np.array_equal(vectors, before)  # the table is read, not normalised in place
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents()])
+    texts = TEXTS + ["gáto gáto gáto"]  # one token with gato once accents are stripped: the first seen stays
+    neighbours = word_neighbours(texts, tokenizer, VECTORS, k=1, min_count=2, skip_common=1)
+    assert "gato" in neighbours and "gáto" not in neighbours
+    assert all("gáto" not in near for near in neighbours.values())
+
+
+def test_chunks_give_the_whole_matrix_answer(tokenizer, monkeypatch):
+    import speedy.embed.augment as augment
+
+    whole = word_neighbours(TEXTS, tokenizer, VECTORS, k=2, min_count=2, skip_common=0)
+    monkeypatch.setattr(augment, "CHUNK", 3)  # 9 words: chunks of 3, 3 and 3, each row's own column at an offset
+    chunked = word_neighbours(TEXTS, tokenizer, VECTORS, k=2, min_count=2, skip_common=0)
+    assert {w: set(n) for w, n in chunked.items()} == {w: set(n) for w, n in whole.items()}
+    assert all(word not in near for word, near in chunked.items())

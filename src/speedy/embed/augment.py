@@ -8,9 +8,11 @@ similar words are the nearest ones by a token-vector table, such as a static stu
 (:mod:`speedy.embed.static`), whose vectors are the teacher's states averaged over real contexts: close vectors are
 words the teacher reads alike.
 
-Only whole words that the tokenizer keeps as one token, that the texts use at least ``min_count`` times, and that
-are not among their ``skip_common`` most frequent words (articles, prepositions: replacing them breaks the sentence
-more than it varies it) are replaced, each by one of its ``k`` nearest such words, drawn uniformly. Example::
+Only whole words that the tokenizer keeps as one token (in lowercase: so in a cased vocabulary most proper nouns
+are left alone), that the texts use at least ``min_count`` times, and that are not among their ``skip_common``
+most frequent words (articles, prepositions: replacing them breaks the sentence more than it varies it) are
+replaced, each by one of its ``k`` nearest words of one token used ``min_count`` times (the frequent ones
+included), drawn uniformly. Example::
 
     from speedy.embed.augment import augmented, word_neighbours
     from speedy.embed.static import StaticEmbedder
@@ -40,8 +42,9 @@ def word_neighbours(texts: list[str], tokenizer, vectors: np.ndarray, k: int = 6
     """``{word: its k nearest words}`` (lowercase) for the replaceable words of ``texts``: words of one token of
     ``tokenizer`` (a ``tokenizers.Tokenizer``), used ``min_count`` times or more, by the cosine of their rows of
     ``vectors`` (``[vocab, dims]``). The ``skip_common`` most frequent words get no entry (they are never
-    replaced) but can be another word's neighbour. The k nearest come in no particular order: each is drawn with
-    equal chance."""
+    replaced) but can be another word's neighbour. A token that is special, unknown or has a zero row (how a static
+    model marks special tokens) is no word's; two words of the same token (a tokenizer that strips accents) are one,
+    the first seen. The k nearest come in no particular order: each is drawn with equal chance."""
     if k < 1 or min_count < 1 or skip_common < 0:
         raise SpeedyError(f"word_neighbours: k ({k}) and min_count ({min_count}) must be positive and skip_common "
                           f"({skip_common}) not negative")
@@ -50,14 +53,16 @@ def word_neighbours(texts: list[str], tokenizer, vectors: np.ndarray, k: int = 6
     unknown = getattr(tokenizer.model, "unk_token", None)
     if unknown is not None and tokenizer.token_to_id(unknown) is not None:
         special.add(tokenizer.token_to_id(unknown))
-    words, ids = [], []
+    words, ids, taken = [], [], set()
     for word, count in counts.items():  # first-seen order: the same texts give the same table
         if count < min_count:
             continue
         pieces = tokenizer.encode(word, add_special_tokens=False).ids
-        if len(pieces) == 1 and pieces[0] < len(vectors) and pieces[0] not in special:
+        if (len(pieces) == 1 and pieces[0] < len(vectors) and pieces[0] not in special and pieces[0] not in taken
+                and np.any(vectors[pieces[0]] != 0)):
             words.append(word)
             ids.append(pieces[0])
+            taken.add(pieces[0])
     if len(words) <= k:
         raise SpeedyError(f"word_neighbours: the texts have {len(words)} words of one token used {min_count} times "
                           f"or more; {k} neighbours each need more (give more text, or a smaller k)")
@@ -75,7 +80,8 @@ def word_neighbours(texts: list[str], tokenizer, vectors: np.ndarray, k: int = 6
 
 def replace_words(text: str, neighbours: dict[str, list[str]], rate: float, rng: random.Random) -> str:
     """``text`` with each word that has neighbours replaced, with probability ``rate``, by one of them drawn with
-    ``rng`` (capitalised when the word was)."""
+    ``rng``, capitalised when the word's first letter was (a word in capitals too: a rare case, left so that the
+    benchmark's augmented text stays as its runs used it)."""
     def swap(match: re.Match) -> str:
         word = match.group(0)
         choices = neighbours.get(word.lower())
@@ -90,7 +96,8 @@ def replace_words(text: str, neighbours: dict[str, list[str]], rate: float, rng:
 def augmented(texts: list[str], neighbours: dict[str, list[str]], copies: int = 1, rate: float = 0.3,
               seed: int = 0) -> list[str]:
     """``copies`` new versions of ``texts`` (all of the first copy, then all of the second, ...), each word with
-    neighbours replaced with probability ``rate``; one seeded draw for all of them."""
+    neighbours replaced with probability ``rate``; one seeded draw for all of them. A copy in which no word was
+    replaced is kept, so that every text weighs ``copies + 1`` in the training text."""
     if copies < 0 or not 0.0 <= rate <= 1.0:
         raise SpeedyError(f"augmented: copies ({copies}) must not be negative and rate ({rate}) must lie in [0, 1]")
     rng = random.Random(seed)
