@@ -5,12 +5,12 @@ The same split as ``benchmarks/embeddings.py`` (SQuAD-es by article, read from `
 question paired with its paragraph when both are among them, for the gold term ``--alpha``), optionally
 ``--sentences`` sentences cut from those paragraphs (as queries: short in-domain text like the questions) and
 ``--windows`` runs of 2 or 3 consecutive sentences of them (as passages: more passage-side text than the paragraphs
-whole), ``--crops`` random runs of 4-12 of their words (as queries: Contriever's cropping), ``--augment`` copies of all
-that text with words replaced by similar ones (TinyBERT's augmentation, the neighbours from a static student's
-token vectors), ``--extra-texts`` other
-Spanish sentences (CoNLL-2002 ``esp.train`` and the package's Bible verses) as transfer text, and the
-``--validation-articles`` held-out articles as the retrieval task (each question's paragraph among all their
-paragraphs). The study's test split is the same validation file: every figure here is a validation figure.
+whole), ``--crops`` random runs of 4-12 of their words (as queries: Contriever's cropping), ``--augment`` copies of
+all that text with words replaced by similar ones (TinyBERT's augmentation, the neighbours from a static student's
+token vectors), ``--extra-texts`` other Spanish sentences (CoNLL-2002 ``esp.train`` and the package's Bible verses)
+as transfer text, and the ``--validation-articles`` held-out articles as the retrieval task (each question's
+paragraph among all their paragraphs). The study's test split is the same validation file: every figure here is a
+validation figure.
 
 The teacher (multilingual-e5-small) is used as it is; students of ``--depths`` layers (the teacher's layers spread,
 or the ``--layers`` named; vocabulary pruned to the study's text) learn its cached vectors by ``--loss`` (mse or
